@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make demo   build the environment, then train a reward model on an embedded local Ray
+#   make test   build the environment, then run the whole test suite (slow tests included)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# DeepSpeed compiles its C++ ops on first use; keep them between runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, by its exact pin: here that is the local CPU build, not a CUDA wheel.
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,bench]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/rayreward
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -p no:cacheprovider -ra
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -p no:cacheprovider -ra -m "not slow"
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .cache runs
