@@ -1,0 +1,73 @@
+"""``RewardConfig``: the training arguments of a reward model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .formats import LENGTH_POLICIES
+
+
+@dataclass
+class RewardConfig(TrainingArguments):
+    """Training arguments for ``RewardTrainer``.
+
+    Everything ``transformers.TrainingArguments`` takes, plus the fields below. Where
+    the two share a name, the default here wins (``activation_checkpointing`` and its
+    alias ``gradient_checkpointing`` are on; ``remove_unused_columns`` is off because
+    the pairs are not model inputs).
+
+    Example:
+        >>> args = RewardConfig(output_dir="out", max_length=512, learning_rate=1e-5)
+    """
+
+    max_length: int | None = field(
+        default=1024,
+        metadata={"help": "Longest sequence (prompt + answer, in tokens) used; None keeps all pairs."},
+    )
+    length_policy: str = field(
+        default="filter",
+        metadata={
+            "help": "What happens to a pair with a side longer than max_length: 'filter' drops it "
+            "(as TRL does), 'truncate' keeps its last max_length tokens. The count is logged either way."
+        },
+    )
+    center_rewards_coefficient: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the term mean((r_chosen + r_rejected)^2) that keeps rewards centred "
+            "on zero; None turns it off. 0.01 is a common value."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Set every dropout probability of the model to 0."}
+    )
+    use_margin: bool = field(
+        default=True,
+        metadata={"help": "Subtract the data's 'margin' column inside the loss when the data has one."},
+    )
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass: less memory, about 20-30% slower."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept off: the trainer selects the pair columns itself."}
+    )
+
+    def __post_init__(self):
+        # `gradient_checkpointing` is the older name of `activation_checkpointing`; a value
+        # the user gave under the old name wins over this class's default.
+        if self.gradient_checkpointing is not None:
+            self.activation_checkpointing = self.gradient_checkpointing
+        if self.activation_checkpointing and self.activation_checkpointing_kwargs is None:
+            # Reentrant checkpointing drops gradients of inputs that do not require them,
+            # which breaks LoRA (frozen embeddings); the non-reentrant variant does not.
+            self.activation_checkpointing_kwargs = {"use_reentrant": False}
+        if self.length_policy not in LENGTH_POLICIES:
+            raise ValueError(
+                f"length_policy: got {self.length_policy!r}; expected one of {', '.join(LENGTH_POLICIES)}"
+            )
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
+            raise ValueError(f"max_length: got {self.max_length!r}; expected a positive integer or None")
+        super().__post_init__()

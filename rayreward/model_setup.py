@@ -1,0 +1,130 @@
+"""Getting a model ready to be a reward model: pad token, dropout, PEFT."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Attribute names of the scalar head across architectures (Llama/GPT-2/Qwen: score,
+# BERT/RoBERTa/DeBERTa: classifier).
+HEAD_NAMES = ("score", "classifier")
+
+
+def load_reward_model(name_or_path: str, **kwargs):
+    """Loads a sequence-classification model with one output, or builds a built-in one."""
+    from transformers import AutoModelForSequenceClassification
+
+    from . import tiny
+
+    if tiny.is_builtin(name_or_path):
+        return tiny.build_model(name_or_path, tiny.load_tokenizer())
+    return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **kwargs)
+
+
+def load_tokenizer(name_or_path: str, **kwargs):
+    from transformers import AutoTokenizer
+
+    from . import tiny
+
+    if tiny.is_builtin(name_or_path):
+        return tiny.load_tokenizer()
+    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
+def ensure_pad_token(tokenizer, model=None) -> None:
+    """Gives the tokenizer a pad token (EOS, as TRL does) and mirrors it on the model."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"the tokenizer {type(tokenizer).__name__} has neither a pad nor an EOS token; "
+                "add one with tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model's embeddings"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.warning("the tokenizer had no pad token; using its EOS token %r", tokenizer.eos_token)
+    if model is not None:
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        if config.pad_token_id != tokenizer.pad_token_id:
+            config.pad_token_id = tokenizer.pad_token_id
+            model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def warn_if_pad_is_final_eos(tokenizer, pairs: list[dict[str, Any]]) -> bool:
+    """Warns when pad == EOS and sequences end with EOS: rewards would be read too early.
+
+    A decoder reward model reads its reward at the last token that is not padding;
+    when the pad token is EOS, a final EOS counts as padding and the reward is read
+    one token before it. Returns True when it warned.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None or tokenizer.pad_token_id != eos or not pairs:
+        return False
+    ending = sum(p["input_ids_chosen"][-1] == eos for p in pairs)
+    if ending == 0:
+        return False
+    warnings.warn(
+        f"the pad token is the EOS token ({tokenizer.eos_token!r}) and {ending} of {len(pairs)} chosen "
+        "sequences end with it: the model will read their reward at the token before the final EOS. "
+        "Give the tokenizer a distinct pad token (tokenizer.add_special_tokens({'pad_token': '<pad>'}) "
+        "and model.resize_token_embeddings(len(tokenizer))).",
+        stacklevel=3,
+    )
+    return True
+
+
+def disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    return [name for name in HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)]
+
+
+def wrap_peft(model: nn.Module, peft_config):
+    """Wraps ``model`` with PEFT for sequence classification, training the head too."""
+    import dataclasses
+
+    from peft import TaskType, get_peft_model
+
+    heads = head_module_names(model)
+    if not heads:
+        raise ValueError(
+            f"cannot find the reward head of {type(model).__name__} (looked for {', '.join(HEAD_NAMES)}); "
+            "set peft_config.modules_to_save to its module name"
+        )
+    changes: dict[str, Any] = {}
+    if getattr(peft_config, "task_type", None) not in (TaskType.SEQ_CLS, "SEQ_CLS"):
+        if getattr(peft_config, "task_type", None) is not None:
+            logger.warning("peft_config.task_type %s replaced by SEQ_CLS for a reward model", peft_config.task_type)
+        changes["task_type"] = TaskType.SEQ_CLS
+    to_save = list(getattr(peft_config, "modules_to_save", None) or [])
+    missing = [h for h in heads if h not in to_save]
+    if missing:
+        changes["modules_to_save"] = to_save + missing
+    if changes:
+        peft_config = dataclasses.replace(peft_config, **changes)
+    return get_peft_model(model, peft_config)
+
+
+def prepare_model(model: nn.Module, args, peft_config=None):
+    """Applies the config's model settings (dropout, cache, PEFT, checkpointing hooks)."""
+    if getattr(model.config, "num_labels", 1) != 1:
+        raise ValueError(
+            f"a reward model has one output, but the model has num_labels={model.config.num_labels}; "
+            "load it with AutoModelForSequenceClassification.from_pretrained(..., num_labels=1)"
+        )
+    if args.disable_dropout:
+        disable_dropout(model)
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    if peft_config is not None:
+        if args.activation_checkpointing and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        model = wrap_peft(model, peft_config)
+    return model
