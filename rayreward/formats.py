@@ -20,8 +20,11 @@ with the tokenizer's special tokens, as TRL's ``RewardTrainer`` does.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 FORMATS = ("implicit_prompt", "explicit_prompt", "conversational", "pretokenized")
 PRETOKENIZED_COLUMNS = (
@@ -111,7 +114,9 @@ def _messages_problem(value: Any, allow_empty: bool = False) -> str | None:
 
 
 def _ids_problem(ids: Any, mask: Any) -> str | None:
-    if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+    if not isinstance(ids, (list, tuple)) or not all(
+        isinstance(t, numbers.Integral) and not isinstance(t, (bool, np.bool_)) for t in ids
+    ):
         return f"expected a list of integer token ids, got {_short(ids)}"
     if not ids:
         return "empty token list"
@@ -122,7 +127,9 @@ def _ids_problem(ids: Any, mask: Any) -> str | None:
 
 def margin_problem(value: Any) -> str | None:
     """Why ``value`` is not a usable margin, or None when it is a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real also admits numpy scalars (np.float32, np.int64), which Ray Data and
+    # pandas hand over; bool is a Real subclass but never a meaningful margin.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         return f"margin must be a finite number, got {type(value).__name__} ({_short(value)})"
     if not math.isfinite(value):
         return f"margin must be a finite number, got {value}"

@@ -16,9 +16,11 @@ TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny-bpe"
 SAMPLE_DATA_DIR = Path(__file__).parent / "sample_data"
 
 # A ChatML-style template; the tokenizer's EOS closes every turn, so a rendered
-# conversation ends with EOS like a text pair does.
+# conversation ends with EOS like a text pair does, and it opens with BOS because
+# apply_chat_template adds no special tokens of its own (a text pair gets BOS from the
+# tokenizer's post-processor).
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if not loop.first %}\n{% endif %}"
+    "{{ bos_token }}{% for message in messages %}{% if not loop.first %}\n{% endif %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}</s>"
     "{% endfor %}"
     "{% if add_generation_prompt %}\n<|assistant|>\n{% endif %}"

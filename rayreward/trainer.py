@@ -69,9 +69,12 @@ def tokenize_pairs(
         raise DataFormatError(f"{name} is empty; it needs at least one preference pair")
     first = dataset[0]
     fmt = fmt or detect_format(columns, first, names, source=name)
-    required = [c for c in columns if c in (names.chosen, names.rejected, names.prompt, names.margin)]
-    if fmt == "pretokenized":
-        required = [c for c in columns if c.startswith(("input_ids_", "attention_mask_")) or c == names.margin]
+    def relevant(cols):
+        if fmt == "pretokenized":
+            return [c for c in cols if c.startswith(("input_ids_", "attention_mask_")) or c == names.margin]
+        return [c for c in cols if c in (names.chosen, names.rejected, names.prompt, names.margin)]
+
+    required = relevant(columns)
     encoder = PairEncoder(tokenizer, fmt, names, max_length, length_policy)
     pairs: list[dict[str, Any]] = []
     chunk: list[Mapping[str, Any]] = []
@@ -79,6 +82,13 @@ def tokenize_pairs(
         for col in required:
             if col not in row:
                 raise BadRowError(name, i, col, f"missing; the first row has '{col}', so every row needs it")
+        # A column only some rows have (a margin on a few pairs) would give batches of
+        # different shapes; the first row sets the columns for all.
+        for col in relevant(row):
+            if col not in required:
+                raise BadRowError(
+                    name, i, col, f"present, but the first row has no '{col}'; give it to every row or to none"
+                )
         problem = row_problem(row, fmt, names)
         if problem:
             raise BadRowError(name, i, *problem)
