@@ -259,6 +259,26 @@ class PairEncoder:
             out.append(pair)
         return out
 
+    def encode_column(self, rows: Sequence[Mapping[str, Any]], col: str) -> list[list[int] | None]:
+        """Token ids of one answer column, built as a pair side is; None marks a filtered text.
+
+        Used to score single answers (``rayreward score``): the prompt is prepended or
+        the chat template applied, EOS appended, and the length policy applied per text.
+        """
+        out: list[list[int] | None] = []
+        for ids in self._token_ids(rows, col):
+            self.stats.pairs += 1
+            self.stats.longest = max(self.stats.longest, len(ids))
+            if self.max_length is not None and len(ids) > self.max_length:
+                if self.length_policy == "filter":
+                    self.stats.filtered += 1
+                    out.append(None)
+                    continue
+                self.stats.truncated += 1
+                ids = self._truncate(ids)
+            out.append(ids)
+        return out
+
     def _token_ids(self, rows: Sequence[Mapping[str, Any]], col: str) -> list[list[int]]:
         tok = self.tokenizer
         if self.fmt == "pretokenized":
