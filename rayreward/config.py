@@ -47,19 +47,27 @@ class RewardConfig(TrainingArguments):
         default=True,
         metadata={"help": "Subtract the data's 'margin' column inside the loss when the data has one."},
     )
+    # None stands for "not given" so that a value given under the older name
+    # `gradient_checkpointing` can be told apart from this default; it resolves to True.
     activation_checkpointing: bool | None = field(
-        default=True,
-        metadata={"help": "Recompute activations in the backward pass: less memory, about 20-30% slower."},
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass: less memory, about 20-30% slower. "
+            "Defaults to True (its older name gradient_checkpointing is accepted too)."
+        },
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept off: the trainer selects the pair columns itself."}
     )
 
     def __post_init__(self):
-        # `gradient_checkpointing` is the older name of `activation_checkpointing`; a value
-        # the user gave under the old name wins over this class's default.
-        if self.gradient_checkpointing is not None:
-            self.activation_checkpointing = self.gradient_checkpointing
+        # `gradient_checkpointing*` are the older names of `activation_checkpointing*`. The
+        # new name wins when both are set: copies of a config (dataclasses.replace,
+        # RewardConfig(**args.to_dict())) carry the old name mirrored from the new one.
+        if self.activation_checkpointing is None:
+            self.activation_checkpointing = True if self.gradient_checkpointing is None else self.gradient_checkpointing
+        if self.activation_checkpointing_kwargs is None:
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
         if self.activation_checkpointing and self.activation_checkpointing_kwargs is None:
             # Reentrant checkpointing drops gradients of inputs that do not require them,
             # which breaks LoRA (frozen embeddings); the non-reentrant variant does not.
