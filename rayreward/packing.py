@@ -1,0 +1,492 @@
+"""Fewer wasted tokens: length-grouped batches, padding-free and shared-prefix packing.
+
+A padded batch of preference pairs spends most of its compute on padding (every
+sequence is padded to the longest of the batch) and on the prompt, which chosen and
+rejected repeat. Three features remove that work without changing the result:
+
+Length grouping
+    Pairs are sorted by length inside a shuffle buffer and cut into batches; the
+    batches of a buffer are then shuffled, and the buffers come in random order, so
+    training order stays random at the scale of a buffer. ``length_grouped_batches``
+    does it for one buffer (the Ray worker iterator calls it); ``LengthGroupedPairSampler``
+    does it for a whole in-memory data set (the in-process trainer).
+
+Shared-prefix packing (causal decoders)
+    Chosen and rejected usually start with the same tokens (the dialogue so far). A
+    pair becomes one *unit*: the common prefix once, then the chosen continuation, then
+    the rejected one. Each continuation attends to the prefix and to itself only, and
+    its positions continue from the end of the prefix, so every token sees exactly what
+    it would see in a separate forward pass: rewards and gradients are those of the
+    plain path (to float rounding).
+
+Padding-free packing (causal decoders)
+    Units are packed first-fit-decreasing into rows no longer than the longest unit of
+    the batch, with per-sequence position ids and an attention mask that never crosses
+    units. Only the ends of rows are padded.
+
+The packed batch carries token ids, positions, a sequence id and a branch id per token
+(0: shared prefix, 1: chosen, 2: rejected) and the (row, column) where each reward is
+read. ``packed_rewards`` turns the ids into a block-diagonal 4D mask on the model's
+device, runs the model through its own ``forward`` (so DDP, DeepSpeed and PEFT wrappers
+see a normal call) and reads the reward head's per-token output at those places.
+
+Encoders (BERT and the like) attend both ways: a token of the shared prefix would see a
+different continuation in each pass, so prefix sharing is inexact there, and their
+reward is read at the first token, not the last. For them only length grouping is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Decoder families whose attention takes a custom 4D mask and position ids unchanged
+# (mask passed through `create_causal_mask`, RoPE or learned absolute positions);
+# the exactness tests cover each of them. Other causal decoders pack on request only.
+PACKABLE_MODEL_TYPES = ("llama", "gpt2", "mistral", "qwen2", "qwen3")
+_MASKED_ATTENTION = ("sdpa", "eager")
+PREFIX, CHOSEN, REJECTED = 0, 1, 2
+
+
+# -- length grouping -------------------------------------------------------------------
+
+
+def pair_length(pair: Mapping[str, Any]) -> int:
+    """Length of a tokenized pair for grouping: its longer side, in real tokens."""
+    return max(len(_real_ids(pair, "chosen")), len(_real_ids(pair, "rejected")))
+
+
+def length_grouped_batches(
+    items: Sequence[Any],
+    batch_size: int,
+    lengths: Sequence[int] | None = None,
+    rng: random.Random | int | None = None,
+) -> list[list[Any]]:
+    """Cuts one shuffle buffer into batches of pairs of similar length.
+
+    The buffer is sorted by length (ties in random order) and cut into batches of
+    ``batch_size``; the full batches come out in random order. When the buffer does not
+    divide evenly, one shorter batch of neighbouring lengths comes out last.
+
+    Args:
+        items: the pairs of the buffer (or anything, with ``lengths`` given).
+        batch_size: pairs per batch.
+        lengths: one length per item; defaults to ``pair_length`` of each item.
+        rng: a ``random.Random`` or a seed.
+
+    Returns:
+        The batches, as lists of items.
+
+    Example:
+        >>> length_grouped_batches(["a", "bbbb", "cc", "dddd"], 2, [1, 4, 2, 4], rng=0)
+        [['bbbb', 'dddd'], ['a', 'cc']]  # or the other order
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size}; expected a positive integer")
+    rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+    lengths = [pair_length(p) for p in items] if lengths is None else list(lengths)
+    if len(lengths) != len(items):
+        raise ValueError(f"got {len(lengths)} lengths for {len(items)} items")
+    order = sorted(range(len(items)), key=lambda i: (lengths[i], rng.random()))
+    n_full, rest = divmod(len(order), batch_size)
+    # The short batch takes a random place in the sorted order, so it does not always
+    # hold the longest pairs of the buffer.
+    split = rng.randint(0, n_full) * batch_size if rest else len(order)
+    full = [order[k : k + batch_size] for k in range(0, split, batch_size)]
+    full += [order[k : k + batch_size] for k in range(split + rest, len(order), batch_size)]
+    rng.shuffle(full)
+    batches = full + ([order[split : split + rest]] if rest else [])
+    return [[items[i] for i in b] for b in batches]
+
+
+class LengthGroupedPairSampler(torch.utils.data.Sampler[int]):
+    """Indices of an in-memory data set, in batches of similar length.
+
+    Each epoch shuffles the data set, splits it into buffers of
+    ``batch_size * buffer_batches`` pairs and groups each buffer with
+    ``length_grouped_batches``. A ``DataLoader`` with the same ``batch_size`` then
+    yields length-grouped batches; only the very last batch of an epoch can be short,
+    so batch boundaries never drift. Every rank draws the same order (seed + epoch),
+    which lets accelerate's batch sharding give each rank its own batches.
+
+    Args:
+        lengths: one length per pair (``pair_length``).
+        batch_size: the DataLoader's batch size (per device).
+        buffer_batches: how many batches' worth of pairs are grouped together.
+        seed: base seed; epoch ``e`` uses ``seed`` and ``e``.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, buffer_batches: int = 50, seed: int = 0):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.buffer_batches = buffer_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(f"{self.seed}:{self.epoch}")
+        self.epoch += 1
+        perm = list(range(len(self.lengths)))
+        rng.shuffle(perm)
+        buffer = self.batch_size * self.buffer_batches
+        for start in range(0, len(perm), buffer):
+            idx = perm[start : start + buffer]
+            for batch in length_grouped_batches(idx, self.batch_size, [self.lengths[i] for i in idx], rng):
+                yield from batch
+
+
+# -- packing ---------------------------------------------------------------------------
+
+
+@dataclass
+class PackedPairCollator:
+    """Packs tokenized pairs into rows for ``packed_rewards`` (causal decoders only).
+
+    Args:
+        pad_token_id: id put at the padded ends of rows. Trailing tokens equal to it
+            are also dropped from each sequence: the plain path reads the reward at the
+            last token that is not padding, so they never count there either.
+        share_prefix: compute the common prefix of chosen and rejected once.
+        padding_free: pack several pairs into one row; without it each pair has its
+            own row (its prefix and both continuations) and rows are padded.
+        row_tokens: length of a packed row; defaults to the longest pair of the batch,
+            which keeps attention cost no higher than one row per pair.
+        pad_to_multiple_of: round the row length up to a multiple of this.
+
+    Example:
+        >>> collate = PackedPairCollator(pad_token_id=0)
+        >>> batch = collate([{"input_ids_chosen": [5, 6, 7], "input_ids_rejected": [5, 6, 8]}])
+        >>> batch["packed_input_ids"]  # tensor([[5, 6, 7, 8]]): prefix [5, 6] once
+    """
+
+    pad_token_id: int
+    share_prefix: bool = True
+    padding_free: bool = True
+    row_tokens: int | None = None
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        return pack_pairs(
+            features, self.pad_token_id, share_prefix=self.share_prefix, padding_free=self.padding_free,
+            row_tokens=self.row_tokens, pad_to_multiple_of=self.pad_to_multiple_of,
+        )
+
+
+def pack_pairs(
+    features: Sequence[Mapping[str, Any]],
+    pad_token_id: int,
+    *,
+    share_prefix: bool = True,
+    padding_free: bool = True,
+    row_tokens: int | None = None,
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Packs pairs into rows; see ``PackedPairCollator`` for the arguments.
+
+    Returns:
+        ``chosen_index`` and ``rejected_index`` (pairs x 2: row and column where each
+        reward is read; first, so that ``transformers``' batch-size probe counts pairs),
+        ``packed_input_ids``, ``packed_position_ids``, ``packed_sequence_ids`` (the
+        pair a token belongs to, -1 for padding), ``packed_branch_ids`` (0 prefix,
+        1 chosen, 2 rejected), ``margin`` when the pairs have one, and ``return_loss``.
+    """
+    if not features:
+        raise ValueError("cannot pack an empty list of pairs")
+    units = []
+    for f in features:
+        chosen = _strip_trailing(_real_ids(f, "chosen"), pad_token_id)
+        rejected = _strip_trailing(_real_ids(f, "rejected"), pad_token_id)
+        p = _common_prefix(chosen, rejected) if share_prefix else 0
+        units.append((chosen[:p], chosen[p:], rejected[p:]))
+    sizes = [len(pre) + len(c) + len(r) for pre, c, r in units]
+    if padding_free:
+        capacity = max(max(sizes), row_tokens or 0)
+        rows: list[list[int]] = []
+        fill: list[int] = []
+        # First-fit decreasing: few rows, and the rows are filled close to the capacity.
+        for i in sorted(range(len(units)), key=lambda i: -sizes[i]):
+            slot = next((r for r, used in enumerate(fill) if used + sizes[i] <= capacity), None)
+            if slot is None:
+                rows.append([])
+                fill.append(0)
+                slot = len(rows) - 1
+            rows[slot].append(i)
+            fill[slot] += sizes[i]
+    else:
+        rows, fill = [[i] for i in range(len(units))], sizes
+    length = max(fill)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+
+    shape = (len(rows), length)
+    ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    pos = torch.zeros(shape, dtype=torch.long)
+    seq = torch.full(shape, -1, dtype=torch.long)
+    branch = torch.zeros(shape, dtype=torch.long)
+    chosen_index = torch.zeros((len(units), 2), dtype=torch.long)
+    rejected_index = torch.zeros((len(units), 2), dtype=torch.long)
+    for r, members in enumerate(rows):
+        col = 0
+        for i in members:
+            prefix, cont_c, cont_r = units[i]
+            for part, kind, index in ((prefix, PREFIX, None), (cont_c, CHOSEN, chosen_index),
+                                      (cont_r, REJECTED, rejected_index)):
+                n = len(part)
+                if n == 0:
+                    continue
+                span = slice(col, col + n)
+                ids[r, span] = torch.as_tensor(part, dtype=torch.long)
+                start = len(prefix) if kind != PREFIX else 0
+                pos[r, span] = torch.arange(start, start + n)
+                seq[r, span] = i
+                branch[r, span] = kind
+                if index is not None:
+                    index[i] = torch.tensor([r, col + n - 1])
+                col += n
+    batch = {
+        "chosen_index": chosen_index,
+        "rejected_index": rejected_index,
+        "packed_input_ids": ids,
+        "packed_position_ids": pos,
+        "packed_sequence_ids": seq,
+        "packed_branch_ids": branch,
+    }
+    if "margin" in features[0]:
+        batch["margin"] = torch.tensor([float(f["margin"]) for f in features], dtype=torch.float)
+    batch["return_loss"] = True
+    return batch
+
+
+def is_packed(batch: Mapping[str, Any]) -> bool:
+    """Whether a collated batch comes from ``pack_pairs``."""
+    return "packed_input_ids" in batch
+
+
+def packed_attention_mask(sequence_ids: torch.Tensor, branch_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(rows, 1, T, T)`` mask, True where a query token may attend a key token.
+
+    A token attends earlier tokens of its own pair that are in the shared prefix or in
+    its own branch. Padding attends to padding (never to real tokens), so no row of the
+    softmax is empty and no NaN reaches the gradients.
+    """
+    t = sequence_ids.shape[1]
+    same_pair = sequence_ids[:, :, None] == sequence_ids[:, None, :]
+    key_branch = branch_ids[:, None, :]
+    visible = (key_branch == PREFIX) | (key_branch == branch_ids[:, :, None])
+    causal = torch.ones(t, t, dtype=torch.bool, device=sequence_ids.device).tril()
+    return (same_pair & visible & causal)[:, None]
+
+
+def packed_rewards(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of the chosen and rejected sides of a packed batch, in pair order (fp32).
+
+    The model is called through its own ``forward`` with the packed ids, position ids
+    and a 4D mask; a forward hook on the reward head catches its per-token scores,
+    which are read at the last token of each sequence. Going through ``forward`` keeps
+    DDP's gradient hooks, DeepSpeed ZeRO's parameter gathering and PEFT's adapters in
+    play, so the function works unchanged inside the distributed trainer.
+
+    Args:
+        model: a causal-decoder sequence-classification model (possibly wrapped by
+            DDP, DeepSpeed or PEFT) whose attention is ``sdpa`` or ``eager``.
+        batch: the output of ``pack_pairs``, on the model's device.
+
+    Returns:
+        ``(rewards_chosen, rewards_rejected)``, each of shape ``(pairs,)``.
+    """
+    inner = unwrap_model(model)
+    head = reward_head(inner)
+    mask = packed_attention_mask(batch["packed_sequence_ids"], batch["packed_branch_ids"])
+    if _attention_implementation(inner) == "eager":
+        # Eager attention adds the mask to the scores; sdpa takes the boolean mask.
+        dtype = next(inner.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    caught: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda module, args, output: caught.append(output))
+    try:
+        model(
+            input_ids=batch["packed_input_ids"],
+            attention_mask=mask,
+            position_ids=batch["packed_position_ids"],
+        )
+    finally:
+        handle.remove()
+    scores = caught[-1]
+    ci, ri = batch["chosen_index"], batch["rejected_index"]
+    return scores[ci[:, 0], ci[:, 1], 0].float(), scores[ri[:, 0], ri[:, 1], 0].float()
+
+
+# -- which features a model gets -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackingPlan:
+    """The speed features in force for one model and config (see ``plan_packing``)."""
+
+    group_by_length: bool = False
+    padding_free: bool = False
+    share_prefix: bool = False
+
+    @property
+    def packs(self) -> bool:
+        return self.padding_free or self.share_prefix
+
+    def collator(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> PackedPairCollator | None:
+        """The packing collator, or None when the plan does not pack."""
+        if not self.packs:
+            return None
+        return PackedPairCollator(
+            pad_token_id, share_prefix=self.share_prefix, padding_free=self.padding_free,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
+
+
+def plan_packing(model: nn.Module | None, args) -> PackingPlan:
+    """Resolves ``group_by_length``, ``padding_free`` and ``share_prefix`` for a model.
+
+    ``None`` (auto) turns length grouping on for every model (it only changes which
+    pairs share a batch), and both packings on for the causal decoders of
+    ``PACKABLE_MODEL_TYPES`` with ``sdpa`` or ``eager`` attention, where they are exact.
+
+    Args:
+        model: the model (possibly wrapped); None (``model_init``) packs nothing.
+        args: anything with the three attributes, e.g. a ``RewardConfig``.
+
+    Raises:
+        ValueError: a packing switch is True for a model that cannot pack; the message
+            says why.
+    """
+    grouping = getattr(args, "group_by_length", None)
+    grouping = True if grouping is None else bool(grouping)
+    wanted = {k: getattr(args, k, None) for k in ("padding_free", "share_prefix")}
+    if model is None:
+        return PackingPlan(group_by_length=grouping)
+    problem = packing_problem(model, getattr(args, "max_length", None))
+    auto_ok = problem is None and _model_type(model) in PACKABLE_MODEL_TYPES
+    resolved = {}
+    for key, value in wanted.items():
+        if value is None:
+            resolved[key] = auto_ok
+        elif value and problem is not None:
+            raise ValueError(f"{key}=True: {problem}; set {key}=False (or leave it unset for automatic)")
+        else:
+            resolved[key] = bool(value)
+    if problem is not None and any(v is None for v in wanted.values()):
+        logger.info("packing is off for this model: %s", problem)
+    return PackingPlan(group_by_length=grouping, **resolved)
+
+
+def packing_problem(model: nn.Module, max_length: int | None = None) -> str | None:
+    """Why ``model`` cannot be packed exactly, or None when it can."""
+    inner = unwrap_model(model)
+    name = type(inner).__name__
+    try:
+        reward_head(inner)
+    except ValueError as err:
+        return str(err)
+    flags = [m.is_causal for m in inner.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    if not flags or not all(flags):
+        return (
+            f"{name} has bidirectional attention (an encoder): packed sequences would change what each token "
+            "sees, so packing is inexact there"
+        )
+    impl = _attention_implementation(inner)
+    if impl not in _MASKED_ATTENTION:
+        return (
+            f"{name} uses attn_implementation={impl!r}, which takes no custom 4D attention mask; "
+            "load the model with attn_implementation='sdpa' (or 'eager') to pack"
+        )
+    config = _text_config(inner)
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and (max_length is None or max_length > window):
+        return (
+            f"{name} has a sliding attention window of {window} tokens, which the packed mask does not apply; "
+            f"packing is exact only with max_length <= {window}"
+        )
+    return None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The ``transformers`` model inside DDP / DeepSpeed (``.module``) and PEFT wrappers."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def reward_head(model: nn.Module) -> nn.Module:
+    """The per-token scalar head (``score``) of a decoder sequence-classification model."""
+    head = getattr(model, "score", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} has no per-token 'score' head (decoder sequence-classification models "
+            "have one; encoders pool a first token into 'classifier' instead)"
+        )
+    return head
+
+
+def _attention_implementation(model: nn.Module) -> str:
+    config = model.config
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
+def _text_config(model: nn.Module):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _model_type(model: nn.Module) -> str:
+    return getattr(_text_config(unwrap_model(model)), "model_type", "")
+
+
+def _real_ids(pair: Mapping[str, Any], side: str) -> list[int]:
+    ids = pair[f"input_ids_{side}"]
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    mask = pair.get(f"attention_mask_{side}")
+    if mask is None:
+        return ids
+    mask = mask.tolist() if hasattr(mask, "tolist") else list(mask)
+    return [t for t, m in zip(ids, mask) if m]
+
+
+def _strip_trailing(ids: list[int], pad_token_id: int) -> list[int]:
+    end = len(ids)
+    while end > 1 and ids[end - 1] == pad_token_id:
+        end -= 1
+    return ids[:end]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    # Each side keeps at least its last token, where its reward is read.
+    limit = min(len(a), len(b)) - 1
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+__all__ = [
+    "LengthGroupedPairSampler",
+    "PackedPairCollator",
+    "PackingPlan",
+    "length_grouped_batches",
+    "pack_pairs",
+    "packed_attention_mask",
+    "packed_rewards",
+    "pair_length",
+    "plan_packing",
+]
