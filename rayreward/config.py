@@ -47,6 +47,32 @@ class RewardConfig(TrainingArguments):
         default=True,
         metadata={"help": "Subtract the data's 'margin' column inside the loss when the data has one."},
     )
+    group_by_length: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Batch training pairs with others of similar length (within a shuffle buffer of "
+            "length_group_batches batches; order stays random across buffers). None (default) turns it on."
+        },
+    )
+    length_group_batches: int = field(
+        default=50,
+        metadata={"help": "Batches' worth of pairs sorted by length together when group_by_length is on."},
+    )
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Pack several training pairs into one row with attention that never crosses sequences, "
+            "instead of padding each. None (default): on for causal decoders where it is exact "
+            "(Llama, GPT-2, Mistral, Qwen2/3 with sdpa or eager attention), off for encoders."
+        },
+    )
+    share_prefix: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Compute the tokens that chosen and rejected share at the start once per pair; each "
+            "answer attends to that prefix and to itself. None (default): on where padding_free is."
+        },
+    )
     # None stands for "not given" so that a value given under the older name
     # `gradient_checkpointing` can be told apart from this default; it resolves to True.
     activation_checkpointing: bool | None = field(
@@ -78,4 +104,8 @@ class RewardConfig(TrainingArguments):
             )
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
             raise ValueError(f"max_length: got {self.max_length!r}; expected a positive integer or None")
+        if not isinstance(self.length_group_batches, int) or self.length_group_batches < 1:
+            raise ValueError(
+                f"length_group_batches: got {self.length_group_batches!r}; expected a positive integer"
+            )
         super().__post_init__()
