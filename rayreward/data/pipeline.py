@@ -1,0 +1,339 @@
+"""``build_datasets``: preference pairs from files to tokenized Ray Datasets.
+
+Steps, on the driver:
+    1. check the config and resolve every source to its files (no Ray);
+    2. read the first rows of each source with pyarrow to fix its format, and encode
+       them with the tokenizer, so a wrong column, a missing chat template or a bad
+       first row fails in seconds (no Ray);
+    3. build the Ray Data plan: read tasks that check every row where it is read,
+       then ``map_batches`` over an actor pool of tokenizers (``PairEncoder``, the
+       same code ``RewardTrainer`` uses, so the ids are the same);
+    4. by default, materialize it: the blocks stay in Ray's object store (spilling to
+       disk), the driver holds only references, and the counts are exact.
+
+Why materialize by default (the STACK_NOTES deadlock): a lazy ``map_batches`` plan is
+executed while the training workers iterate their shards; on a cluster whose CPUs
+are all taken by training workers, its tasks never get a CPU and training waits
+forever. Tokenizing before the trainer starts removes the contention, and gives the
+pair count that turns epochs into ``max_steps``. ``data.materialize: false`` streams
+instead, for data larger than object store + disk: then ``max_steps`` is required
+and the training side must leave CPUs over (fractional ``resources_per_worker`` or
+spare logical CPUs) for the tokenizer actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..formats import BadRowError, ColumnNames, DataFormatError, LengthStats, PairEncoder
+from .config import DataConfig
+from .reader import ReadPlan, pair_datasource, probe
+from .sources import Source, resolve_source
+
+logger = logging.getLogger(__name__)
+
+MAX_BAD_ROW_EXAMPLES = 5
+
+
+@dataclass
+class DataCounts:
+    """What happened to the rows of one data set.
+
+    Attributes:
+        rows_read: rows read from the files (this split's share when split).
+        bad_rows: malformed rows skipped (``on_bad_rows: skip``).
+        filtered: pairs dropped by ``length_policy: filter``.
+        truncated: pairs cut by ``length_policy: truncate``.
+        pairs: tokenized pairs kept.
+        longest: longest side seen, in tokens, before the length policy.
+        bad_examples: the first few bad rows, as ``file, row N, field 'x': problem``.
+    """
+
+    rows_read: int = 0
+    bad_rows: int = 0
+    filtered: int = 0
+    truncated: int = 0
+    pairs: int = 0
+    longest: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """Counts for a run's metrics, e.g. ``{"data/train_filtered": 3, ...}``."""
+        keys = ("rows_read", "bad_rows", "filtered", "truncated", "pairs")
+        return {f"data/{prefix}_{k}": float(getattr(self, k)) for k in keys}
+
+    def describe(self, name: str, cfg: DataConfig) -> str:
+        text = f"{name}: {self.pairs} pairs from {self.rows_read} rows"
+        if self.filtered or cfg.length_policy == "filter":
+            text += f"; {self.filtered} longer than max_length={cfg.max_length} filtered out"
+        if self.truncated:
+            text += f"; {self.truncated} truncated to max_length={cfg.max_length}"
+        if self.bad_rows:
+            text += f"; {self.bad_rows} bad rows skipped, first ones:\n  " + "\n  ".join(self.bad_examples)
+        return text
+
+
+@dataclass
+class PreparedData:
+    """Tokenized train and eval data, ready for ``TorchTrainer(datasets=...)``.
+
+    Each dataset has the columns ``input_ids_chosen`` and ``input_ids_rejected``
+    (``list<int32>``, no padding; no masks: every id is a real token) and ``margin``
+    (``float32``) when the data has one. Feed them with
+    ``rayreward.data.iter_pair_batches``.
+
+    Attributes:
+        train: the training pairs.
+        eval: the evaluation pairs, or None.
+        format: the data format of the training source.
+        materialized: True when tokenization is done and the counts are exact.
+        train_counts: counts of the training data (None when streaming).
+        eval_counts: counts of the evaluation data (None when streaming or no eval).
+    """
+
+    train: Any
+    eval: Any | None
+    format: str
+    materialized: bool
+    train_counts: DataCounts | None = None
+    eval_counts: DataCounts | None = None
+    _tallies: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_train_pairs(self) -> int | None:
+        """Number of training pairs, or None for a stream (known only once read)."""
+        return self.train_counts.pairs if self.train_counts else None
+
+    def datasets(self) -> dict[str, Any]:
+        """The ``datasets`` argument of ``TorchTrainer``: ``train`` and, if any, ``eval``."""
+        return {"train": self.train, **({"eval": self.eval} if self.eval is not None else {})}
+
+    def counts_so_far(self, name: str = "train") -> DataCounts:
+        """Counts gathered until now; for a stream, call it after training."""
+        import ray
+
+        return DataCounts(**ray.get(self._tallies[name].snapshot.remote()))
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, counts in (("train", self.train_counts), ("eval", self.eval_counts)):
+            if counts is not None:
+                out.update(counts.metrics(name))
+        return out
+
+
+def build_datasets(cfg: DataConfig, tokenizer_name_or_path: str) -> PreparedData:
+    """Reads, checks and tokenizes the train (and eval) pairs with Ray Data.
+
+    Ray must be initialised by the caller (``ray.init(...)``).
+
+    Args:
+        cfg: the ``data:`` section of the job config.
+        tokenizer_name_or_path: what ``model_setup.load_tokenizer`` takes (a local path or
+            a ``builtin:`` name); each tokenizer actor loads it once.
+
+    Returns:
+        A ``PreparedData``.
+
+    Raises:
+        ValueError: the config has problems (all listed).
+        DataSourceError: a source is missing, unreachable, or a hub name.
+        DataFormatError: the columns fit no format, the data is conversational and no
+            chat template is available, or no pair is left.
+        BadRowError: a malformed row, with ``on_bad_rows: error`` (names file and row).
+
+    Example:
+        >>> prepared = build_datasets(DataConfig(train="data/train.jsonl", eval_split=0.05), "builtin:tiny-llama")
+        >>> trainer = TorchTrainer(loop, datasets=prepared.datasets(), ...)
+    """
+    # 1. Config and sources, before anything costly.
+    problems = cfg.validate()
+    if problems:
+        raise ValueError("invalid data config:\n  " + "\n  ".join(problems))
+    names = cfg.columns.names()
+    train_source = resolve_source(cfg.train, "data.train", role="train")
+    eval_source = resolve_source(cfg.eval, "data.eval", role="eval") if cfg.eval else None
+
+    # 2. Format and tokenizer, checked on a few rows.
+    tokenizer = load_data_tokenizer(tokenizer_name_or_path, cfg.chat_template)
+    plans = {"train": _plan(train_source, cfg, names, tokenizer)}
+    if eval_source is not None:
+        plans["eval"] = _plan(eval_source, cfg, names, tokenizer)
+    elif cfg.eval_split:
+        base = plans["train"]
+        plans = {
+            part: ReadPlan(base.source, base.fmt, names, base.has_prompt, base.has_margin, part, cfg.eval_split, cfg.seed)
+            for part in ("train", "eval")
+        }
+
+    # 3. The Ray Data plans, and 4. their execution.
+    prepared = PreparedData(train=None, eval=None, format=plans["train"].fmt, materialized=cfg.materialize)
+    for name, plan in plans.items():
+        ds, tally = _tokenized(plan, cfg, tokenizer_name_or_path)
+        if name == "train" and cfg.shuffle == "global":
+            ds = ds.random_shuffle(seed=cfg.seed)
+        prepared._tallies[name] = tally
+        if cfg.materialize:
+            ds, counts = _run(ds, tally, plan, cfg, name)
+            setattr(prepared, f"{name}_counts", counts)
+        setattr(prepared, name, ds)
+    return prepared
+
+
+def load_data_tokenizer(name_or_path: str, chat_template: str | None = None):
+    """The tokenizer the pipeline uses: ``load_tokenizer`` plus the config's chat template."""
+    from ..model_setup import load_tokenizer
+
+    tokenizer = load_tokenizer(name_or_path)
+    if chat_template:
+        if os.path.isfile(chat_template):
+            with open(chat_template, encoding="utf-8") as f:
+                chat_template = f.read()
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def _plan(source: Source, cfg: DataConfig, names: ColumnNames, tokenizer) -> ReadPlan:
+    fmt, has_prompt, has_margin, samples = probe(source, cfg.format, names, cfg.on_bad_rows)
+    # Fails now, not inside an actor, on a missing chat template or an untokenizable row.
+    PairEncoder(tokenizer, fmt, ColumnNames(), cfg.max_length, cfg.length_policy).encode_rows(samples)
+    logger.info("%s: %d %s file(s), format %s", source.field, len(source.files), source.kind, fmt)
+    return ReadPlan(source, fmt, names, has_prompt, has_margin)
+
+
+def _tokenized(plan: ReadPlan, cfg: DataConfig, tokenizer_name_or_path: str):
+    import ray
+
+    tally = _Tally.options(num_cpus=0).remote()
+    ds = ray.data.read_datasource(pair_datasource(plan))
+    ds = ds.map_batches(
+        TokenizePairs,
+        fn_constructor_kwargs={
+            "tokenizer_name_or_path": tokenizer_name_or_path,
+            "chat_template": cfg.chat_template,
+            "fmt": plan.fmt,
+            "max_length": cfg.max_length,
+            "length_policy": cfg.length_policy,
+            "has_margin": plan.has_margin,
+            "on_bad_rows": cfg.on_bad_rows,
+            "tally": tally,
+        },
+        batch_format="pyarrow",
+        batch_size=cfg.tokenize_batch_size,
+        concurrency=cfg.tokenize_actors,
+        num_cpus=cfg.tokenize_num_cpus,
+    )
+    return ds, tally
+
+
+def _run(ds, tally, plan: ReadPlan, cfg: DataConfig, name: str):
+    import ray
+
+    try:
+        ds = ds.materialize()
+    except Exception:
+        first = ray.get(tally.first_bad.remote())
+        if first is not None:
+            raise BadRowError(*first) from None
+        raise
+    counts = DataCounts(**ray.get(tally.snapshot.remote()))
+    where = plan.source.spec + (f" ({name} part of the eval split)" if plan.part else "")
+    if counts.rows_read == 0:
+        raise DataFormatError(f"data.{name}: {where} holds no rows")
+    if counts.pairs == 0:
+        raise DataFormatError(
+            f"data.{name}: no pair left of {counts.rows_read} rows from {where} ({counts.bad_rows} bad, "
+            f"{counts.filtered} longer than max_length={cfg.max_length}, the longest {counts.longest} tokens); "
+            "raise data.max_length, use data.length_policy=truncate, or fix the rows"
+        )
+    log = logger.warning if counts.bad_rows or counts.filtered or counts.truncated else logger.info
+    log("%s", counts.describe(f"data.{name}", cfg))
+    return ds, counts
+
+
+class TokenizePairs:
+    """``map_batches`` callable: checked rows in, tokenized pairs out (one tokenizer per actor).
+
+    Bad rows (marked by the read task) either stop the run (``on_bad_rows: error``)
+    or are dropped; every bad, filtered and truncated row is counted in the tally.
+    """
+
+    def __init__(self, tokenizer_name_or_path, chat_template, fmt, max_length, length_policy, has_margin, on_bad_rows, tally):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one actor per CPU already
+        self.encoder = PairEncoder(
+            load_data_tokenizer(tokenizer_name_or_path, chat_template), fmt, ColumnNames(), max_length, length_policy
+        )
+        self.has_margin, self.on_bad_rows, self.tally = has_margin, on_bad_rows, tally
+
+    def __call__(self, batch):
+        import ray
+
+        rows = batch.to_pylist()
+        good = [r for r in rows if r["_problem"] is None]
+        bad = [(r["_source"], r["_row"], r["_field"], r["_problem"]) for r in rows if r["_problem"] is not None]
+        if bad and self.on_bad_rows == "error":
+            ray.get(self.tally.add.remote({"bad_rows": len(bad)}, bad))
+            raise RuntimeError(f"{BadRowError(*bad[0])} (data.on_bad_rows: skip drops such rows instead)")
+        self.encoder.stats = LengthStats()
+        pairs = [p for p in self.encoder.encode_rows(good) if p is not None] if good else []
+        s = self.encoder.stats
+        delta = {"rows_read": len(rows), "bad_rows": len(bad), "filtered": s.filtered,
+                 "truncated": s.truncated, "pairs": len(pairs), "longest": s.longest}
+        ray.get(self.tally.add.remote(delta, bad[:MAX_BAD_ROW_EXAMPLES]))
+        return pairs_table(pairs, self.has_margin)
+
+
+def pairs_table(pairs: list[dict[str, Any]], has_margin: bool):
+    """The Arrow block of tokenized pairs (int32 ids, float32 margin)."""
+    import pyarrow as pa
+
+    ids = pa.list_(pa.int32())
+    columns = {
+        "input_ids_chosen": pa.array([p["input_ids_chosen"] for p in pairs], type=ids),
+        "input_ids_rejected": pa.array([p["input_ids_rejected"] for p in pairs], type=ids),
+    }
+    if has_margin:
+        columns["margin"] = pa.array([p["margin"] for p in pairs], type=pa.float32())
+    return pa.table(columns)
+
+
+def _tally_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Tally:
+        """Counts reported by the tokenizer actors, summed for the driver."""
+
+        def __init__(self):
+            self.counts = {k: 0 for k in ("rows_read", "bad_rows", "filtered", "truncated", "pairs", "longest")}
+            self.bad: list[tuple] = []
+
+        def add(self, delta: dict[str, int], bad: list[tuple]) -> None:
+            for k, v in delta.items():
+                self.counts[k] = max(self.counts[k], v) if k == "longest" else self.counts[k] + v
+            if len(self.bad) < 1000:
+                self.bad.extend(bad)
+
+        def first_bad(self):
+            return min(self.bad, key=lambda b: (b[0], b[1])) if self.bad else None
+
+        def snapshot(self) -> dict[str, Any]:
+            first = sorted(self.bad, key=lambda b: (b[0], b[1]))[:MAX_BAD_ROW_EXAMPLES]
+            return {**self.counts, "bad_examples": [str(BadRowError(*b)) for b in first]}
+
+    return Tally
+
+
+class _LazyTally:
+    _cls = None
+
+    def options(self, **kwargs):
+        if _LazyTally._cls is None:
+            _LazyTally._cls = _tally_class()
+        return _LazyTally._cls.options(**kwargs)
+
+
+_Tally = _LazyTally()
