@@ -1,0 +1,57 @@
+"""Command-line options shared by ``rayreward evaluate`` and ``rayreward score``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; expected a positive integer")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a positive number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"got {value}; expected a positive number")
+    return value
+
+
+def add_model_and_data(parser: argparse.ArgumentParser, model_help: str) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help=model_help)
+    parser.add_argument("--data", required=True, metavar="SOURCE",
+                        help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob")
+
+
+def add_inference(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inference")
+    group.add_argument("--batch-tokens", type=positive_int, default=16384, metavar="N",
+                       help="most tokens (rows x longest row) in one forward pass (default: %(default)s)")
+    group.add_argument("--max-length", type=positive_int, default=None, metavar="N",
+                       help="texts longer than N tokens keep their last N (default: the model's limit)")
+    group.add_argument("--prompt-column", default="prompt", metavar="COL",
+                       help="column holding the prompt (default: %(default)s)")
+    group.add_argument("--num-actors", type=positive_int, default=1, metavar="N",
+                       help="scoring actors, one model each (default: %(default)s)")
+    group.add_argument("--cpus-per-actor", type=positive_float, default=1.0, metavar="N",
+                       help="CPUs per actor (default: %(default)s)")
+    group.add_argument("--gpus-per-actor", type=float, default=None, metavar="N",
+                       help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+    group.add_argument("--batch-rows", type=positive_int, default=256, metavar="N",
+                       help="rows per Ray Data batch sent to an actor (default: %(default)s)")
+    group.add_argument("--address", default=None,
+                       help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+
+
+def actor_pool(args):
+    from ..score import ActorPool
+
+    return ActorPool(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_rows)

@@ -1,0 +1,68 @@
+"""``rayreward evaluate``: accuracy, reward statistics and calibration of a reward model."""
+
+from __future__ import annotations
+
+from ._scoring_args import actor_pool, add_inference, add_model_and_data, positive_int
+
+HELP = ("Evaluate a reward model on preference pairs: accuracy, rewards, margin, calibration (ECE), "
+        "accuracy by length and group; writes metrics.json, report.md and figures.")
+
+
+def add_arguments(parser) -> None:
+    add_model_and_data(parser, "model directory (save_pretrained), a training run's directory or a checkpoint")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="write metrics.json, report.md and PNG figures here (default: print only)")
+    parser.add_argument("--show", type=int, default=0, metavar="N",
+                        help="print the first N pairs with their rewards and P(chosen)")
+    parser.add_argument("--group-column", metavar="COL", default=None,
+                        help="report accuracy per value of COL (default: the first of group, subset, kind, "
+                             "source, category, domain that the data has)")
+    parser.add_argument("--bins", type=positive_int, default=10, metavar="N",
+                        help="calibration bins over P(preferred) in [0.5, 1] (default: %(default)s)")
+    parser.add_argument("--save-normalization", action="store_true",
+                        help="store the mean and std of the rewards in the model's config.json "
+                             "(used by `rayreward score --normalize`)")
+    add_inference(parser)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..data.sources import DataSourceError
+    from ..evaluate import evaluate
+    from ..formats import BadRowError, DataFormatError
+    from ..metrics import format_headline
+    from ..samples import format_table
+    from ..score import ray_session
+
+    # 1. check what can be checked before Ray starts
+    if args.show < 0:
+        print("rayreward evaluate: --show: expected a number >= 0", file=sys.stderr)
+        return 2
+    # 2. score and measure
+    try:
+        with ray_session(args.address):
+            result = evaluate(
+                args.model, args.data, out_dir=args.out, show=args.show, group_column=args.group_column,
+                batch_tokens=args.batch_tokens, max_length=args.max_length, n_bins=args.bins,
+                save_normalization=args.save_normalization, prompt_column=args.prompt_column,
+                pool=actor_pool(args),
+            )
+    except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
+        print(f"rayreward evaluate: {exc}", file=sys.stderr)
+        return 1
+    # 3. report
+    m = result.metrics
+    if result.samples is not None:
+        print(format_table(result.samples))
+    print(f"{m['model']} on {m['data']}: {format_headline(result.headline)}")
+    print(f"rewards: chosen {m['chosen_mean']:.3f} +- {m['chosen_std']:.3f}, "
+          f"rejected {m['rejected_mean']:.3f} +- {m['rejected_std']:.3f}")
+    if m["truncated"]:
+        print(f"{m['truncated']} pairs were longer than the model's limit and kept their last tokens")
+    if "saved_to" in m["normalization"]:
+        print(f"reward mean {m['normalization']['mean']:.4f} and std {m['normalization']['std']:.4f} "
+              f"saved to {m['normalization']['saved_to']}")
+    if result.paths:
+        print(f"wrote {', '.join(str(p) for p in result.paths.values())}")
+    return 0

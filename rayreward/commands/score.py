@@ -1,0 +1,49 @@
+"""``rayreward score``: add rewards to every row of a data set (batch inference on Ray Data)."""
+
+from __future__ import annotations
+
+from ._scoring_args import actor_pool, add_inference, add_model_and_data
+
+HELP = ("Score texts, prompt/response rows, conversations or preference pairs with a reward model; "
+        "writes the rows plus reward (or reward_chosen/reward_rejected) to .parquet or .jsonl.")
+
+
+def add_arguments(parser) -> None:
+    add_model_and_data(parser, "model directory (save_pretrained), a training run's directory or a checkpoint")
+    parser.add_argument("--out", required=True, metavar="PATH", help="output file, .parquet or .jsonl")
+    parser.add_argument("--normalize", action="store_true",
+                        help="report (reward - mean) / std with the statistics stored in the model's config "
+                             "(by training, or by `rayreward evaluate --save-normalization`)")
+    parser.add_argument("--text-column", metavar="COL", default=None,
+                        help="the answer column of single answers when it is not text/response/completion/messages")
+    add_inference(parser)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..data.sources import DataSourceError
+    from ..formats import BadRowError, DataFormatError
+    from ..score import OUTPUT_SUFFIXES, ray_session, score
+
+    # 1. check what can be checked before Ray starts
+    if not args.out.endswith(OUTPUT_SUFFIXES):
+        print(f"rayreward score: --out {args.out}: expected a .parquet or .jsonl file", file=sys.stderr)
+        return 2
+    # 2. score
+    try:
+        with ray_session(args.address):
+            result = score(
+                args.model, args.data, args.out, normalize=args.normalize, batch_tokens=args.batch_tokens,
+                max_length=args.max_length, text_column=args.text_column, prompt_column=args.prompt_column,
+                pool=actor_pool(args),
+            )
+    except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
+        print(f"rayreward score: {exc}", file=sys.stderr)
+        return 1
+    # 3. report
+    what = ", ".join(result.layout.reward_columns)
+    print(f"wrote {result.rows} rows with {what} to {result.path}")
+    if result.truncated:
+        print(f"{result.truncated} rows were longer than the model's limit and kept their last tokens")
+    return 0

@@ -1,0 +1,261 @@
+"""Scoring rows with a reward model: what each Ray Data actor runs.
+
+``RewardScorer`` loads one model and its tokenizer, turns rows into token ids through
+``rayreward.formats`` (the same ids the trainer builds: prompt prepended or chat
+template applied, EOS appended) and runs them through the model in forward batches
+bounded by a token budget, so the reward of a text is the one the model gives that
+text alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .formats import BadRowError, ColumnNames, DataFormatError, PairEncoder, detect_format, row_problem
+
+logger = logging.getLogger(__name__)
+
+TOKENS_COLUMN = "_rayreward_tokens"
+TRUNCATED_COLUMN = "_rayreward_truncated"
+# Single answers reuse the pair checks with both sides naming the answer column; no
+# column can have this name, so a 'margin' column of such data is left alone.
+_NO_MARGIN = "\x00no-margin"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the rows of a data set are read.
+
+    Attributes:
+        kind: ``pairs`` (chosen and rejected answers, rewards ``reward_chosen`` and
+            ``reward_rejected``) or ``single`` (one answer, reward ``reward``).
+        fmt: a format of ``rayreward.formats``.
+        names: the columns; for ``single``, ``names.chosen`` is the answer column.
+    """
+
+    kind: str
+    fmt: str
+    names: ColumnNames = field(default_factory=ColumnNames)
+
+    @property
+    def answer_columns(self) -> tuple[str, ...]:
+        return (self.names.chosen, self.names.rejected) if self.kind == "pairs" else (self.names.chosen,)
+
+    @property
+    def reward_columns(self) -> tuple[str, ...]:
+        return ("reward_chosen", "reward_rejected") if self.kind == "pairs" else ("reward",)
+
+
+def detect_layout(
+    columns: Sequence[str],
+    first_row: Mapping[str, Any] | None,
+    text_column: str | None = None,
+    prompt_column: str = "prompt",
+    source: str = "data",
+) -> Layout:
+    """Finds out whether rows are preference pairs or single answers, and their format.
+
+    Single answers are a ``text`` column (whole text), a ``prompt`` with a ``response``
+    or ``completion`` (the prompt is prepended), or a ``messages`` conversation
+    (rendered with the chat template). ``text_column`` names the answer column when it
+    is called something else.
+
+    Raises:
+        DataFormatError: no known layout fits; the message lists the columns found.
+    """
+    cols = list(columns)
+    if text_column is None and "chosen" in cols and "rejected" in cols:
+        names = ColumnNames(prompt=prompt_column)
+        return Layout("pairs", detect_format(cols, first_row, names, source=source), names)
+    answer = text_column or next((c for c in ("messages", "response", "completion", "text") if c in cols), None)
+    if answer is None or answer not in cols:
+        wanted = f"the column {text_column!r}" if text_column else (
+            "'chosen' and 'rejected' (pairs), 'text', 'prompt' + 'response'/'completion', or 'messages'"
+        )
+        raise DataFormatError(f"{source}: found columns {sorted(cols)}; expected {wanted} (--text-column names another)")
+    names = ColumnNames(prompt=prompt_column, chosen=answer, rejected=answer, margin=_NO_MARGIN)
+    value = (first_row or {}).get(answer)
+    if value is not None and not isinstance(value, str):
+        fmt = "conversational"
+    elif prompt_column in cols:
+        fmt = "explicit_prompt"
+    else:
+        fmt = "implicit_prompt"
+    return Layout("single", fmt, names)
+
+
+def model_max_length(model, tokenizer) -> int | None:
+    """Longest input the model takes: its position table, else the tokenizer's limit."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value < 1_000_000 else None
+
+
+class RewardScorer:
+    """Adds rewards to batches of rows (a ``pyarrow.Table`` in, one out).
+
+    One instance holds one model: Ray Data builds one per actor of the pool.
+
+    Args:
+        model_dir: a model directory written by ``save_pretrained`` (with tokenizer).
+        layout: how rows are read (``detect_layout``).
+        batch_tokens: most tokens (rows x longest row, padding included) in one forward
+            pass; texts are sorted by length first so batches carry little padding.
+        max_length: texts longer than this keep their last tokens (see
+            ``PairEncoder``); None uses the model's own limit.
+        normalize: report ``(reward - mean) / std`` with the model's stored statistics.
+        keep_columns: input columns to pass through; None keeps them all.
+        with_lengths: add ``_rayreward_tokens`` (tokens of the longer answer before
+            truncation) and ``_rayreward_truncated``.
+        num_threads: torch CPU threads; defaults to the CPUs Ray gave the actor.
+        source: how errors name the data.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        layout: Layout,
+        batch_tokens: int = 16384,
+        max_length: int | None = None,
+        normalize: bool = False,
+        keep_columns: Sequence[str] | None = None,
+        with_lengths: bool = False,
+        num_threads: int | None = None,
+        source: str = "data",
+    ):
+        import torch
+
+        from .model_setup import ensure_pad_token, load_reward_model, load_tokenizer
+        from .normalization import load_normalization
+
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens: got {batch_tokens}; expected a positive integer")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.layout, self.batch_tokens, self.source = layout, batch_tokens, source
+        self.keep_columns = None if keep_columns is None else list(keep_columns)
+        self.with_lengths = with_lengths
+        self.tokenizer = load_tokenizer(str(model_dir))
+        self.model = load_reward_model(str(model_dir))
+        ensure_pad_token(self.tokenizer, self.model)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.max_length = max_length or model_max_length(self.model, self.tokenizer)
+        self.normalization = load_normalization(self.model) if normalize else None
+        if normalize and self.normalization is None:
+            raise ValueError(f"{model_dir}: the model has no reward statistics; write them with "
+                             "`rayreward evaluate --save-normalization` or drop --normalize")
+        self._full = PairEncoder(self.tokenizer, layout.fmt, layout.names)
+        self._cut = PairEncoder(self.tokenizer, layout.fmt, layout.names, self.max_length, "truncate")
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        rows = table.to_pylist()
+        self._check(rows)
+        rewards, tokens, truncated = self.score_rows(rows)
+        keep = table if self.keep_columns is None else table.select([c for c in self.keep_columns if c in table.column_names])
+        for name in self.layout.reward_columns:
+            keep = keep.append_column(name, pa.array(rewards[name], pa.float64()))
+        if self.with_lengths:
+            keep = keep.append_column(TOKENS_COLUMN, pa.array(tokens, pa.int64()))
+            keep = keep.append_column(TRUNCATED_COLUMN, pa.array(truncated, pa.bool_()))
+        return keep
+
+    def _check(self, rows: list[dict[str, Any]]) -> None:
+        for i, row in enumerate(rows):
+            problem = row_problem(row, self.layout.fmt, self.layout.names)
+            if problem:
+                field_name, text = problem
+                if self.layout.kind == "single":
+                    text = text.replace("every chosen and rejected answer", "every answer")
+                shown = repr(row)[:120]
+                raise BadRowError(self.source, f"{i} of a batch, {shown}", field_name, text)
+
+    def score_rows(self, rows: list[dict[str, Any]]) -> tuple[dict[str, list[float]], list[int], list[bool]]:
+        """Rewards of checked rows, with each row's token count and truncation flag."""
+        sides = {}
+        for col, name in zip(self.layout.answer_columns, self.layout.reward_columns):
+            full = self._full.encode_column(rows, col)
+            long = [i for i, ids in enumerate(full) if self.max_length and len(ids) > self.max_length]
+            cut = list(full)
+            # Re-encoding the few long texts with the truncating encoder keeps one
+            # truncation rule (formats.PairEncoder) and exact per-row flags.
+            if long:
+                for i, ids in zip(long, self._cut.encode_column([rows[i] for i in long], col)):
+                    cut[i] = ids
+            sides[name] = (full, cut, set(long))
+        seqs = [ids for _, cut, _ in sides.values() for ids in cut]
+        values = self.rewards(seqs).tolist()
+        rewards, n = {}, len(rows)
+        for k, name in enumerate(sides):
+            rewards[name] = values[k * n:(k + 1) * n]
+        tokens = [max(len(full[i]) for full, _, _ in sides.values()) for i in range(n)]
+        truncated = [any(i in long for _, _, long in sides.values()) for i in range(n)]
+        return rewards, tokens, truncated
+
+    def rewards(self, seqs: list[list[int]]):
+        """Rewards of token-id sequences, as a float64 numpy array (normalized if asked)."""
+        import numpy as np
+        import torch
+
+        out = np.zeros(len(seqs), dtype=np.float64)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        pad = self.tokenizer.pad_token_id
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        start = 0
+        while start < len(order):
+            # Longest first: the first sequence sets the padded width of the batch.
+            width = max(1, len(seqs[order[start]]))
+            size = max(1, min(len(order) - start, self.batch_tokens // width))
+            chunk = order[start:start + size]
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                s = seqs[i]
+                span = slice(width - len(s), width) if left else slice(0, len(s))
+                ids[row, span] = torch.as_tensor(s, dtype=torch.long)
+                mask[row, span] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            out[chunk] = logits[:, 0].float().cpu().numpy()
+            start += size
+        return self.normalization.apply(out) if self.normalization is not None else out
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model directory inside what a user points at.
+
+    Accepts a directory written by ``save_pretrained``, a training run directory with
+    an exported ``model/``, or a checkpoint directory holding the model (directly, in
+    ``model/``/``checkpoint/``, or in its newest ``checkpoint_*``).
+
+    Raises:
+        FileNotFoundError: no ``config.json`` was found in those places.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"--model {path}: no such file or directory")
+    if (root / "config.json").is_file():
+        return root
+    for sub in ("model", "checkpoint", "hf_model"):
+        if (root / sub / "config.json").is_file():
+            return root / sub
+    checkpoints = sorted((p for p in root.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name)
+    if checkpoints:
+        return resolve_model_dir(checkpoints[-1])
+    found = sorted(p.parent for p in root.glob("*/config.json"))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(
+        f"--model {path}: found no model there (no config.json in it, in model/ or checkpoint/, or in a "
+        "checkpoint_* directory); point it at a directory written by save_pretrained or a run's export"
+    )
