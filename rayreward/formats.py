@@ -58,6 +58,10 @@ class BadRowError(ValueError):
         where = f"{source}, row {row}" + (f", field '{field}'" if field else "")
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):
+        # Exceptions pickle their message only; a Ray worker's error must rebuild intact.
+        return type(self), (self.source, self.row, self.field, self.problem)
+
 
 def detect_format(
     columns: Iterable[str],
