@@ -16,6 +16,7 @@ from .config import RewardConfig
 from .formats import BadRowError, ColumnNames, DataFormatError, LengthStats, PairEncoder, detect_format, row_problem
 from .loss import pairwise_loss, reward_metrics
 from .model_setup import ensure_pad_token, load_reward_model, prepare_model, warn_if_pad_is_final_eos
+from .packing import LengthGroupedPairSampler, is_packed, packed_rewards, pair_length, plan_packing
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,10 @@ class RewardTrainer(Trainer):
 
         self._user_compute_metrics = compute_metrics
         self._train_rewards: dict[str, list[float]] = defaultdict(list)
+        # Length grouping and packing (rayreward.packing). The packing collator feeds
+        # training only; evaluation keeps padded batches of whole pairs.
+        self.packing = plan_packing(model, args)
+        self._train_collator = None if data_collator is not None else self.packing.collator(tokenizer.pad_token_id)
         super().__init__(
             model=model,
             args=args,
@@ -213,10 +218,30 @@ class RewardTrainer(Trainer):
             logger.warning("%s: %s", name, stats.describe(self.max_length, args.length_policy))
         return pairs
 
+    def get_train_dataloader(self):
+        if self._train_collator is None:
+            return super().get_train_dataloader()
+        padded, self.data_collator = self.data_collator, self._train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = padded
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not (self.packing.group_by_length and isinstance(dataset, PairDataset)):
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedPairSampler(
+            [pair_length(p) for p in dataset.pairs], self._train_batch_size, self.args.length_group_batches,
+            seed=self.args.seed,
+        )
+
     # -- loss and metrics -------------------------------------------------------------
 
     def compute_rewards(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards of the chosen and rejected sides of a collated batch (one forward pass)."""
+        if is_packed(inputs):
+            return packed_rewards(model, inputs)
         n = inputs["input_ids_chosen"].shape[0]
         input_ids = torch.cat([inputs["input_ids_chosen"], inputs["input_ids_rejected"]], dim=0)
         attention_mask = torch.cat([inputs["attention_mask_chosen"], inputs["attention_mask_rejected"]], dim=0)
