@@ -192,7 +192,10 @@ def _lines(f) -> Iterator[tuple[int, bytes]]:
 def canonical_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """Checks a raw row; returns it under the internal column names, and its problem."""
     mapping = plan.source_columns()
-    problem = row_problem({c: raw[c] for c in mapping.values() if c in raw}, plan.fmt, plan.names)
+    # A margin is checked wherever it appears (as the trainer does), but carried only
+    # when the data set's first row has one: a column is the data set's, not a row's.
+    checked = {c: raw[c] for c in (*mapping.values(), plan.names.margin) if c in raw}
+    problem = row_problem(checked, plan.fmt, plan.names)
     if problem:
         return {}, problem
     for col in mapping.values():
