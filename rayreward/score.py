@@ -139,11 +139,27 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         started = True
     try:
         ctx = ray.data.DataContext.get_current()
-        preserve = ctx.execution_options.preserve_order
+        saved = ctx.execution_options.preserve_order, ctx.raise_original_map_exception
         ctx.execution_options.preserve_order = True  # output rows follow input rows
-        yield
+        ctx.raise_original_map_exception = True  # a bad row reaches the driver as BadRowError
+        try:
+            yield
+        except ray.exceptions.RayTaskError as exc:
+            import pyarrow as pa
+
+            from .data.sources import DataSourceError
+
+            # The user's error (a bad row, a model without statistics) without Ray's frame.
+            if isinstance(exc.cause, (json.JSONDecodeError, pa.ArrowInvalid)):
+                raise DataSourceError(
+                    f"cannot read the data: {exc.cause}. A JSON Lines file needs one JSON object per line, "
+                    "and each column one type in every row (convert the file to parquet to check it)"
+                ) from None
+            if isinstance(exc.cause, ValueError):
+                raise exc.cause from None
+            raise
     finally:
-        ctx.execution_options.preserve_order = preserve
+        ctx.execution_options.preserve_order, ctx.raise_original_map_exception = saved
         if started:
             ray.shutdown()
 

@@ -176,7 +176,8 @@ class RewardScorer:
             if problem:
                 field_name, text = problem
                 if self.layout.kind == "single":
-                    text = text.replace("every chosen and rejected answer", "every answer")
+                    text = text.replace("every chosen and rejected answer", "every answer").replace(
+                        "every row needs a chosen and a rejected answer", "every row needs an answer")
                 shown = repr(row)[:120]
                 raise BadRowError(self.source, f"{i} of a batch, {shown}", field_name, text)
 
