@@ -1,0 +1,191 @@
+"""The sections of the job config other than ``data`` and ``train``: one dataclass each.
+
+Each field's default and ``help`` live here (``--help`` prints them); each section's
+``validate`` returns its problems as ``"section.field: got X; expected Y"``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ._config_tree import type_problems
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelSection:
+    """The reward model to train."""
+
+    name_or_path: str = field(
+        default="builtin:tiny-llama",
+        metadata={"help": "Hugging Face model name or local folder, or builtin:tiny-llama|tiny-gpt2|tiny-bert "
+                          "(small models built from a config: no download)."},
+    )
+    dtype: str = field(default="auto", metadata={"help": f"Weights dtype when loading: one of {', '.join(DTYPES)}."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel (eager, sdpa, flash_attention_2); null lets transformers choose."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code shipped with a hub checkpoint; off unless you trust it."}
+    )
+
+    def validate(self) -> list[str]:
+        problems = type_problems(self, "model")
+        if isinstance(self.name_or_path, str) and not self.name_or_path.strip():
+            problems.append("model.name_or_path: got ''; expected a model name, folder or builtin:tiny-llama")
+        if self.dtype not in DTYPES:
+            problems.append(f"model.dtype: got {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        return problems
+
+
+@dataclass
+class LoraSection:
+    """Low-rank adapters (PEFT LoRA); the reward head is trained in full."""
+
+    enabled: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of every weight."})
+    r: int = field(default=8, metadata={"help": "Rank of the adapters."})
+    alpha: float = field(default=16, metadata={"help": "Scaling numerator (lora_alpha); the update is scaled by alpha/r."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapters' input."})
+    target_modules: str | list[str] = field(
+        default="all-linear", metadata={"help": "Modules to adapt: a list of names, or all-linear."}
+    )
+
+    def validate(self) -> list[str]:
+        problems = type_problems(self, "lora")
+        if isinstance(self.r, int) and not isinstance(self.r, bool) and self.r <= 0:
+            problems.append(f"lora.r: got {self.r}; expected a positive integer")
+        if isinstance(self.alpha, (int, float)) and self.alpha <= 0:
+            problems.append(f"lora.alpha: got {self.alpha}; expected a positive number")
+        if isinstance(self.dropout, (int, float)) and not 0 <= self.dropout < 1:
+            problems.append(f"lora.dropout: got {self.dropout}; expected a probability in [0, 1)")
+        return problems
+
+
+@dataclass
+class DeepSpeedSection:
+    """DeepSpeed ZeRO, generated with "auto" values the Hugging Face integration fills in."""
+
+    stage: int = field(default=2, metadata={"help": "ZeRO stage: 0 (data parallel), 1 (optimizer state sharded), "
+                                                    "2 (+ gradients), 3 (+ parameters)."})
+    offload_optimizer: bool = field(default=False, metadata={"help": "Keep optimizer state in CPU memory (needs stage >= 2)."})
+    offload_param: bool = field(default=False, metadata={"help": "Keep parameters in CPU memory (needs stage 3)."})
+    config: str | None = field(
+        default=None, metadata={"help": "Path to your own DeepSpeed JSON; it replaces stage and offload_*."}
+    )
+
+    def validate(self) -> list[str]:
+        problems = type_problems(self, "deepspeed")
+        if self.stage not in (0, 1, 2, 3):
+            problems.append(f"deepspeed.stage: got {self.stage!r}; expected 0, 1, 2 or 3")
+        elif self.offload_optimizer is True and self.stage < 2:
+            problems.append(f"deepspeed.offload_optimizer: got true with deepspeed.stage={self.stage}; "
+                            "expected deepspeed.stage >= 2 (ZeRO-Offload), or offload_optimizer=false")
+        elif self.offload_param is True and self.stage < 3:
+            problems.append(f"deepspeed.offload_param: got true with deepspeed.stage={self.stage}; "
+                            "expected deepspeed.stage=3, or offload_param=false")
+        if isinstance(self.config, str):
+            if self.offload_optimizer or self.offload_param:
+                problems.append("deepspeed.config: got a file and offload_* set; expected one or the other "
+                                "(put the offload settings in the file)")
+            try:
+                with open(self.config, encoding="utf-8") as f:
+                    if not isinstance(json.load(f), dict):
+                        problems.append(f"deepspeed.config: got {self.config!r}; expected a JSON object in it")
+            except OSError as exc:
+                problems.append(f"deepspeed.config: got {self.config!r}; cannot read it ({exc.strerror})")
+            except json.JSONDecodeError as exc:
+                problems.append(f"deepspeed.config: got {self.config!r}; not valid JSON ({exc})")
+        return problems
+
+
+@dataclass
+class ScalingSection:
+    """Training workers and what each one reserves."""
+
+    num_workers: int = field(default=2, metadata={"help": "Training workers (one process each, one rank of DeepSpeed)."})
+    use_gpu: bool = field(default=False, metadata={"help": "Give each worker GPUs (gpus_per_worker)."})
+    cpus_per_worker: float = field(
+        default=1.0, metadata={"help": "Logical CPUs each worker reserves; also its torch thread count (fractions allowed)."}
+    )
+    gpus_per_worker: float = field(default=1.0, metadata={"help": "GPUs each worker reserves when use_gpu is true."})
+    resources: dict = field(
+        default_factory=dict, metadata={"help": "Other Ray resources each worker reserves, e.g. {memory: 4e9}."}
+    )
+
+    def validate(self) -> list[str]:
+        problems = type_problems(self, "scaling")
+        if _is_int(self.num_workers) and self.num_workers < 1:
+            problems.append(f"scaling.num_workers: got {self.num_workers}; expected a positive integer")
+        if _is_num(self.cpus_per_worker) and self.cpus_per_worker <= 0:
+            problems.append(f"scaling.cpus_per_worker: got {self.cpus_per_worker}; expected a positive number")
+        if self.use_gpu is True and _is_num(self.gpus_per_worker) and self.gpus_per_worker <= 0:
+            problems.append(f"scaling.gpus_per_worker: got {self.gpus_per_worker} with use_gpu=true; "
+                            "expected a positive number")
+        if isinstance(self.resources, dict):
+            for key, value in self.resources.items():
+                if key in ("CPU", "GPU"):
+                    problems.append(f"scaling.resources.{key}: use scaling.{key.lower()}s_per_worker")
+                elif not _is_num(value) or value < 0:
+                    problems.append(f"scaling.resources.{key}: got {value!r}; expected a non-negative number")
+        return problems
+
+
+@dataclass
+class StorageSection:
+    """Where checkpoints, the final model and the metrics go."""
+
+    path: str = field(
+        default="runs",
+        metadata={"help": "A local/NFS folder (relative paths are made absolute) or an object-store URI "
+                          "(s3://bucket/prefix; AWS_ENDPOINT_URL selects an S3-compatible endpoint)."},
+    )
+    name: str | None = field(
+        default=None,
+        metadata={"help": "Run name: its folder under path. Re-running with the same name resumes its latest "
+                          "checkpoint; null makes a new reward-<date>-<time> run."},
+    )
+    num_to_keep: int | None = field(default=2, metadata={"help": "Checkpoints kept in storage; null keeps all."})
+    checkpoint_score_attribute: str | None = field(
+        default=None,
+        metadata={"help": "Metric that ranks checkpoints (e.g. eval_accuracy): the worst are deleted first and the "
+                          "best is exported; null keeps the latest and exports the last."},
+    )
+    checkpoint_score_order: str = field(default="max", metadata={"help": "max or min: which scores are better."})
+
+    def validate(self) -> list[str]:
+        problems = type_problems(self, "storage")
+        if isinstance(self.path, str) and not self.path.strip():
+            problems.append("storage.path: got ''; expected a folder or a URI such as s3://bucket/runs")
+        if isinstance(self.name, str) and (not self.name or "/" in self.name or self.name in (".", "..")):
+            problems.append(f"storage.name: got {self.name!r}; expected a folder name without '/'")
+        if _is_int(self.num_to_keep) and self.num_to_keep < 1:
+            problems.append(f"storage.num_to_keep: got {self.num_to_keep}; expected a positive integer or null")
+        if self.checkpoint_score_order not in ("max", "min"):
+            problems.append(f"storage.checkpoint_score_order: got {self.checkpoint_score_order!r}; expected max or min")
+        return problems
+
+
+@dataclass
+class FailureSection:
+    """What happens when a worker dies."""
+
+    max_failures: int = field(
+        default=1, metadata={"help": "Restarts of the worker group (from the latest checkpoint) before the run "
+                                     "fails; -1 retries forever."})
+
+    def validate(self) -> list[str]:
+        problems = type_problems(self, "failure")
+        if _is_int(self.max_failures) and self.max_failures < -1:
+            problems.append(f"failure.max_failures: got {self.max_failures}; expected -1 or more")
+        return problems
+
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,33 @@
+"""Arguments shared by the commands that take a job config (train, check)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..job_config import help_text
+
+    parser.add_argument("--config", metavar="FILE", help="YAML job config; without it the demo's defaults are the base.")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides applied after the file, e.g. train.learning_rate=2e-5 lora.r=16")
+    parser.epilog = help_text()
+
+
+def load_job(args, extra_sections: tuple[str, ...] = ()):
+    """``(JobConfig, {extra section: value})``, or ``(None, {})`` after printing every problem.
+
+    Sections named in ``extra_sections`` (``tune`` for a sweep file) are taken out of
+    the file before the job part is validated, and returned for their own checks.
+    """
+    from .._config_tree import load_yaml
+    from ..job_config import ConfigError, apply_overrides, job_from_dict
+
+    try:
+        raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.overrides)
+        extras = {name: raw.pop(name) for name in extra_sections if name in raw}
+        return job_from_dict(raw, source=args.config), extras
+    except ConfigError as exc:
+        print(f"rayreward {args.command}: {exc}", file=sys.stderr)
+        return None, {}

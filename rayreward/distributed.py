@@ -1,0 +1,241 @@
+"""Distributed training: Ray ``TorchTrainer`` workers each running ``RewardTrainer`` under DeepSpeed.
+
+``fit(job)`` runs on the driver (Ray already initialised) in numbered steps:
+config -> data -> trainer -> fit -> export. Each worker runs ``train_loop``:
+model -> data shards -> ``RewardTrainer`` -> resume -> train.
+
+Checkpoints go to ``<storage.path>/<run name>/checkpoint-NNNNNN`` (every rank's files
+merged by Ray); re-running with the same run name resumes the latest one, and a worker
+that dies makes Ray restart the group from it (``failure.max_failures``). The final
+model is exported to ``<run>/model`` and the final metrics to ``<run>/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from ray.data.iterator import _IterableFromIterator
+
+from . import _storage
+from .job_config import JobConfig, job_from_dict, reward_config_kwargs, run_name, step_plan, storage_uri, to_dict
+
+logger = logging.getLogger(__name__)
+
+# Forwarded to the workers (they run in the Ray cluster's environment, not the driver's).
+_FORWARDED_ENV = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "TORCH_EXTENSIONS_DIR", "HF_HOME")
+
+
+@dataclass
+class RunOutcome:
+    """Where a finished run put things, and its final metrics.
+
+    Attributes:
+        run_dir: ``<storage.path>/<run name>``.
+        model_dir: the exported model (``<run_dir>/model``).
+        metrics_path: ``<run_dir>/metrics.json``.
+        checkpoint: the checkpoint the model was exported from (path or URI).
+        metrics: the final metrics (rank 0's last report, the step plan, data counts).
+        result: Ray's ``Result``.
+    """
+
+    run_dir: str
+    model_dir: str
+    metrics_path: str
+    checkpoint: str
+    metrics: dict[str, Any]
+    result: Any
+
+
+def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
+    """Trains, checkpoints and exports a reward model on the Ray cluster this process is connected to.
+
+    Args:
+        job: a validated ``JobConfig`` (``load_job_config``).
+        callbacks: extra ``transformers.TrainerCallback`` instances, pickled to every
+            worker (each runs on all ranks).
+        print_fn: where the driver's progress lines go.
+
+    Returns:
+        A ``RunOutcome``.
+
+    Raises:
+        ray.train.TrainingFailedError: the workers failed more than ``failure.max_failures`` times.
+
+    Example:
+        >>> ray.init(address="local", num_cpus=4)
+        >>> outcome = fit(load_job_config("examples/configs/tiny_cpu.yaml"))
+        >>> outcome.metrics["eval_accuracy"]
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .data import build_datasets
+    from .deepspeed_config import deepspeed_config_for
+
+    # 1. Config: the values derived from it.
+    name, storage = run_name(job), storage_uri(job)
+    fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
+    run_dir = _storage.join(storage, name)
+    ds_config = deepspeed_config_for(job)
+
+    # 2. Data: tokenized on the cluster, counted before training.
+    prepared = build_datasets(job.data, job.model.name_or_path)
+    plan = step_plan(job, prepared.num_train_pairs)
+    print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training pairs, "
+             f"{job.scaling.num_workers} workers, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+             f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
+
+    # 3. Trainer: one TorchTrainer, the worker loop below.
+    s = job.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {}), **s.resources}
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"job": to_dict(job), "deepspeed": ds_config, "max_steps": plan.max_steps,
+                           "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks)},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=job.storage.num_to_keep,
+                checkpoint_score_attribute=job.storage.checkpoint_score_attribute,
+                checkpoint_score_order=job.storage.checkpoint_score_order,
+            ),
+            failure_config=FailureConfig(max_failures=job.failure.max_failures),
+            worker_runtime_env={"env_vars": env},
+        ),
+        datasets=prepared.datasets(),
+    )
+
+    # 4. Fit.
+    result = trainer.fit()
+
+    # 5. Export the final (or best) checkpoint and the metrics.
+    checkpoint = _final_checkpoint(result, job)
+    model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
+    _export_to(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
+    metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
+                   num_workers=s.num_workers, zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
+                   checkpoint=_storage.join(run_dir, os.path.basename(checkpoint.path)), model_dir=model_dir,
+                   **prepared.metrics())
+    _storage.write_text(metrics_path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    return RunOutcome(run_dir, model_dir, metrics_path, metrics["checkpoint"], metrics, result)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: builds the model and trainer, resumes, trains.
+
+    Args:
+        config: ``{"job": JobConfig as a dict, "deepspeed": dict, "max_steps": int,
+            "steps_per_epoch": int, "callbacks": [TrainerCallback]}`` from ``fit``.
+    """
+    import ray.train
+    from ray.train.huggingface.transformers import prepare_trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    from ._train_callbacks import Progress, ReportCheckpoints
+    from .config import RewardConfig
+    from .export import load_base_model, peft_config_for
+    from .model_setup import load_tokenizer
+    from .trainer import RewardTrainer
+
+    job = job_from_dict(config["job"], check=False)
+    output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{ray.train.get_context().get_world_rank()}-")
+
+    # 1. Arguments first: under ZeRO-3 the model is then loaded already partitioned.
+    args = RewardConfig(**reward_config_kwargs(job, output_dir, config["max_steps"], config["deepspeed"]))
+    if config["deepspeed"]:
+        import deepspeed
+
+        # Adopt Ray's process group now: ZeRO-3's zero.Init needs the world size at load.
+        deepspeed.init_distributed()
+    # 2. Model and tokenizer.
+    tokenizer = load_tokenizer(job.model.name_or_path)
+    model = load_base_model(job.model)
+    # 3. Data: this worker's shards, as collated batches.
+    train = ShardStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
+                        shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
+                        seed=job.data.seed, epochs=None)
+    evaluation = None
+    if job.data.eval or job.data.eval_split:
+        evaluation = ShardStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
+                                 shuffle="none", epochs=1)
+    # 4. Trainer, fed by Ray Data through prepare_trainer.
+    trainer = RewardTrainer(
+        model=model, args=args, tokenizer=tokenizer, train_dataset=train, eval_dataset=evaluation,
+        peft_config=peft_config_for(job.lora),
+        callbacks=[ReportCheckpoints(config["job"], config["steps_per_epoch"]),
+                   Progress(config["steps_per_epoch"]), *config["callbacks"]],
+    )
+    # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
+    trainer.remove_callback(PrinterCallback)
+    trainer = prepare_trainer(trainer)
+    # 5. Train, from the run's latest checkpoint when there is one.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.train()
+    else:
+        with checkpoint.as_directory() as folder:
+            trainer.train(resume_from_checkpoint=folder)
+
+
+class ShardStream(_IterableFromIterator, torch.utils.data.IterableDataset):
+    """A worker's Ray Data shard as collated batches, epoch after epoch in one stream.
+
+    Being a torch ``IterableDataset``, ``RewardTrainer`` takes it unchanged; being
+    Ray's ``_IterableFromIterator``, ``prepare_trainer`` feeds it through a pass-through
+    ``DataLoader`` instead of re-batching it and letting Accelerate shard or dispatch it.
+    Epochs are chained (``epochs=None`` never ends; the Trainer stops at ``max_steps``)
+    so that on resume the Trainer's skip of ``global_step`` batches lands on the same
+    position of the same epoch, even past the first one.
+    """
+
+    def __init__(self, shard, tokenizer, batch_size: int, epochs: int | None, **options):
+        from .data import iter_pair_batches
+
+        def batches():
+            epoch = 0
+            while epochs is None or epoch < epochs:
+                yield from iter_pair_batches(shard, tokenizer, batch_size, epoch=epoch, **options)
+                epoch += 1
+
+        super().__init__(batches)
+
+
+def _final_checkpoint(result, job: JobConfig):
+    if job.storage.checkpoint_score_attribute and result.best_checkpoints:
+        attr = job.storage.checkpoint_score_attribute
+        sign = 1 if job.storage.checkpoint_score_order == "max" else -1
+        scored = [(c, m) for c, m in result.best_checkpoints if attr in (m or {})]
+        if scored:
+            return max(scored, key=lambda cm: sign * cm[1][attr])[0]
+    if result.checkpoint is None:
+        raise RuntimeError(f"the run {job.storage.name} ended without a checkpoint; check train.save_steps")
+    return result.checkpoint
+
+
+def _export_to(checkpoint: str, model_dir: str) -> None:
+    from .export import export_checkpoint
+
+    export_checkpoint(checkpoint, model_dir)
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0] + "://"
+
+
+def _is_jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
