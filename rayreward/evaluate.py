@@ -19,7 +19,7 @@ import numpy as np
 from .formats import DataFormatError
 from .metrics import DEFAULT_BINS, evaluation_metrics, headline_metrics, preference_probability
 from .score import ActorPool, first_row, read_source, score_dataset
-from .scorer import TOKENS_COLUMN, TRUNCATED_COLUMN, detect_layout, resolve_model_dir
+from .scorer import TOKENS_COLUMN, TRUNCATED_COLUMN, detect_layout, is_temporary_export, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ def evaluate(
             missing.
     """
     model_dir = resolve_model_dir(model)
+    if save_normalization and is_temporary_export(model_dir):
+        raise ValueError(f"--save-normalization: {model} is a checkpoint that was exported to a temporary folder; "
+                         "export it first (`rayreward export`) and evaluate the exported model")
     # 1. data and layout
     ds = read_source(data)
     columns, first = first_row(ds)

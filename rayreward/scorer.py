@@ -232,31 +232,55 @@ class RewardScorer:
         return self.normalization.apply(out) if self.normalization is not None else out
 
 
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The model directory inside what a user points at.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Model folders exported here from LoRA or ZeRO checkpoints, which only live for this process.
+_EXPORTED: set[Path] = set()
 
-    Accepts a directory written by ``save_pretrained``, a training run directory with
-    an exported ``model/``, or a checkpoint directory holding the model (directly, in
-    ``model/``/``checkpoint/``, or in its newest ``checkpoint_*``).
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The loadable model folder behind what a user points at.
+
+    Accepts a folder written by ``save_pretrained``, a training run folder (its
+    exported ``model/``), a folder of checkpoints (the newest ``checkpoint-*`` or
+    ``checkpoint_*``), or one checkpoint. A checkpoint holding a LoRA adapter or ZeRO
+    shards is exported (``rayreward.export``) to a temporary folder first; on a
+    multi-node cluster give a model folder on shared storage instead, which every
+    actor can read.
 
     Raises:
-        FileNotFoundError: no ``config.json`` was found in those places.
+        FileNotFoundError: nothing loadable was found there.
     """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"--model {path}: no such file or directory")
-    if (root / "config.json").is_file():
+    if _is_plain_model(root):
         return root
-    for sub in ("model", "checkpoint", "hf_model"):
-        if (root / sub / "config.json").is_file():
-            return root / sub
-    checkpoints = sorted((p for p in root.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name)
+    if (root / "adapter_config.json").is_file() or any(root.glob("global_step*")):
+        import tempfile
+
+        from .export import export_checkpoint
+
+        target = Path(tempfile.mkdtemp(prefix="rayreward-model-")) / "model"
+        logger.info("exporting checkpoint %s to %s", root, target)
+        export_checkpoint(str(root), str(target))
+        _EXPORTED.add(target)
+        return target
+    if _is_plain_model(root / "model"):
+        return root / "model"
+    checkpoints = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(("checkpoint-", "checkpoint_")))
     if checkpoints:
         return resolve_model_dir(checkpoints[-1])
-    found = sorted(p.parent for p in root.glob("*/config.json"))
-    if len(found) == 1:
-        return found[0]
     raise FileNotFoundError(
-        f"--model {path}: found no model there (no config.json in it, in model/ or checkpoint/, or in a "
-        "checkpoint_* directory); point it at a directory written by save_pretrained or a run's export"
+        f"--model {path}: found no model there (no config.json with weights in it or in model/, no LoRA adapter "
+        "or ZeRO shards, no checkpoint-* folder); point it at a folder written by save_pretrained, a run "
+        "folder or a checkpoint"
     )
+
+
+def is_temporary_export(model_dir: Path) -> bool:
+    """Whether ``resolve_model_dir`` exported this folder from a checkpoint (it is discarded later)."""
+    return Path(model_dir) in _EXPORTED
+
+
+def _is_plain_model(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any((folder / f).is_file() for f in WEIGHT_FILES)

@@ -216,14 +216,17 @@ def test_resolve_model_dir(model_dir, tmp_path):
     shutil.copytree(model_dir, run / "model")
     assert resolve_model_dir(run) == run / "model"
     ckpts = tmp_path / "ckpts"
-    for name in ("checkpoint_000001", "checkpoint_000002"):
-        shutil.copytree(model_dir, ckpts / name / "model")
-    assert resolve_model_dir(ckpts) == ckpts / "checkpoint_000002" / "model"
+    for name in ("checkpoint-000001", "checkpoint-000002"):
+        shutil.copytree(model_dir, ckpts / name)
+    assert resolve_model_dir(ckpts) == ckpts / "checkpoint-000002"
+    (tmp_path / "config-only").mkdir()
+    shutil.copy(model_dir / "config.json", tmp_path / "config-only")
     with pytest.raises(FileNotFoundError, match="no such file"):
         resolve_model_dir(tmp_path / "run" / "model" / "no-such")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="found no model there"):
-        resolve_model_dir(tmp_path / "empty")
+    for folder in ("empty", "config-only"):
+        with pytest.raises(FileNotFoundError, match="found no model there"):
+            resolve_model_dir(tmp_path / folder)
 
 
 # -- end to end on Ray Data --------------------------------------------------------------
