@@ -146,22 +146,27 @@ def train_loop(config: dict[str, Any]) -> None:
     from .config import RewardConfig
     from .export import load_base_model, peft_config_for
     from .model_setup import load_tokenizer
+    from . import tiny
     from .trainer import RewardTrainer
 
     job = job_from_dict(config["job"], check=False)
     output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{ray.train.get_context().get_world_rank()}-")
 
-    # 1. Arguments first: under ZeRO-3 the model is then loaded already partitioned.
+    # 1. Model, arguments, tokenizer. A model loaded from files is loaded after the
+    # arguments: under ZeRO-3 it is then partitioned as it loads (zero.Init). A built-in
+    # model is built before them, with no zero.Init: its random initialisation must be
+    # the one `rayreward export` rebuilds as the base of a LoRA checkpoint.
+    builtin = tiny.is_builtin(job.model.name_or_path)
+    model = load_base_model(job.model) if builtin else None
     args = RewardConfig(**reward_config_kwargs(job, output_dir, config["max_steps"], config["deepspeed"]))
     if config["deepspeed"]:
         import deepspeed
 
         # Adopt Ray's process group now: ZeRO-3's zero.Init needs the world size at load.
         deepspeed.init_distributed()
-    # 2. Model and tokenizer.
+    model = model if builtin else load_base_model(job.model)
     tokenizer = load_tokenizer(job.model.name_or_path)
-    model = load_base_model(job.model)
-    # 3. Data: this worker's shards, as collated batches.
+    # 2. Data: this worker's shards, as collated batches.
     train = ShardStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
                         shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
                         seed=job.data.seed, epochs=None)
@@ -169,7 +174,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if job.data.eval or job.data.eval_split:
         evaluation = ShardStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
                                  shuffle="none", epochs=1)
-    # 4. Trainer, fed by Ray Data through prepare_trainer.
+    # 3. Trainer, fed by Ray Data through prepare_trainer.
     trainer = RewardTrainer(
         model=model, args=args, tokenizer=tokenizer, train_dataset=train, eval_dataset=evaluation,
         peft_config=peft_config_for(job.lora),
@@ -179,7 +184,7 @@ def train_loop(config: dict[str, Any]) -> None:
     # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
     trainer.remove_callback(PrinterCallback)
     trainer = prepare_trainer(trainer)
-    # 5. Train, from the run's latest checkpoint when there is one.
+    # 4. Train, from the run's latest checkpoint when there is one.
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         trainer.train()

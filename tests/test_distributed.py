@@ -1,0 +1,295 @@
+"""End to end on a real local Ray (loopback), real DeepSpeed on CPU, the tiny model, the sample text.
+
+Each run is a few steps: 2 workers x 16 pairs, checkpoints every 4 steps. The trained
+model's rewards on fixed probe texts are recorded inside the workers at the end of
+training and compared with the exported model's, so "the export gives the same
+rewards" is checked against what was trained, not against another copy of a file.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBES = [
+    "Human: How do I boil an egg?\nAssistant: Put it in boiling water for nine minutes, then cool it.</s>",
+    "Human: How do I boil an egg?\nAssistant: Figure it out yourself.</s>",
+    "Human: Any tips for sleeping better?\nAssistant: Keep a regular schedule and a dark, cool room.</s>",
+]
+
+
+@pytest.fixture(autouse=True)
+def _ship_this_module_by_value():
+    # The callbacks below travel to the Ray workers, which cannot import this test module.
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+class RecordRewards(TrainerCallback):
+    """At the end of training every rank runs the probes (ZeRO-3 gathers in forward); rank 0 saves them."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        batch = processing_class(PROBES, return_tensors="pt", padding=True, add_special_tokens=True)
+        model.eval()
+        with torch.no_grad():
+            rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        if state.is_world_process_zero:
+            Path(self.path).write_text(json.dumps(rewards.float().tolist()))
+
+
+class RecordStarts(TrainerCallback):
+    """Appends the step each (re)start of training begins at."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            with open(self.path, "a") as f:
+                f.write(f"{state.global_step}\n")
+
+
+class FailAt(TrainerCallback):
+    """Raises on every rank at a step: the run stops (a user's Ctrl-C, a crash)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError(f"stopped by the test at step {self.step}")
+
+
+class KillRankOnce(TrainerCallback):
+    """Kills the worker process of one rank at a step, once (a marker file remembers)."""
+
+    def __init__(self, marker: str, step: int, rank: int = 1):
+        self.marker, self.step, self.rank = marker, step, rank
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and args.process_index == self.rank and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+
+
+def job_for(storage: str, name: str, *overrides: str):
+    from rayreward.job_config import load_job_config
+
+    return load_job_config(None, [
+        "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4", "train.logging_steps=2",
+        "data.tokenize_actors=1", f"storage.path={storage}", f"storage.name={name}", *overrides,
+    ])
+
+
+def rewards_of(model_dir: str) -> list[float]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(PROBES, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits[:, 0].tolist()
+
+
+def untrained_rewards() -> list[float]:
+    from rayreward import tiny
+
+    tokenizer = tiny.load_tokenizer()
+    model = tiny.build_model("tiny-llama", tokenizer).eval()
+    batch = tokenizer(PROBES, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits[:, 0].tolist()
+
+
+def assert_same_rewards(exported: list[float], trained: list[float]) -> None:
+    assert torch.allclose(torch.tensor(exported), torch.tensor(trained), atol=1e-4), (exported, trained)
+    assert not torch.allclose(torch.tensor(exported), torch.tensor(untrained_rewards()), atol=1e-3)
+
+
+@pytest.mark.timeout(420)
+def test_zero2_trains_evaluates_checkpoints_and_exports(ray_local, tmp_path):
+    from rayreward.cli import main
+    from rayreward.distributed import fit
+
+    probe = tmp_path / "probe.json"
+    outcome = fit(job_for(str(tmp_path / "runs"), "z2", "deepspeed.stage=2"), callbacks=[RecordRewards(str(probe))])
+
+    run = tmp_path / "runs" / "z2"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["step"] == 8 and metrics["zero_stage"] == 2 and 0 <= metrics["eval_accuracy"] <= 1
+    assert metrics == outcome.metrics
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000004", "checkpoint-000008"]
+    last = run / "checkpoint-000008"
+    # ZeRO-2 shards optimizer state: each rank's file is in the merged checkpoint.
+    assert glob.glob(str(last / "global_step8" / "*zero_pp_rank_0_*optim_states.pt"))
+    assert glob.glob(str(last / "global_step8" / "*zero_pp_rank_1_*optim_states.pt"))
+    assert (last / "rng_state_1.pth").exists() and (last / "model.safetensors").exists()
+
+    trained = json.loads(probe.read_text())
+    assert (run / "model" / "model.safetensors").exists() and (run / "model" / "tokenizer.json").exists()
+    assert_same_rewards(rewards_of(str(run / "model")), trained)
+    # `rayreward export` on the checkpoint gives the same model.
+    assert main(["export", str(last), str(tmp_path / "exported")]) == 0
+    assert_same_rewards(rewards_of(str(tmp_path / "exported")), trained)
+
+
+@pytest.mark.timeout(420)
+def test_zero3_lora_trains_and_exports_merged(ray_local, tmp_path):
+    from safetensors.torch import load_file
+
+    from rayreward.distributed import fit
+
+    probe = tmp_path / "probe.json"
+    fit(job_for(str(tmp_path / "runs"), "z3", "deepspeed.stage=3", "lora.enabled=true", "lora.r=4",
+                "train.learning_rate=5e-3"), callbacks=[RecordRewards(str(probe))])
+
+    run = tmp_path / "runs" / "z3"
+    last = run / "checkpoint-000008"
+    assert (last / "adapter_model.safetensors").exists()
+    # ZeRO-3: parameters and optimizer state are sharded; every rank saved its part.
+    for rank in (0, 1):
+        assert glob.glob(str(last / "global_step8" / f"zero_pp_rank_{rank}_*model_states.pt"))
+    weights = load_file(str(run / "model" / "model.safetensors"))
+    assert not [k for k in weights if "lora_" in k], "the export must have the adapters merged"
+    assert_same_rewards(rewards_of(str(run / "model")), json.loads(probe.read_text()))
+
+
+@pytest.fixture
+def moto_s3(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+    client.create_bucket(Bucket="rr")
+    yield client
+    server.stop()
+
+
+@pytest.mark.timeout(480)
+def test_resume_from_object_storage_continues_at_the_checkpoint(ray_local, tmp_path, moto_s3):
+    from ray.train import TrainingFailedError
+
+    from rayreward.distributed import fit
+    from rayreward.export import export_checkpoint
+
+    starts = tmp_path / "starts.txt"
+    job = job_for("s3://rr/runs", "resume", "failure.max_failures=0")
+    # 1. A run stopped at step 6, after its checkpoint at step 4.
+    with pytest.raises(TrainingFailedError):
+        fit(job, callbacks=[RecordStarts(str(starts)), FailAt(6)])
+    # 2. The same command again: resumes at step 4 and ends at step 8.
+    probe = tmp_path / "probe.json"
+    outcome = fit(job, callbacks=[RecordStarts(str(starts)), RecordRewards(str(probe))])
+    assert starts.read_text().split() == ["0", "4"]
+    assert outcome.metrics["step"] == 8
+    keys = {o["Key"] for o in moto_s3.list_objects_v2(Bucket="rr", Prefix="runs/resume/")["Contents"]}
+    assert {"runs/resume/metrics.json", "runs/resume/model/model.safetensors",
+            "runs/resume/checkpoint-000008/trainer_state.json"} <= keys
+    state = json.loads(moto_s3.get_object(Bucket="rr", Key="runs/resume/checkpoint-000008/trainer_state.json")["Body"].read())
+    assert state["global_step"] == 8
+    # The log history spans both runs: steps 2 and 4 from the first, 6 and 8 from the second.
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [2, 4, 6, 8]
+    export_checkpoint(outcome.checkpoint, str(tmp_path / "exported"))
+    assert_same_rewards(rewards_of(str(tmp_path / "exported")), json.loads(probe.read_text()))
+
+
+@pytest.mark.timeout(480)
+def test_killed_worker_is_restarted_and_the_run_completes(ray_local, tmp_path):
+    from rayreward.distributed import fit
+
+    starts, marker = tmp_path / "starts.txt", tmp_path / "killed"
+    outcome = fit(job_for(str(tmp_path / "runs"), "fault", "failure.max_failures=1"),
+                  callbacks=[RecordStarts(str(starts)), KillRankOnce(str(marker), step=6)])
+    assert marker.exists(), "rank 1 was not killed"
+    assert starts.read_text().split() == ["0", "4"]  # restarted from the checkpoint at step 4
+    assert outcome.metrics["step"] == 8 and outcome.metrics["max_steps"] == 8
+    assert (tmp_path / "runs" / "fault" / "model" / "model.safetensors").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(540)
+def test_job_submission_to_a_ray_start_cluster(tmp_path):
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = _free_port(), _free_port()
+    temp_dir = f"/tmp/rrjob{os.getpid()}"
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([str(bin_dir / "ray"), "job", "list", f"--address={address}"], env=env,
+                             capture_output=True).returncode != 0:
+            assert head.poll() is None and time.time() < deadline, "the ray start cluster did not come up"
+            time.sleep(3)
+        storage = tmp_path / "runs"
+        submit = subprocess.run(
+            [str(bin_dir / "ray"), "job", "submit", f"--address={address}", "--working-dir", ".", "--",
+             "rayreward", "train", "train.max_steps=4", "train.save_steps=4", "train.eval_steps=4",
+             "data.tokenize_actors=1", f"storage.path={storage}", "storage.name=submitted"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=480,
+        )
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert "succeeded" in submit.stdout
+        assert "[rayreward] model:" in submit.stdout
+        metrics = json.loads((storage / "submitted" / "metrics.json").read_text())
+        assert metrics["step"] == 4 and "eval_accuracy" in metrics
+    finally:
+        _stop_cluster(head, temp_dir)
+
+
+def _stop_cluster(head: subprocess.Popen, temp_dir: str) -> None:
+    """Stops the cluster this test started, and only it (``ray stop`` would stop every cluster here)."""
+    import signal
+
+    import psutil
+
+    head.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if any(temp_dir in part for part in (proc.info["cmdline"] or [])):
+            proc.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
