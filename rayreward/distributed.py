@@ -72,9 +72,6 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
         >>> outcome = fit(load_job_config("examples/configs/tiny_cpu.yaml"))
         >>> outcome.metrics["eval_accuracy"]
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from .data import build_datasets
     from .deepspeed_config import deepspeed_config_for
 
@@ -93,27 +90,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
 
     # 3. Trainer: one TorchTrainer, the worker loop below.
     s = job.scaling
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {}), **s.resources}
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"job": to_dict(job), "deepspeed": ds_config, "max_steps": plan.max_steps,
-                           "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks)},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=job.storage.num_to_keep,
-                checkpoint_score_attribute=job.storage.checkpoint_score_attribute,
-                checkpoint_score_order=job.storage.checkpoint_score_order,
-            ),
-            failure_config=FailureConfig(max_failures=job.failure.max_failures),
-            worker_runtime_env={"env_vars": env},
-        ),
-        datasets=prepared.datasets(),
-    )
+    trainer = build_trainer(job, prepared, name, storage, callbacks)
 
     # 4. Fit.
     result = trainer.fit()
@@ -129,6 +106,57 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
                    **prepared.metrics())
     _storage.write_text(metrics_path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     return RunOutcome(run_dir, model_dir, metrics_path, metrics["checkpoint"], metrics, result)
+
+
+def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: Sequence = (),
+                  run_callbacks: Sequence = ()):
+    """The ``TorchTrainer`` of a job on its prepared data, checkpointing under ``<storage>/<name>``.
+
+    ``fit`` builds one per run; a Tune trial (``rayreward.sweep``) builds one per trial,
+    with its own ``name``/``storage`` and Tune's report callback in ``run_callbacks``.
+
+    Args:
+        job: a validated ``JobConfig``.
+        prepared: its data, from ``rayreward.data.build_datasets``.
+        name: the run's folder under ``storage``.
+        storage: a local path or URI (``storage_uri(job)`` for a plain run).
+        callbacks: ``transformers.TrainerCallback`` instances, pickled to every worker.
+        run_callbacks: Ray Train callbacks for ``RunConfig(callbacks=...)``.
+
+    Returns:
+        The ``TorchTrainer``, not yet fitted.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .deepspeed_config import deepspeed_config_for
+
+    s = job.scaling
+    fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
+    ds_config = deepspeed_config_for(job)
+    plan = step_plan(job, prepared.num_train_pairs)
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {}), **s.resources}
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"job": to_dict(job), "deepspeed": ds_config, "max_steps": plan.max_steps,
+                           "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks)},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=job.storage.num_to_keep,
+                checkpoint_score_attribute=job.storage.checkpoint_score_attribute,
+                checkpoint_score_order=job.storage.checkpoint_score_order,
+            ),
+            failure_config=FailureConfig(max_failures=job.failure.max_failures),
+            worker_runtime_env={"env_vars": env},
+            callbacks=list(run_callbacks),
+        ),
+        datasets=prepared.datasets(),
+    )
 
 
 def train_loop(config: dict[str, Any]) -> None:
