@@ -1,0 +1,219 @@
+"""rayreward's trainer against TRL's RewardTrainer, side by side in one run (issue 9).
+
+    python benchmarks/bench_trl.py                      # both models, defaults below
+    python benchmarks/bench_trl.py --models llama --llama-train-pairs 64 --no-record
+
+Same machine, tokenizer (MiniLM's WordPiece, SEP as EOS), initial weights (same seed),
+hh-rlhf harmless pairs (train split to train, test split to evaluate), hyperparameters
+and number of pairs; each run in a fresh process. Models: a random-init Llama-style
+decoder (4 layers, hidden 256) and the pretrained MiniLM (all-MiniLM-L6-v2, BERT).
+rayreward runs with its defaults: length grouping for both, padding-free and
+shared-prefix packing for the decoder.
+
+Figures per run: pairs/s, real tokens/s (chosen + rejected, unpadded), tokens computed
+per pair (padding included; a shared prefix counts once), peak memory, eval accuracy
+after the same epochs (one evaluator for both), and model FLOP utilization against a
+matrix-multiply peak measured in the same run. The results go to
+``benchmarks/RESULTS.md`` under "Trainer vs TRL (issue 9)" and to
+``benchmarks/results/trl.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _measure import machine, matmul_peak_flops, record_section  # noqa: E402
+
+SECTION = "Trainer vs TRL (issue 9)"
+TARGETS = {"tokens_per_pair": 0.65, "pairs_per_s": 1.5, "accuracy_points": 1.0}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="llama,minilm", help="comma-separated: llama, minilm")
+    p.add_argument("--llama-train-pairs", type=int, default=256, help="hh-rlhf train rows for the decoder")
+    p.add_argument("--minilm-train-pairs", type=int, default=96, help="hh-rlhf train rows for MiniLM")
+    p.add_argument("--eval-pairs", type=int, default=300, help="hh-rlhf test rows to evaluate on")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="TRL's default")
+    p.add_argument("--max-length", type=int, default=512, help="MiniLM's position limit; longer pairs are dropped")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run; 0 keeps torch's default (all cores). 1 gives figures that "
+                   "hold still when other processes share the cores")
+    p.add_argument("--ablation", action="store_true",
+                   help="also run rayreward on the decoder with packing only, grouping only and every feature off")
+    p.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md and results/ alone")
+    return p.parse_args(argv)
+
+
+def run_one(spec: dict) -> dict:
+    """One training run in a fresh process (its own peak memory, no shared warm-up)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        print(f"-- {spec['label']} on {spec['model']}: {spec['train_pairs']} train rows", flush=True)
+        load = os.getloadavg()[0]
+        proc = subprocess.run([sys.executable, str(HERE / "_trl_run.py"), json.dumps(spec), out.name],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{spec['label']} on {spec['model']} failed:\n{proc.stdout[-4000:]}")
+        result = json.loads(Path(out.name).read_text())
+    result.update(label=spec["label"], load_before=load, load_after=os.getloadavg()[0])
+    print(f"   {result['pairs_trained'] / result['train_s']:.2f} pairs/s, "
+          f"{result['tokens_computed'] / result['pairs_trained']:.0f} tokens computed/pair, "
+          f"accuracy {result['eval_accuracy']:.3f}, {result['train_s']:.0f} s", flush=True)
+    return result
+
+
+def figures(r: dict, peak: dict) -> dict:
+    s = r["train_s"]
+    return {
+        "pairs/s": r["pairs_trained"] / s,
+        "pairs per CPU-second": r["pairs_trained"] / r["train_cpu_s"],
+        "real tokens/s": r["tokens_real"] / s,
+        "tokens computed/pair": r["tokens_computed"] / r["pairs_trained"],
+        "real tokens/pair": r["tokens_real"] / r["pairs_trained"],
+        "peak RSS (MB)": r["peak_rss_mb"],
+        "RSS growth in training (MB)": r["train_rss_increase_mb"],
+        "eval accuracy (%)": 100 * r["eval_accuracy"],
+        "MFU, executed FLOPs (%)": 100 * r["flops_executed"] / r["train_cpu_s"] / peak["cpu"],
+        "MFU, useful FLOPs (%)": 100 * r["flops_useful"] / r["train_cpu_s"] / peak["cpu"],
+        "train time (s)": s,
+    }
+
+
+def table(model: str, runs: list[dict], peak: dict, epochs: int) -> str:
+    base = figures(runs[0], peak)
+    cols = [figures(r, peak) for r in runs]
+    head = "| | " + " | ".join(r["label"] for r in runs) + " | " + " | ".join(
+        f"{r['label']} / TRL" for r in runs[1:]) + " |"
+    lines = [f"**{model}** ({runs[0]['pairs_in_data']} pairs x {epochs} epoch(s) trained, "
+             f"{runs[0]['eval_pairs']} test pairs)", "", head, "|" + "---|" * (1 + 2 * len(runs) - 1)]
+    for key in base:
+        vals = [c[key] for c in cols]
+        ratios = []
+        for v in vals[1:]:
+            if key == "eval accuracy (%)":
+                ratios.append(f"{v - vals[0]:+.1f} points")
+            else:
+                ratios.append(f"{v / vals[0]:.2f}x" if vals[0] else "n/a")
+        lines.append(f"| {key} | " + " | ".join(_fmt(v) for v in vals) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+
+
+def verdict(runs: list[dict], peak: dict) -> list[str]:
+    trl, ours = figures(runs[0], peak), figures(runs[1], peak)
+    n = runs[0]["eval_pairs"]
+    acc = trl["eval accuracy (%)"] / 100
+    se = 100 * math.sqrt(2 * acc * (1 - acc) / n)  # of a difference of two accuracies
+    checks = [
+        ("tokens computed per pair", ours["tokens computed/pair"] / trl["tokens computed/pair"],
+         f"<= {TARGETS['tokens_per_pair']}x", lambda v: v <= TARGETS["tokens_per_pair"], "x"),
+        ("pairs/s", ours["pairs/s"] / trl["pairs/s"], f">= {TARGETS['pairs_per_s']}x",
+         lambda v: v >= TARGETS["pairs_per_s"], "x"),
+        ("pairs per CPU-second", ours["pairs per CPU-second"] / trl["pairs per CPU-second"],
+         f">= {TARGETS['pairs_per_s']}x", lambda v: v >= TARGETS["pairs_per_s"], "x"),
+        ("eval accuracy", ours["eval accuracy (%)"] - trl["eval accuracy (%)"],
+         f"within {TARGETS['accuracy_points']:.0f} point (standard error of the difference here: {se:.1f} points)",
+         lambda v: abs(v) <= TARGETS["accuracy_points"], " points"),
+    ]
+    return [f"- {name}: {value:.2f}{unit} (target {target}): {'met' if ok(value) else 'MISSED'}"
+            for name, value, target, ok, unit in checks]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    info = machine()
+    peak = matmul_peak_flops()
+    print(f"machine: {info['cpu']}, {info['nproc']} cores, torch threads {info['torch_threads']}; "
+          f"fp32 matmul peak {peak['wall'] / 1e9:.1f} GFLOP/s ({peak['cpu'] / 1e9:.1f} per CPU-second)", flush=True)
+    common = dict(eval_pairs=args.eval_pairs, batch_size=args.batch_size, epochs=args.epochs,
+                  learning_rate=args.learning_rate, max_length=args.max_length, seed=args.seed,
+                  threads=args.threads)
+    results: dict[str, list[dict]] = {}
+    for model in models:
+        pairs = args.llama_train_pairs if model == "llama" else args.minilm_train_pairs
+        specs = [dict(impl="trl", label="TRL"), dict(impl="rayreward", label="rayreward")]
+        if args.ablation and model == "llama":
+            specs += [
+                dict(impl="rayreward", label="rayreward, packing only", features=dict(group_by_length=False)),
+                dict(impl="rayreward", label="rayreward, grouping only",
+                     features=dict(padding_free=False, share_prefix=False)),
+                dict(impl="rayreward", label="rayreward, all off",
+                     features=dict(group_by_length=False, padding_free=False, share_prefix=False)),
+            ]
+        results[model] = [run_one({**common, **s, "model": model, "train_pairs": pairs}) for s in specs]
+    peak_after = matmul_peak_flops()
+
+    report = render(info, peak, peak_after, args, results)
+    print("\n" + report)
+    if not args.no_record:
+        out = HERE / "results"
+        out.mkdir(exist_ok=True)
+        (out / "trl.json").write_text(json.dumps(
+            {"machine": info, "matmul_peak_flops": [peak, peak_after], "args": vars(args), "runs": results},
+            indent=1))
+        record_section(SECTION, report)
+        print(f"recorded in {HERE / 'RESULTS.md'} and {out / 'trl.json'}")
+
+
+def render(info: dict, peak: dict, peak_after: dict, args, results: dict) -> str:
+    v = info["versions"]
+    lines = [
+        f"Run of `python benchmarks/bench_trl.py {' '.join(sys.argv[1:])}`".rstrip() + f" on {info['date']}.",
+        "",
+        f"- Machine: {info['cpu']}, {info['nproc']} cores (torch threads {info['torch_threads']}), "
+        f"GPU: {info['gpu'] or 'none'}; Python {info['python']}.",
+        f"- Versions: torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
+        f"datasets {v['datasets']}, accelerate {v['accelerate']}, rayreward {v['rayreward']}.",
+        f"- fp32 matmul peak measured in this run (2048x2048, {info['torch_threads']} thread(s)): "
+        f"{peak['wall'] / 1e9:.1f} GFLOP/s ({peak['cpu'] / 1e9:.1f} per CPU-second) before the runs, "
+        f"{peak_after['wall'] / 1e9:.1f} ({peak_after['cpu'] / 1e9:.1f}) after; MFU uses the per-CPU-second "
+        "peak of before.",
+        f"- Settings, identical for both trainers: batch {args.batch_size}, {args.epochs} epoch(s), "
+        f"AdamW lr {args.learning_rate:g} linear decay, no warm-up, seed {args.seed}, fp32, no activation "
+        f"checkpointing, dropout off, max_length {args.max_length} (longer pairs dropped by both), "
+        "MiniLM's WordPiece tokenizer with [SEP] as EOS. Data: first rows of hh-rlhf harmless train; "
+        "accuracy on the first test rows, scored by one plain evaluator for both.",
+        "- Models: `llama` = random-init Llama (4 layers, hidden 256, MLP 688, 4 heads, sdpa); "
+        "`minilm` = pretrained all-MiniLM-L6-v2 with a new scalar head.",
+        "",
+    ]
+    for model, runs in results.items():
+        loads = ", ".join(f"{r['label']} {r['load_before']:.1f}->{r['load_after']:.1f}" for r in runs)
+        lines += [table(model, runs, peak, args.epochs), "", f"Load average (1 min) before->after each run: {loads}.", ""]
+        if model == "llama":
+            lines += ["Targets (decoder):"] + verdict(runs, peak) + [""]
+    lines += [
+        "Definitions: *tokens computed/pair* counts every position the model runs, padding included (a "
+        "shared prefix once); *real tokens* are chosen + rejected without padding, counted as if "
+        "separate. *MFU, executed* = FLOPs the model actually ran (6 x linear weights x tokens computed "
+        "+ attention over the padded rows) / train CPU time / matmul peak per CPU-second; *MFU, useful* = "
+        "the FLOPs of the unpadded, unshared pairs, same denominators (above the executed one when work "
+        "was skipped). "
+        "*pairs per CPU-second* divides by the process's CPU time instead of wall time.",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
