@@ -1,8 +1,8 @@
 """The job config: one typed tree, mirrored by YAML, with dotted overrides.
 
 Sections: ``model``, ``data`` (``rayreward.data.DataConfig``), ``lora``, ``train`` (any
-``RewardConfig`` field), ``deepspeed``, ``scaling``, ``storage``, ``failure``. Every
-default lives in the dataclasses below (the demo's training defaults in
+``RewardConfig`` field), ``deepspeed``, ``scaling``, ``storage``, ``failure``, ``tune`` (a
+sweep, ``rayreward.sweep``). Every default lives in the dataclasses below (the demo's training defaults in
 ``TRAIN_DEFAULTS``); ``load_job_config`` reads YAML, applies overrides and validates,
 reporting every problem at once before Ray starts. Values derived from the config
 (step counts, the run name, the ``RewardConfig``) are computed by functions here and
@@ -27,6 +27,7 @@ from ._config_tree import ConfigError, apply_overrides, build, field_docs, load_
 from ._job_sections import (
     DeepSpeedSection, FailureSection, LoraSection, ModelSection, ScalingSection, StorageSection,
 )
+from ._tune_section import TuneSection
 from .data.config import DataConfig
 from .tiny import SAMPLE_DATA_DIR
 
@@ -90,6 +91,10 @@ class JobConfig:
     scaling: ScalingSection = field(default_factory=ScalingSection, metadata={"help": "Workers."})
     storage: StorageSection = field(default_factory=StorageSection, metadata={"help": "Checkpoints and outputs."})
     failure: FailureSection = field(default_factory=FailureSection, metadata={"help": "Fault tolerance."})
+    tune: TuneSection = field(
+        default_factory=TuneSection,
+        metadata={"help": "A hyperparameter sweep (rayreward tune); rayreward train ignores it."},
+    )
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(JobConfig))

@@ -1,0 +1,157 @@
+"""The ``tune:`` section of the job config: what a sweep searches, and how.
+
+Its defaults live here (``--help`` prints them). ``TuneSection.validate`` checks the
+section's own shape (each distribution's arguments included); whether the swept keys
+exist, and whether every trial config they make is valid, is ``rayreward.sweep``'s
+check, which needs the rest of the job.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._config_tree import type_problems
+
+SCHEDULERS = ("asha", "none")
+SEARCH_ALGS = ("random", "grid")
+DISTRIBUTIONS = {
+    "loguniform": "[low, high] with 0 < low < high (sampled on a log scale)",
+    "uniform": "[low, high] with low < high",
+    "randint": "[low, high] integers with low < high (high excluded)",
+    "choice": "a non-empty list of values (one drawn per trial)",
+    "grid": "a non-empty list of values (every one tried, times num_samples)",
+}
+# Sections a trial cannot sweep: the sweep owns the storage of its trials and the tune
+# section itself.
+UNSWEEPABLE = {
+    "tune": "the tune section configures the sweep itself",
+    "storage": "each trial stores under the sweep's folder (storage.path/storage.name/trial_*)",
+}
+
+
+def _default_search_space() -> dict[str, Any]:
+    return {
+        "train.learning_rate": {"loguniform": [1.0e-4, 1.0e-2]},
+        "lora.r": {"choice": [4, 8, 16]},
+        # Margin usage: whether the data's margin column is subtracted in the pairwise loss.
+        "train.use_margin": {"choice": [True, False]},
+    }
+
+
+@dataclass
+class SchedulerSection:
+    """The trial scheduler: ASHA stops trials whose metric trails the others' at a rung."""
+
+    type: str = field(default="asha", metadata={"help": "asha (early stopping) or none (every trial runs to the end)."})
+    grace_period: int = field(
+        default=50, metadata={"help": "Optimizer steps a trial trains before ASHA may stop it (its first rung)."}
+    )
+    reduction_factor: float = field(
+        default=2, metadata={"help": "ASHA keeps the best 1/reduction_factor of the trials at each rung; rungs are "
+                                     "grace_period x reduction_factor^k steps."}
+    )
+    max_t: int | None = field(
+        default=None, metadata={"help": "The last step ASHA schedules for; null takes train.max_steps (then "
+                                        "required)."}
+    )
+
+    def validate(self) -> list[str]:
+        problems = type_problems(self, "tune.scheduler")
+        if self.type not in SCHEDULERS:
+            problems.append(f"tune.scheduler.type: got {self.type!r}; expected one of {', '.join(SCHEDULERS)}")
+        if _is_int(self.grace_period) and self.grace_period < 1:
+            problems.append(f"tune.scheduler.grace_period: got {self.grace_period}; expected a positive number of steps")
+        if _is_num(self.reduction_factor) and self.reduction_factor <= 1:
+            problems.append(f"tune.scheduler.reduction_factor: got {self.reduction_factor}; expected a number above 1")
+        if _is_int(self.max_t) and self.max_t < 1:
+            problems.append(f"tune.scheduler.max_t: got {self.max_t}; expected a positive number of steps or null")
+        return problems
+
+
+@dataclass
+class TuneSection:
+    """A Ray Tune sweep (``rayreward tune``); ignored by ``rayreward train``."""
+
+    metric: str = field(
+        default="eval_accuracy", metadata={"help": "Reported metric that ranks trials (eval_accuracy, eval_loss, ...)."}
+    )
+    mode: str = field(default="max", metadata={"help": "max or min: which values of the metric are better."})
+    num_samples: int = field(
+        default=8, metadata={"help": "Trials drawn from the search space; grid values multiply it."}
+    )
+    max_concurrent_trials: int = field(
+        default=2, metadata={"help": "Trials running at once; each reserves scaling.num_workers workers."}
+    )
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection, metadata={"help": "Early stopping."})
+    search_alg: str = field(
+        default="random",
+        metadata={"help": "Ray Tune's built-in search: random (choice drawn per trial, grid enumerated) or grid "
+                          "(choice enumerated as well). Continuous distributions are sampled either way."},
+    )
+    seed: int | None = field(default=None, metadata={"help": "Seed of the sampling; null draws differently each sweep."})
+    search_space: dict = field(
+        default_factory=_default_search_space,
+        metadata={"help": "Dotted config key -> {distribution: args}; distributions: "
+                          + "; ".join(f"{k} {v}" for k, v in DISTRIBUTIONS.items())
+                          + ". Replaces the default space as a whole."},
+    )
+
+    def validate(self) -> list[str]:
+        problems = type_problems(self, "tune")
+        if isinstance(self.metric, str) and not self.metric.strip():
+            problems.append("tune.metric: got ''; expected a reported metric such as eval_accuracy")
+        if self.mode not in ("max", "min"):
+            problems.append(f"tune.mode: got {self.mode!r}; expected max or min")
+        for name in ("num_samples", "max_concurrent_trials"):
+            value = getattr(self, name)
+            if _is_int(value) and value < 1:
+                problems.append(f"tune.{name}: got {value}; expected a positive integer")
+        if self.search_alg not in SEARCH_ALGS:
+            problems.append(f"tune.search_alg: got {self.search_alg!r}; expected one of {', '.join(SEARCH_ALGS)}")
+        if isinstance(self.search_space, dict):
+            if not self.search_space:
+                problems.append("tune.search_space: got {}; expected at least one key to sweep")
+            for key, spec in self.search_space.items():
+                problems += distribution_problems(str(key), spec)
+        return problems
+
+
+def distribution_problems(key: str, spec: Any) -> list[str]:
+    """The problems of one ``search_space`` entry (its key's section, its distribution)."""
+    where = f"tune.search_space.{key}"
+    section = key.split(".", 1)[0]
+    if section in UNSWEEPABLE:
+        return [f"{where}: cannot be swept; {UNSWEEPABLE[section]}"]
+    if "." not in key or not all(key.split(".")):
+        return [f"{where}: expected a dotted config key such as train.learning_rate"]
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return [f"{where}: got {spec!r}; expected one distribution, e.g. {{loguniform: [1.0e-5, 1.0e-3]}} "
+                f"(one of {', '.join(DISTRIBUTIONS)})"]
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        import difflib
+
+        match = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
+        hint = f"did you mean {match[0]!r}?" if match else f"expected one of {', '.join(DISTRIBUTIONS)}"
+        return [f"{where}: unknown distribution {kind!r}; {hint}"]
+    expected = f"{where}.{kind}: got {args!r}; expected {DISTRIBUTIONS[kind]}"
+    if kind in ("choice", "grid"):
+        return [] if isinstance(args, list) and args else [expected]
+    if not (isinstance(args, list) and len(args) == 2 and all(_is_num(a) and math.isfinite(a) for a in args)):
+        return [expected]
+    low, high = args
+    if kind == "randint" and not (_is_int(low) and _is_int(high)):
+        return [expected]
+    if low >= high or (kind == "loguniform" and low <= 0):
+        return [expected]
+    return []
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
