@@ -259,10 +259,6 @@ cmd_submit() {
     log "config file not found: $config"
     return 2
   fi
-  if ! session_alive; then
-    log "no local cluster is up: run 'cluster/local.sh up' first (or use 'run')"
-    return 2
-  fi
   # The job runs in a copy of the working dir (.), so a config inside it is passed by
   # its path relative to it; one outside it by its absolute path (same machine).
   local abs rel
@@ -273,6 +269,10 @@ cmd_submit() {
   esac
   local storage
   storage="$("$PY" -c "$PY_STORAGE_OVERRIDE" "$config" "$@")" || return 2
+  if ! session_alive; then
+    log "no local cluster is up: run 'cluster/local.sh up' first (or use 'run')"
+    return 2
+  fi
   if [[ -n "$storage" ]]; then
     log "relative storage.path made absolute (the job runs in a copy of this directory): $storage"
     set -- "$@" "$storage"
@@ -298,6 +298,9 @@ cmd_submit() {
 
 cmd_run() {
   local started=0 rc=0
+  [[ $# -ge 1 && -f "$1" ]] || { cmd_submit "$@"; return; } # usage or missing-file error
+  # A config that fails validation should not cost a cluster start.
+  "$PY" -c "$PY_STORAGE_OVERRIDE" "$@" >/dev/null || return 2
   if ! session_alive; then
     cmd_up
     started=1

@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 # The scripts this file covers; examples/reward_modeling.py has its own tests.
 SCRIPTS = ["train_from_python.py", "conversational.py"]
-OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps an embedded Ray's node on 127.0.0.1: on Linux,
+# Ray 2.60 replaces a loopback _node_ip_address with the machine's routable address.
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def run_script(*args: str, timeout: int) -> subprocess.CompletedProcess:
