@@ -236,3 +236,11 @@ def test_plan_steps_from_data_size_and_for_a_stream():
         plan_steps(None, num_workers=2, per_worker_batch_size=8, num_epochs=1)
     with pytest.raises(ValueError, match="cannot be shared among 4 workers"):
         plan_steps(3, num_workers=4, per_worker_batch_size=8)
+
+
+def test_tokenizer_actors_leave_a_cpu_share_for_the_read_tasks():
+    from rayreward.data.pipeline import READ_TASK_CPUS, _actor_cpus
+
+    # Two 1-CPU actors on a 2-CPU cluster would starve the reads that feed them (a hang).
+    assert _actor_cpus(DataConfig(train="x", tokenize_actors=2), 2) == (2 - READ_TASK_CPUS) / 2
+    assert _actor_cpus(DataConfig(train="x", tokenize_actors=2), 8) == 1.0

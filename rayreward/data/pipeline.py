@@ -19,6 +19,11 @@ pair count that turns epochs into ``max_steps``. ``data.materialize: false`` str
 instead, for data larger than object store + disk: then ``max_steps`` is required
 and the training side must leave CPUs over (fractional ``resources_per_worker`` or
 spare logical CPUs) for the tokenizer actors.
+
+The same starvation exists inside the pipeline: tokenizer actors hold their CPUs
+while the read tasks feeding them need one too. Read tasks ask for half a CPU and
+the actors' share is lowered so that the two always fit (``_actor_cpus``); without
+this, two 1-CPU actors on a 2-CPU cluster hung forever (seen).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from .sources import Source, resolve_source
 logger = logging.getLogger(__name__)
 
 MAX_BAD_ROW_EXAMPLES = 5
+# Logical CPUs of one read task (parsing and checking rows is light next to tokenizing).
+READ_TASK_CPUS = 0.5
 
 
 @dataclass
@@ -208,7 +215,8 @@ def _tokenized(plan: ReadPlan, cfg: DataConfig, tokenizer_name_or_path: str):
     import ray
 
     tally = _Tally.options(num_cpus=0).remote()
-    ds = ray.data.read_datasource(pair_datasource(plan))
+    actor_cpus = _actor_cpus(cfg, ray.cluster_resources().get("CPU", 0))
+    ds = ray.data.read_datasource(pair_datasource(plan), num_cpus=READ_TASK_CPUS)
     ds = ds.map_batches(
         TokenizePairs,
         fn_constructor_kwargs={
@@ -223,10 +231,27 @@ def _tokenized(plan: ReadPlan, cfg: DataConfig, tokenizer_name_or_path: str):
         },
         batch_format="pyarrow",
         batch_size=cfg.tokenize_batch_size,
-        concurrency=cfg.tokenize_actors,
-        num_cpus=cfg.tokenize_num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=cfg.tokenize_actors),
+        num_cpus=actor_cpus,
     )
     return ds, tally
+
+
+def _actor_cpus(cfg: DataConfig, cluster_cpus: float) -> float:
+    """CPUs per tokenizer actor, lowered when the actors would leave none for reading.
+
+    Actors hold their CPUs for the whole run; if they took every CPU of the cluster,
+    the read tasks that feed them would never be scheduled and the run would hang.
+    """
+    wanted = cfg.tokenize_actors * cfg.tokenize_num_cpus
+    room = cluster_cpus - READ_TASK_CPUS
+    if cluster_cpus and wanted > room > 0:
+        cpus = room / cfg.tokenize_actors
+        logger.info(
+            "data: %d tokenizer actors x %.2f CPUs would leave no CPU for reading on a %g-CPU cluster; "
+            "using %.2f CPUs per actor", cfg.tokenize_actors, cfg.tokenize_num_cpus, cluster_cpus, cpus)
+        return cpus
+    return cfg.tokenize_num_cpus
 
 
 def _run(ds, tally, plan: ReadPlan, cfg: DataConfig, name: str):
