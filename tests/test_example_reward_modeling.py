@@ -18,6 +18,16 @@ from conftest import ROOT, SAMPLE_DATA, read_jsonl
 SCRIPT = ROOT / "examples" / "reward_modeling.py"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # The test machine's 2 cores are shared with other jobs; torch's intra-op threads
+    # spin-wait against them and a 20 s run becomes minutes. One thread avoids that.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def load_example():
     spec = importlib.util.spec_from_file_location("reward_modeling_example", SCRIPT)
     module = importlib.util.module_from_spec(spec)

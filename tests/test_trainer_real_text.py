@@ -11,6 +11,16 @@ from rayreward import RewardConfig, RewardTrainer, tiny
 from conftest import read_jsonl
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # The test machine's 2 cores are shared with other jobs; torch's intra-op threads
+    # spin-wait against them and a 20 s run becomes minutes. One thread avoids that.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_args(tmp_path, **overrides) -> RewardConfig:
     settings = dict(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=16,
