@@ -69,6 +69,12 @@ class RecordStarts(TrainerCallback):
                 f.write(f"{state.global_step}\n")
 
 
+# Ray Train's controller collects reported checkpoints when it polls the workers (every
+# 2 s): a checkpoint reported just before a crash may never be registered. The failing
+# callbacks wait this long first, so the crash comes after the checkpoint is Ray's.
+SETTLE_S = 6
+
+
 class FailAt(TrainerCallback):
     """Raises on every rank at a step: the run stops (a user's Ctrl-C, a crash)."""
 
@@ -77,6 +83,7 @@ class FailAt(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
+            time.sleep(SETTLE_S)
             raise RuntimeError(f"stopped by the test at step {self.step}")
 
 
@@ -89,6 +96,7 @@ class KillRankOnce(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step and args.process_index == self.rank and not os.path.exists(self.marker):
             Path(self.marker).write_text(str(os.getpid()))
+            time.sleep(SETTLE_S)
             os._exit(1)
 
 
@@ -189,7 +197,7 @@ def moto_s3(monkeypatch):
     import boto3
 
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
-    client.create_bucket(Bucket="rr")
+    client.create_bucket(Bucket="rayreward")
     yield client
     server.stop()
 
@@ -202,7 +210,7 @@ def test_resume_from_object_storage_continues_at_the_checkpoint(ray_local, tmp_p
     from rayreward.export import export_checkpoint
 
     starts = tmp_path / "starts.txt"
-    job = job_for("s3://rr/runs", "resume", "failure.max_failures=0")
+    job = job_for("s3://rayreward/runs", "resume", "failure.max_failures=0")
     # 1. A run stopped at step 6, after its checkpoint at step 4.
     with pytest.raises(TrainingFailedError):
         fit(job, callbacks=[RecordStarts(str(starts)), FailAt(6)])
@@ -211,10 +219,10 @@ def test_resume_from_object_storage_continues_at_the_checkpoint(ray_local, tmp_p
     outcome = fit(job, callbacks=[RecordStarts(str(starts)), RecordRewards(str(probe))])
     assert starts.read_text().split() == ["0", "4"]
     assert outcome.metrics["step"] == 8
-    keys = {o["Key"] for o in moto_s3.list_objects_v2(Bucket="rr", Prefix="runs/resume/")["Contents"]}
+    keys = {o["Key"] for o in moto_s3.list_objects_v2(Bucket="rayreward", Prefix="runs/resume/")["Contents"]}
     assert {"runs/resume/metrics.json", "runs/resume/model/model.safetensors",
             "runs/resume/checkpoint-000008/trainer_state.json"} <= keys
-    state = json.loads(moto_s3.get_object(Bucket="rr", Key="runs/resume/checkpoint-000008/trainer_state.json")["Body"].read())
+    state = json.loads(moto_s3.get_object(Bucket="rayreward", Key="runs/resume/checkpoint-000008/trainer_state.json")["Body"].read())
     assert state["global_step"] == 8
     # The log history spans both runs: steps 2 and 4 from the first, 6 and 8 from the second.
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [2, 4, 6, 8]
