@@ -76,10 +76,26 @@ def warn_if_pad_is_final_eos(tokenizer, pairs: list[dict[str, Any]]) -> bool:
     return True
 
 
+# Attention dropout is often not an nn.Dropout module but a float the attention layer
+# passes to its kernel (Llama, Qwen, Mistral: `attention_dropout`; BERT/GPT-2 read the
+# module's `p`); both kinds are zeroed.
+_DROPOUT_FLOAT_ATTRS = ("attention_dropout", "dropout", "dropout_p", "attn_dropout")
+
+
 def disable_dropout(model: nn.Module) -> None:
+    """Sets every dropout probability of ``model`` (modules, attention floats, config) to 0."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+            continue
+        for attr in _DROPOUT_FLOAT_ATTRS:
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+        config = getattr(module, "config", None)
+        # Keep the saved config truthful: an export reloaded for more training has no dropout either.
+        for key, value in (vars(config).items() if config is not None and hasattr(config, "__dict__") else []):
+            if isinstance(value, float) and ("dropout" in key or key.endswith("_pdrop")):
+                setattr(config, key, 0.0)
 
 
 def head_module_names(model: nn.Module) -> list[str]:

@@ -110,6 +110,21 @@ def tokenize_pairs(
     return PairDataset(pairs), stats
 
 
+def _prepared_model_init(model_init: Callable, tokenizer, args: RewardConfig) -> Callable:
+    """Wraps ``model_init`` so that every model it builds (one per Tune trial) gets the
+    same set-up as ``model=``: pad token on the config, dropout off, cache off."""
+    import inspect
+
+    takes_trial = len(inspect.signature(model_init).parameters) == 1
+
+    def init(trial=None):
+        model = model_init(trial) if takes_trial else model_init()
+        ensure_pad_token(tokenizer, model)
+        return prepare_model(model, args)
+
+    return init
+
+
 class RewardTrainer(Trainer):
     """Trains a sequence-classification model with one output as a reward model.
 
@@ -179,6 +194,8 @@ class RewardTrainer(Trainer):
             model = prepare_model(model, args, peft_config)
         elif peft_config is not None:
             raise ValueError("peft_config needs model=...; with model_init, wrap the model inside model_init")
+        if model_init is not None:
+            model_init = _prepared_model_init(model_init, tokenizer, args)
 
         self.length_stats: dict[str, LengthStats] = {}
         train_dataset = self._tokenize(train_dataset, tokenizer, args, "train_dataset")

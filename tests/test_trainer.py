@@ -324,3 +324,31 @@ def test_visualize_samples(tmp_path, tokenizer, tiny_llama, sample, capsys):
     assert rows[0]["rejected"].split()[-1] in printed
     assert tiny_llama.training  # put back the way it was found
     assert len(trainer.visualize_samples(-1)) == 6
+
+
+def test_attention_dropout_floats_are_zeroed(tmp_path, tokenizer, sample):
+    model = tiny.build_model("tiny-llama", tokenizer, hidden_size=32, num_layers=1)
+    model.config.attention_dropout = 0.5
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    trainer = RewardTrainer(model=model, args=make_args(tmp_path), tokenizer=tokenizer, eval_dataset=sample[1][:4])
+    assert model.config.attention_dropout == 0.0
+    assert all(layer.self_attn.attention_dropout == 0.0 for layer in model.model.layers)
+    (batch,) = batches(trainer, trainer.eval_dataset)
+    model.train()  # dropout would act now; with it off, two passes agree
+    with torch.no_grad():
+        first, second = (trainer.compute_rewards(model, batch)[0] for _ in range(2))
+    torch.testing.assert_close(first, second)
+
+
+def test_model_init_models_get_the_same_setup(tmp_path, tokenizer, sample):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny.TOKENIZER_DIR / "tokenizer.json"),
+                                  bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    trainer = RewardTrainer(model_init=lambda: tiny.build_model("tiny-gpt2", tok, hidden_size=32, num_layers=1),
+                            args=make_args(tmp_path, max_steps=1), tokenizer=tok, train_dataset=sample[1][:8])
+    model = trainer.model
+    assert model.config.pad_token_id == tok.eos_token_id
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, nn.Dropout))
+    assert math.isfinite(trainer.train().training_loss)
