@@ -1,0 +1,80 @@
+"""``rayreward tune``: a Ray Tune sweep over any config keys (the ``tune:`` section)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+from ._job_args import add_job_arguments, load_job
+
+HELP = ("Sweep hyperparameters with Ray Tune (ASHA early stopping): each trial is a `rayreward train` "
+        "run with sampled overrides; prints and writes the results, the best config, a plot and the best model. "
+        "Re-run with the same storage.name to resume.")
+
+
+def add_arguments(parser) -> None:
+    add_job_arguments(parser)
+    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")
+
+
+def run(args) -> int:
+    import ray
+
+    from ..sweep import run_sweep, sweep_problems
+
+    # 1. Config and search space, checked before anything starts.
+    job, _ = load_job(args)
+    if job is None:
+        return 2
+    problems = sweep_problems(job)
+    if problems:
+        print(f"rayreward tune: {len(problems)} problem(s) in the sweep" + (f" {args.config}" if args.config else "")
+              + ":\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return 2
+    # 2. Ray: the given cluster, or one embedded in this process bound to loopback. The
+    # trials' worker logs stay on the cluster (each trial's folder has them); the driver
+    # shows Tune's trial table and one line per trial event.
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=embedded_cpus(job), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level="WARNING", log_to_driver=False)
+    # 3. Sweep, report, export.
+    try:
+        outcome = run_sweep(job)
+    finally:
+        ray.shutdown()
+    return 130 if outcome.interrupted else 0
+
+
+def embedded_cpus(job) -> int:
+    """Logical CPUs of the embedded Ray: room for every concurrent trial's workers and
+    tokenizer actors at once, plus a slot for Ray Data's read tasks.
+
+    Concurrent trials may tokenize while others train; without the extra slots a trial
+    would wait for CPUs held by the workers of another (see STACK_NOTES). Ray pins each
+    worker's torch threads to its cpus_per_worker, so logical CPUs beyond the cores do
+    not oversubscribe them with compute.
+    """
+    s, d = job.scaling, job.data
+    per_trial = math.ceil(s.num_workers * s.cpus_per_worker) + math.ceil(d.tokenize_actors * d.tokenize_num_cpus)
+    return max(os.cpu_count() or 1, job.tune.max_concurrent_trials * per_trial + 1)
+
+
+def validate_tune_section(section, job=None) -> list[str]:
+    """Problems of a ``tune:`` section (``rayreward check``), with ``job`` the rest of the file:
+    its shape, then the sweep checks of ``rayreward.sweep.sweep_problems``."""
+    import dataclasses
+
+    from .._config_tree import build
+    from .._tune_section import TuneSection
+    from ..sweep import sweep_problems
+
+    problems: list[str] = []
+    tune = build(TuneSection, section, "tune", problems)
+    problems += tune.validate() if not problems else []
+    if problems or job is None:
+        return problems
+    return sweep_problems(dataclasses.replace(job, tune=tune))
