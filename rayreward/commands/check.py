@@ -22,20 +22,26 @@ def run(args) -> int:
     if job is None:
         return 2
     if "tune" in extras:
-        problems = _tune_problems(extras["tune"])
+        problems = _tune_problems(extras["tune"], job)
         if problems:
             print(f"rayreward check: {len(problems)} problem(s) in the tune section:\n"
                   + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
             return 2
-    print(yaml.safe_dump(to_dict(job), sort_keys=False), end="")
+    resolved = to_dict(job)
+    # The tune section was taken out before the job was built: show the file's own, or none.
+    resolved.pop("tune", None)
+    if "tune" in extras:
+        resolved["tune"] = extras["tune"]
+    print(yaml.safe_dump(resolved, sort_keys=False), end="")
     if job.train.get("max_steps", -1) > 0:
         print(f"# {step_plan(job, None).max_steps} steps (train.max_steps)")
     print(f"# {args.config or 'defaults'}: OK")
     return 0
 
 
-def _tune_problems(section) -> list[str]:
-    """A sweep file's ``tune:`` section, checked by the tune command's own validator."""
+def _tune_problems(section, job) -> list[str]:
+    """A sweep file's ``tune:`` section, checked by the tune command's own validator
+    (its shape, then the swept keys and every trial config against the rest of ``job``)."""
     import importlib
 
     try:
@@ -45,4 +51,4 @@ def _tune_problems(section) -> list[str]:
             raise
         return []
     validate = getattr(tune, "validate_tune_section", None)
-    return list(validate(section)) if validate else []
+    return list(validate(section, job)) if validate else []
