@@ -271,12 +271,16 @@ def test_job_submission_to_a_ray_start_cluster(tmp_path):
             assert head.poll() is None and time.time() < deadline, "the ray start cluster did not come up"
             time.sleep(3)
         storage = tmp_path / "runs"
-        submit = subprocess.run(
-            [str(bin_dir / "ray"), "job", "submit", f"--address={address}", "--working-dir", ".", "--",
-             "rayreward", "train", "train.max_steps=4", "train.save_steps=4", "train.eval_steps=4",
-             "data.tokenize_actors=1", f"storage.path={storage}", "storage.name=submitted"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=480,
-        )
+        for _ in range(20):  # the job agent comes up some seconds after the dashboard answers
+            submit = subprocess.run(
+                [str(bin_dir / "ray"), "job", "submit", f"--address={address}", "--working-dir", ".", "--",
+                 "rayreward", "train", "train.max_steps=4", "train.save_steps=4", "train.eval_steps=4",
+                 "data.tokenize_actors=1", f"storage.path={storage}", "storage.name=submitted"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
+            )
+            if "No available agent" not in submit.stderr:
+                break
+            time.sleep(3)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout
         assert "[rayreward] model:" in submit.stdout
