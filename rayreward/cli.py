@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# An embedded Ray binds to loopback only: without this, Ray swaps 127.0.0.1 for the
+# machine's routable address. Read when ray is imported, so set before any import of it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 SUBCOMMANDS = ("train", "check", "export", "tune", "evaluate", "score")
 
