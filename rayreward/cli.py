@@ -12,10 +12,6 @@ import importlib
 import os
 import sys
 
-# An embedded Ray binds to loopback only: without this, Ray swaps 127.0.0.1 for the
-# machine's routable address. Read when ray is imported, so set before any import of it.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 SUBCOMMANDS = ("train", "check", "export", "tune", "evaluate", "score")
 
 
@@ -42,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "RAY_ADDRESS" not in os.environ and not any(a.startswith("--address") for a in argv):
+        # The command will start an embedded Ray: keep it on loopback. Without this Ray
+        # swaps 127.0.0.1 for the machine's routable address. Ray reads it at import,
+        # so it is set before anything imports ray; a driver joining a real cluster
+        # must not have it (it would register as 127.0.0.1).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     parser = build_parser()
     if not argv:
         argv = ["train"]
