@@ -113,7 +113,7 @@ def common_args(spec: dict, output_dir: str) -> dict:
         output_dir=output_dir, per_device_train_batch_size=spec["batch_size"],
         num_train_epochs=spec["epochs"], learning_rate=spec["learning_rate"], lr_scheduler_type="linear",
         warmup_steps=0, weight_decay=0.0, seed=spec["seed"], data_seed=spec["seed"], max_length=spec["max_length"],
-        bf16=False, fp16=False, gradient_checkpointing=False, logging_strategy="no", save_strategy="no",
+        bf16=bool(spec.get("bf16")), fp16=False, gradient_checkpointing=False, logging_strategy="no", save_strategy="no",
         eval_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=False, disable_dropout=True,
     )
@@ -143,6 +143,7 @@ def evaluate_accuracy(model, pairs: list[dict], pad_id: int, batch_size: int = 3
     Each side is scored alone, right-padded within batches of similar length.
     """
     model.eval()
+    device = next(model.parameters()).device
     scores = {}
     for side in ("chosen", "rejected"):
         seqs = [p[f"input_ids_{side}"] for p in pairs]
@@ -156,7 +157,7 @@ def evaluate_accuracy(model, pairs: list[dict], pad_id: int, batch_size: int = 3
             for j, i in enumerate(idx):
                 ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
                 mask[j, : len(seqs[i])] = 1
-            out[idx] = model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+            out[idx] = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().cpu()
         scores[side] = out
     return (scores["chosen"] > scores["rejected"]).float().mean().item()
 
@@ -175,6 +176,8 @@ def run(spec: dict) -> dict:
         start = time.perf_counter()
         trainer = make_trainer(spec, model, tok, rows, tally, out)
         setup_s = time.perf_counter() - start
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         with PeakRSS() as mem:
             cpu = _cpu_seconds()
             start = time.perf_counter()
@@ -206,6 +209,7 @@ def run(spec: dict) -> dict:
         "flops_executed": train_flops(linear, layers, hidden, tally.computed, tally.attention_sq),
         "flops_useful": train_flops(linear, layers, hidden, real, useful_sq),
         "peak_rss_mb": mem.peak_mb, "train_rss_increase_mb": mem.peak_mb - mem.start_mb,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "eval_accuracy": accuracy, "eval_pairs": len(test_pairs),
         "linear_params": linear, "threads": torch.get_num_threads(),
     }

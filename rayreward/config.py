@@ -51,7 +51,8 @@ class RewardConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Batch training pairs with others of similar length (within a shuffle buffer of "
-            "length_group_batches batches; order stays random across buffers). None (default) turns it on."
+            "length_group_batches batches; order stays random across buffers). None (default): on where "
+            "padding_free is off (encoders), whose batches are padded."
         },
     )
     length_group_batches: int = field(

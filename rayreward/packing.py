@@ -9,7 +9,8 @@ Length grouping
     batches of a buffer are then shuffled, and the buffers come in random order, so
     training order stays random at the scale of a buffer. ``length_grouped_batches``
     does it for one buffer (the Ray worker iterator calls it); ``LengthGroupedPairSampler``
-    does it for a whole in-memory data set (the in-process trainer).
+    does it for a whole in-memory data set (the in-process trainer). On by default
+    where batches are padded (encoders); packed rows need it not.
 
 Shared-prefix packing (causal decoders)
     Chosen and rejected usually start with the same tokens (the dialogue so far). A
@@ -357,9 +358,12 @@ class PackingPlan:
 def plan_packing(model: nn.Module | None, args) -> PackingPlan:
     """Resolves ``group_by_length``, ``padding_free`` and ``share_prefix`` for a model.
 
-    ``None`` (auto) turns length grouping on for every model (it only changes which
-    pairs share a batch), and both packings on for the causal decoders of
-    ``PACKABLE_MODEL_TYPES`` with ``sdpa`` or ``eager`` attention, where they are exact.
+    ``None`` (auto) turns both packings on for the causal decoders of
+    ``PACKABLE_MODEL_TYPES`` with ``sdpa`` or ``eager`` attention, where they are
+    exact, and length grouping on wherever padding-free packing is off (encoders).
+    Packed rows carry almost no padding, so grouping would save nothing there and would
+    only change which pairs share a batch; left off, a packed run trains on the same
+    batches, hence the same trajectory, as the plain path.
 
     Args:
         model: the model (possibly wrapped); None (``model_init``) packs nothing.
@@ -370,10 +374,9 @@ def plan_packing(model: nn.Module | None, args) -> PackingPlan:
             says why.
     """
     grouping = getattr(args, "group_by_length", None)
-    grouping = True if grouping is None else bool(grouping)
     wanted = {k: getattr(args, k, None) for k in ("padding_free", "share_prefix")}
     if model is None:
-        return PackingPlan(group_by_length=grouping)
+        return PackingPlan(group_by_length=True if grouping is None else bool(grouping))
     problem = packing_problem(model, getattr(args, "max_length", None))
     auto_ok = problem is None and _model_type(model) in PACKABLE_MODEL_TYPES
     resolved = {}
@@ -386,6 +389,7 @@ def plan_packing(model: nn.Module | None, args) -> PackingPlan:
             resolved[key] = bool(value)
     if problem is not None and any(v is None for v in wanted.values()):
         logger.info("packing is off for this model: %s", problem)
+    grouping = not resolved["padding_free"] if grouping is None else bool(grouping)
     return PackingPlan(group_by_length=grouping, **resolved)
 
 

@@ -236,7 +236,8 @@ class RewardTrainer(Trainer):
         return pairs
 
     def get_train_dataloader(self):
-        if self._train_collator is None:
+        # Only pairs held in memory are collated here; a stream brings its own batches.
+        if self._train_collator is None or not isinstance(self.train_dataset, PairDataset):
             return super().get_train_dataloader()
         padded, self.data_collator = self.data_collator, self._train_collator
         try:

@@ -273,7 +273,8 @@ def test_packed_rewards_through_lora(tokenizer):
 def test_plan_turns_packing_on_for_decoders_and_off_for_encoders(tokenizer):
     args = RewardConfig(output_dir="unused", report_to=[])
     plan = plan_packing(decoder("llama", tokenizer), args)
-    assert plan.group_by_length and plan.padding_free and plan.share_prefix
+    # packed rows hold no padding to save: grouping stays off and batches stay as sampled
+    assert plan.padding_free and plan.share_prefix and not plan.group_by_length
     bert = tiny.build_model("tiny-bert", tokenizer, hidden_size=32, num_layers=1)
     plan = plan_packing(bert, args)
     assert plan.group_by_length and not plan.packs
@@ -282,6 +283,8 @@ def test_plan_turns_packing_on_for_decoders_and_off_for_encoders(tokenizer):
     off = RewardConfig(output_dir="unused", report_to=[], group_by_length=False, padding_free=False)
     plan = plan_packing(decoder("gpt2", tokenizer), off)
     assert (plan.group_by_length, plan.padding_free, plan.share_prefix) == (False, False, True)
+    plan = plan_packing(decoder("gpt2", tokenizer), RewardConfig(output_dir="unused", report_to=[], padding_free=False))
+    assert plan.group_by_length and plan.share_prefix  # one padded row per pair: grouping pays
 
 
 def test_plan_refuses_attention_without_custom_masks_and_short_sliding_windows(tokenizer):
@@ -311,7 +314,7 @@ def trainer_for(model, tokenizer, pairs, tmp_path, **overrides):
 
 def test_trainer_packs_training_batches_and_pads_evaluation_batches(tokenizer, hh_pairs, tmp_path):
     trainer = trainer_for(decoder("llama", tokenizer), tokenizer, hh_pairs, tmp_path)
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedPairSampler)
+    assert not isinstance(trainer._get_train_sampler(), LengthGroupedPairSampler)
     train_batch = next(iter(trainer.get_train_dataloader()))
     assert "packed_input_ids" in train_batch and train_batch["chosen_index"].shape == (4, 2)
     eval_batch = next(iter(trainer.get_eval_dataloader()))
@@ -319,6 +322,7 @@ def test_trainer_packs_training_batches_and_pads_evaluation_batches(tokenizer, h
 
     encoder = tiny.build_model("tiny-bert", tokenizer, hidden_size=32, num_layers=1)
     trainer = trainer_for(encoder, tokenizer, hh_pairs, tmp_path)
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedPairSampler)
     assert "input_ids_chosen" in next(iter(trainer.get_train_dataloader()))
 
 
