@@ -31,8 +31,17 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``2e-5`` as a string (it wants ``2.0e-5``); read it as a float."""
+    """YAML with 1.2's scalars: ``2e-5`` is a float (1.1 wants ``2.0e-5``) and only
+    true/false are booleans (1.1 turns ``eval_strategy: no`` into False)."""
 
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",

@@ -40,6 +40,7 @@ def test_overrides_parse_yaml_scalars_and_nest():
     assert base == {"train": {"learning_rate": 1e-5, "seed": 1}}  # not modified
     # Tune's sampled values: a mapping, used as they are.
     assert apply_overrides({}, {"train.learning_rate": 3e-4}) == {"train": {"learning_rate": 3e-4}}
+    assert parse_scalar("no") == "no" and parse_scalar("off") == "off" and parse_scalar("false") is False
     assert parse_scalar("1e-3") == 1e-3 and parse_scalar("5") == 5 and parse_scalar("[q_proj, v_proj]") == ["q_proj", "v_proj"]
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides({}, ["train.learning_rate"])
