@@ -17,8 +17,11 @@ from .job_config import JobConfig, job_from_dict, run_name, storage_uri
 STATUS = {"TERMINATED": "finished", "ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
 
 
-def trial_rows(grid, statuses: dict[str, str], keys: list[str], metric: str, mode: str, storage: str) -> list[dict]:
+def trial_rows(grid, trials: dict, keys: list[str], metric: str, mode: str, storage: str) -> list[dict]:
     """One row per trial: its sampled values, best and last reported metric, checkpoint, status.
+
+    ``trials`` maps trial ids to Tune's ``Trial`` objects (their status and config: a
+    trial that never reported has no config in its ``Result``).
 
     ``status`` is ``finished``, ``stopped early`` (ended before its planned last step:
     ASHA stopped it), ``error``, or ``pending``/``running``/``paused`` for an interrupted
@@ -34,14 +37,15 @@ def trial_rows(grid, statuses: dict[str, str], keys: list[str], metric: str, mod
         best = max(kept, key=lambda h: sign * h["value"]) if kept else None
         last_step = history[-1]["step"] if history else None
         plan = _read_json(_storage.join(_uri(result.path, storage), "plan.json"))
-        status = STATUS.get(statuses.get(trial_id, ""), statuses.get(trial_id, "unknown").lower())
+        trial = trials[trial_id]
+        status = STATUS.get(trial.status, trial.status.lower())
         planned = plan.get("max_steps")
         if status == "finished" and planned and last_step is not None and last_step < planned:
             status = "stopped early"
         rows.append({
             "trial": trial_id,
             "status": status,
-            "params": {k: result.config.get(k) for k in keys},
+            "params": {k: trial.config.get(k) for k in keys},
             metric: best["value"] if best else None,
             "best_step": best["step"] if best else None,
             "last_step": last_step,
@@ -60,7 +64,7 @@ def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
     return max(scored, key=lambda r: sign * r[metric]) if scored else None
 
 
-def write_report(job: JobConfig, base: dict, rows: list[dict], grid, run_dir: str, keys: list[str],
+def write_report(job: JobConfig, base: dict, rows: list[dict], run_dir: str, keys: list[str],
                  print_fn: Callable[[str], None]) -> tuple[dict | None, dict[str, str]]:
     """Prints and writes the results table, then the best trial's config, plot and model."""
     from .export import export_checkpoint

@@ -75,6 +75,13 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def expected_trials(job: JobConfig) -> int:
+    """Trials of the whole sweep: ``num_samples`` times every grid combination."""
+    grid_kinds = ("grid", "choice") if job.tune.search_alg == "grid" else ("grid",)
+    sizes = [len(args) for spec in job.tune.search_space.values() for kind, args in spec.items() if kind in grid_kinds]
+    return job.tune.num_samples * math.prod(sizes)
+
+
 def scheduler_max_t(job: JobConfig) -> int | None:
     """The last step ASHA schedules for: ``tune.scheduler.max_t``, else ``train.max_steps``."""
     if job.tune.scheduler.max_t:
@@ -273,7 +280,7 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
     Example:
         >>> ray.init(address="local", num_cpus=6)
         >>> outcome = run_sweep(load_job_config("examples/configs/sweep.yaml"))
-        >>> outcome.best["config"], outcome.files["best_config"]
+        >>> outcome.best["params"], outcome.files["best_config"]
     """
     from ray import tune
 
@@ -328,15 +335,17 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
 
     # 4. Fit: every trial to its end, its early stop or its error.
     grid = tuner.fit()
-    statuses = {trial.trial_id: trial.status for trial in grid._experiment_analysis.trials}
-    interrupted = any(s not in ("TERMINATED", "ERROR") for s in statuses.values())
-    rows = _sweep_report.trial_rows(grid, statuses, keys, t.metric, t.mode, storage)
+    trials = {trial.trial_id: trial for trial in grid._experiment_analysis.trials}
+    # Interrupted: a trial not ended, or one the search had yet to create.
+    interrupted = (len(trials) < expected_trials(job)
+                   or any(trial.status not in ("TERMINATED", "ERROR") for trial in trials.values()))
+    rows = _sweep_report.trial_rows(grid, trials, keys, t.metric, t.mode, storage)
     if interrupted:
         print_fn(f"[rayreward] sweep {name} interrupted; re-run the same command to resume it")
         return SweepOutcome(run_dir, rows, None, {}, resumed, True)
 
     # 5. Report: tables, plot, best config, best model.
-    best, files = _sweep_report.write_report(job, base_config(job), rows, grid, run_dir, keys, print_fn)
+    best, files = _sweep_report.write_report(job, base_config(job), rows, run_dir, keys, print_fn)
     return SweepOutcome(run_dir, rows, best, files, resumed, False)
 
 

@@ -1,0 +1,226 @@
+"""`rayreward tune`: search-space checks before Ray, and sweeps on a real local Ray (loopback).
+
+The sweeps run the command in a subprocess (its own embedded Ray on 127.0.0.1, as a
+user runs it) on the tiny Llama with LoRA and 128 of the bundled pairs; a trial is 8
+steps of 16 pairs, evaluated and checkpointed every 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayreward._config_tree import ConfigError
+from rayreward.cli import main
+from rayreward.job_config import load_job_config
+from rayreward.sweep import param_space, sweep_problems
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "rayreward" / "sample_data"
+ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HF_HUB_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def sweep_config(tmp_path: Path, name: str, tune: dict) -> Path:
+    """A sweep file: 8-step LoRA trials of the tiny model, one worker each."""
+    for split, rows in (("train", 128), ("eval", 128)):
+        lines = (SAMPLE / f"{split}.jsonl").read_text().splitlines()[:rows]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    config = {
+        "model": {"name_or_path": "builtin:tiny-llama"},
+        "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl"), "max_length": 256,
+                 "tokenize_actors": 1},
+        "lora": {"enabled": True},
+        "train": {"max_steps": 8, "per_device_train_batch_size": 16, "logging_steps": 2, "eval_steps": 2,
+                  "save_steps": 2, "warmup_steps": 0},
+        "deepspeed": {"stage": 0},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+        "storage": {"path": str(tmp_path / "runs"), "name": name, "num_to_keep": 1,
+                    "checkpoint_score_attribute": "eval_accuracy"},
+        "tune": tune,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def rayreward(*args: str, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rayreward", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# -- before any trial ------------------------------------------------------------------
+
+
+def test_example_sweep_is_valid_and_defaults_sweep_lr_rank_margin():
+    job = load_job_config(str(ROOT / "examples" / "configs" / "sweep.yaml"))
+    assert sweep_problems(job) == []
+    assert set(job.tune.search_space) == {"train.learning_rate", "lora.r", "train.use_margin"}
+    defaults = load_job_config(None, ["lora.enabled=true", "train.max_steps=120"])
+    assert set(defaults.tune.search_space) == {"train.learning_rate", "lora.r", "train.use_margin"}
+    assert sweep_problems(defaults) == []
+
+
+def test_bad_search_space_fails_before_any_trial(tmp_path, capsys):
+    import ray
+
+    space = {"train.learning_rat": {"loguniform": [1.0e-5, 1.0e-3]}, "lora.r": {"choice": [4, 8]}}
+    path = sweep_config(tmp_path, "bad", {"search_space": space})
+    assert main(["tune", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "tune.search_space.train.learning_rat: unknown key; did you mean 'train.learning_rate'?" in err
+
+    # Distribution arguments are the section's own checks: every one is reported.
+    code = main(["tune", "--config", str(path), "tune.search_space={'train.learning_rate': {'loguniform': [0, 1]}, "
+                 "'lora.r': {'choise': [4]}, 'train.use_margin': {'choice': []}}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "tune.search_space.train.learning_rate.loguniform: got [0, 1]; expected [low, high] with 0 < low < high" in err
+    assert "tune.search_space.lora.r: unknown distribution 'choise'; did you mean 'choice'?" in err
+    assert "tune.search_space.train.use_margin.choice: got []; expected a non-empty list" in err
+
+    # Values that make an invalid trial config, found among the combinations.
+    code = main(["tune", "--config", str(path),
+                 "tune.search_space={'lora.r': {'grid': [8, 0]}, 'train.eval_steps': {'choice': [2, 3]}}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "a trial with lora.r=0, train.eval_steps=2 is invalid: lora.r: got 0; expected a positive integer" in err
+    assert "train.save_steps: got 2 with train.eval_steps=3; expected a multiple of eval_steps" in err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_problems_asha_needs_room_and_lora():
+    job = load_job_config(None, ["lora.enabled=false", "tune.scheduler.grace_period=50"])
+    problems = sweep_problems(job)
+    assert any(p.startswith("tune.scheduler.max_t: got null with train.max_steps unset") for p in problems)
+    assert any(p.startswith("tune.search_space.lora.r: swept with lora.enabled=false") for p in problems)
+    job = load_job_config(None, ["lora.enabled=true", "train.max_steps=40", "tune.scheduler.grace_period=40"])
+    assert sweep_problems(job) == ["tune.scheduler.grace_period: got 40 steps with trials of 40 steps; expected "
+                                   "fewer, or ASHA never stops a trial"]
+    with pytest.raises(ConfigError, match="tune.search_space.storage.name: cannot be swept"):
+        load_job_config(None, ["tune.search_space={'storage.name': {'choice': ['a']}}"])
+
+
+def test_param_space_maps_distributions():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    job = load_job_config(None, ["tune.search_space={'train.learning_rate': {'loguniform': [1.0e-5, 1.0e-3]}, "
+                                 "'lora.r': {'choice': [4, 8]}, 'train.use_margin': {'grid': [true, false]}, "
+                                 "'lora.alpha': {'uniform': [8, 32]}, 'train.seed': {'randint': [0, 4]}}"])
+    space = param_space(job)
+    assert isinstance(space["train.learning_rate"], Float) and space["train.learning_rate"].lower == 1e-5
+    assert isinstance(space["lora.r"], Categorical) and space["lora.r"].categories == [4, 8]
+    assert space["train.use_margin"] == {"grid_search": [True, False]}
+    assert isinstance(space["lora.alpha"], Float) and isinstance(space["train.seed"], Integer)
+    grid = param_space(load_job_config(None, ["tune.search_alg=grid"]))
+    assert grid["lora.r"] == {"grid_search": [4, 8, 16]}
+
+
+# -- sweeps on Ray ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sweep_asha_best_config_reruns(tmp_path):
+    # 4 trials: two learning rates far apart (grid) x 2 samples of LoRA rank and margin
+    # usage; the 1e-7 trials stay at the untrained model's accuracy, and ASHA stops them.
+    tune = {"num_samples": 2, "max_concurrent_trials": 2, "seed": 0,
+            "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+            "search_space": {"train.learning_rate": {"grid": [1.0e-7, 1.0e-2]}, "lora.r": {"choice": [4, 8]},
+                             "train.use_margin": {"choice": [True, False]}}}
+    path = sweep_config(tmp_path, "sweep", tune)
+    start = time.monotonic()
+    result = rayreward("tune", "--config", str(path), timeout=840)
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    print(f"sweep: {time.monotonic() - start:.0f}s")
+
+    # Two trials ran at once: the second started before the first ended.
+    events = re.findall(r"\[rayreward\] trial (\S+) (started|ended)", out)
+    assert [e for _, e in events[:2]] == ["started", "started"], events
+    assert len([1 for _, e in events if e == "ended"]) == 4
+
+    run = tmp_path / "runs" / "sweep"
+    summary = json.loads((run / "summary.json").read_text())
+    statuses = [t["status"] for t in summary["trials"]]
+    assert len(statuses) == 4 and set(statuses) <= {"finished", "stopped early"}, statuses
+    assert "stopped early" in statuses
+    stopped = [t for t in summary["trials"] if t["status"] == "stopped early"]
+    assert all(t["last_step"] < t["max_steps"] == 8 for t in stopped)
+    # Every trial checkpointed under storage.path/storage.name.
+    for trial in summary["trials"]:
+        assert list((Path(trial["path"]) / "train").glob("checkpoint-*")), trial
+    assert summary["best_params"]["train.learning_rate"] == 1e-2
+    assert summary["best_value"] == max(t["eval_accuracy"] for t in summary["trials"])
+
+    with open(run / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trial"] for r in rows] == [t["trial"] for t in summary["trials"]]
+    assert (run / "results.md").read_text().startswith("| trial | status |")
+    assert (run / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(summary["best_checkpoint"]).is_dir()
+    assert (run / "best_model" / "config.json").exists()
+    assert f"[rayreward] checkpoint:  {summary['best_checkpoint']}" in out
+
+    # The best config is the job with the best trial's values, and re-runs as it is.
+    best = load_job_config(str(run / "best_config.yaml"))
+    assert best.train["learning_rate"] == 1e-2
+    assert best.lora.r == summary["best_params"]["lora.r"]
+    assert best.train["use_margin"] == summary["best_params"]["train.use_margin"]
+    train = rayreward("train", "--config", str(run / "best_config.yaml"), "train.max_steps=2",
+                      "train.eval_steps=2", "train.save_steps=2", timeout=600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert (tmp_path / "runs" / "sweep-best" / "model" / "config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_interrupted_sweep_resumes(tmp_path):
+    tune = {"num_samples": 1, "max_concurrent_trials": 1, "scheduler": {"type": "none"},
+            "search_space": {"train.learning_rate": {"grid": [1.0e-3, 1.0e-2]}}}
+    path = sweep_config(tmp_path, "resume", tune)
+    args = [sys.executable, "-m", "rayreward", "tune", "--config", str(path)]
+
+    # 1. The first trial ends, then Ctrl-C: Tune saves the experiment and stops.
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, first = [], None
+    deadline = time.monotonic() + 600
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            match = re.match(r"\[rayreward\] trial (\S+) ended", line)
+            if match:
+                first = match.group(1)
+                proc.send_signal(signal.SIGINT)
+                break
+            assert time.monotonic() < deadline, "".join(lines[-50:])
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out1 = "".join(lines) + rest
+    assert first, out1[-3000:]
+    assert proc.returncode == 130, out1[-3000:]
+    assert "interrupted; re-run the same command to resume it" in out1
+    assert not (tmp_path / "runs" / "resume" / "summary.json").exists()
+
+    # 2. The same command resumes: the finished trial is kept, not run again.
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    out2 = result.stdout
+    assert result.returncode == 0, out2[-3000:] + result.stderr[-3000:]
+    assert "[rayreward] resuming sweep resume" in out2
+    assert f"trial {first} started" not in out2
+    summary = json.loads((tmp_path / "runs" / "resume" / "summary.json").read_text())
+    assert [t["status"] for t in summary["trials"]] == ["finished", "finished"]
+    assert {t["trial"] for t in summary["trials"]} >= {first}
