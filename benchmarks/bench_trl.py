@@ -193,8 +193,8 @@ def main(argv=None) -> None:
 def render(info: dict, peak: dict, peak_after: dict, args, results: dict) -> str:
     v = info["versions"]
     lines = [
-        f"Run of `python benchmarks/bench_trl.py {' '.join(getattr(args, 'command', None) or sys.argv[1:])}`"
-        .replace(" `", "`") + f" on {info['date']}.",
+        f"Run of `{' '.join(['python benchmarks/bench_trl.py', *(getattr(args, 'command', None) or sys.argv[1:])])}` "
+        f"on {info['date']}.",
         "",
         f"- Machine: {info['cpu']}, {info['nproc']} cores (torch threads {info['torch_threads']}), "
         f"GPU: {info['gpu'] or 'none'}; Python {info['python']}.",
