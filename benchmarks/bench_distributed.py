@@ -7,7 +7,7 @@
    about 52M parameters) that fp32 weights + gradients + Adam's two moments (16
    bytes a parameter, ~0.8 GB) dominate a worker's memory. Each stage trains the same
    steps on the bundled pairs with 2 CPU workers; each worker records its peak RSS,
-   its RSS once the trainer is built (model loaded, before optimizer state exists),
+   its RSS at train begin (engine built, before the first step allocates Adam's state),
    and the time of each step after two warm-up steps.
 2. Ray overhead: the demo's tiny model trained for the same steps by ``RewardTrainer``
    in this process, and by ``rayreward.distributed.fit`` with 1 worker (ZeRO-0):
@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 from _measure import machine, record_section  # noqa: E402
 
 SECTION = "Distributed (issue 5)"
+HIDDEN, LAYERS, BATCH, MAX_LENGTH = 768, 4, 4, 64
 
 
 def make_callback(out_dir: str):
@@ -68,7 +69,7 @@ def wide_model_dir(root: str) -> tuple[str, int]:
     from rayreward import tiny
 
     tokenizer = tiny.load_tokenizer()
-    model = tiny.build_model("tiny-llama", tokenizer, hidden_size=1024, num_layers=4)
+    model = tiny.build_model("tiny-llama", tokenizer, hidden_size=HIDDEN, num_layers=LAYERS)
     path = os.path.join(root, "wide-llama")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -86,8 +87,8 @@ def run_stage(stage: int, model_dir: str, steps: int, root: str) -> dict:
     os.makedirs(out)
     job = load_job_config(None, [
         f"model.name_or_path={model_dir}", f"deepspeed.stage={stage}", f"train.max_steps={steps}",
-        "train.per_device_train_batch_size=8", "train.eval_strategy=no", f"train.save_steps={steps}",
-        "train.logging_steps=1000", "data.eval=null", "data.max_length=128", "data.length_policy=truncate",
+        f"train.per_device_train_batch_size={BATCH}", "train.eval_strategy=no", f"train.save_steps={steps}",
+        "train.logging_steps=1000", "data.eval=null", f"data.max_length={MAX_LENGTH}", "data.length_policy=truncate",
         "data.tokenize_actors=1", f"storage.path={root}/runs", f"storage.name=zero{stage}",
     ])
     fit(job, callbacks=[make_callback(out)])
@@ -115,6 +116,11 @@ def ray_overhead(steps: int, root: str) -> dict:
     rows = [json.loads(line) for line in Path(job.data.train).read_text().splitlines()]
     out = os.path.join(root, "inproc")
     os.makedirs(out)
+    # One thread, as a Ray worker with 1 CPU has (Ray sets OMP_NUM_THREADS to its CPUs).
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     start = time.perf_counter()
     tokenizer = tiny.load_tokenizer()
     trainer = RewardTrainer(
@@ -125,6 +131,7 @@ def ray_overhead(steps: int, root: str) -> dict:
     )
     trainer.train()
     inproc_wall = time.perf_counter() - start
+    torch.set_num_threads(threads)
     inproc = json.loads(Path(out, "rank0.json").read_text())
     # Through Ray: one worker, ZeRO-0 (the DeepSpeed engine, no sharding).
     out = os.path.join(root, "ray1")
@@ -148,12 +155,13 @@ def report(info: dict, params: int, stages: list[dict], overhead: dict, steps: i
         f"Machine: {info['cpu']}, {info['nproc']} cores, no GPU; {info['date']}. "
         f"torch {v['torch']}, transformers {v['transformers']}, ray {_version('ray')}, deepspeed {_version('deepspeed')}.",
         "",
-        f"ZeRO stages, 2 CPU workers x 1 CPU, Llama hidden 1024 x 4 layers ({params / 1e6:.1f}M parameters, "
-        f"fp32: weights+grads+Adam = {16 * params / 1e9:.2f} GB unsharded), batch 8 pairs per worker, "
-        f"{steps} steps (median step after 2 warm-up steps). RSS after init = the worker once the trainer "
-        "is built (model loaded, no optimizer state yet).",
+        f"ZeRO stages, 2 CPU workers x 1 CPU, Llama hidden {HIDDEN} x {LAYERS} layers ({params / 1e6:.1f}M parameters, "
+        f"fp32: weights+grads+Adam = {16 * params / 1e9:.2f} GB unsharded), {BATCH} pairs per worker per step, "
+        f"sequences truncated to {MAX_LENGTH} tokens, "
+        f"{steps} steps (median step after 2 warm-up steps). RSS at train begin = the worker once the model "
+        "is loaded and wrapped by the DeepSpeed engine, before the first step allocates Adam's moments.",
         "",
-        "| ZeRO stage | peak RSS per worker (GB) | RSS after init (GB) | peak - init (GB) | step time (s) |",
+        "| ZeRO stage | peak RSS, rank 0 / 1 (GB) | RSS at train begin (GB) | peak - begin (GB) | step time (s) |",
         "|---|---|---|---|---|",
     ]
     for s in stages:
@@ -163,7 +171,8 @@ def report(info: dict, params: int, stages: list[dict], overhead: dict, steps: i
     o = overhead
     lines += [
         "",
-        f"Ray overhead: the demo's tiny Llama, {o['steps']} steps of 16 pairs, no eval, on the same data.",
+        f"Ray overhead: the demo's tiny Llama, {o['steps']} steps of 16 pairs, no eval, on the same data, "
+        "1 torch thread in both.",
         "",
         "| run | end-to-end wall (s) | median step (s) |",
         "|---|---|---|",
@@ -173,6 +182,8 @@ def report(info: dict, params: int, stages: list[dict], overhead: dict, steps: i
         "",
         "The end-to-end difference is fixed cost (Ray start-up of tokenizer actors and the worker, DeepSpeed's",
         "init, checkpoint upload, export), not per step; the 2-core machine is shared, so timings vary.",
+        "One thread in both on purpose: a first run left the in-process trainer at torch's default 2 threads",
+        "while other jobs shared the 2 cores, and it measured 1.25 s a step, 60x slower (oversubscribed threads).",
     ]
     return "\n".join(lines)
 
@@ -185,7 +196,7 @@ def _version(pkg: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=6)
     p.add_argument("--stages", default="0,2,3")
     p.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
