@@ -9,6 +9,7 @@ length by ``RewardDataCollatorWithPadding``).
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -39,6 +40,8 @@ def iter_pair_batches(
     pad_to_multiple_of: int | None = None,
     drop_last: bool = False,
     prefetch_batches: int = 1,
+    packing: Any = None,
+    length_group_batches: int = 50,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yields collated batches of pairs from a dataset shard, for one epoch.
 
@@ -58,6 +61,10 @@ def iter_pair_batches(
         pad_to_multiple_of: round the padded length up to a multiple of this.
         drop_last: drop a last batch smaller than ``batch_size``.
         prefetch_batches: batches Ray fetches ahead.
+        packing: a ``rayreward.packing.PackingPlan`` (``plan_packing(model, args)``):
+            packed batches for a decoder that packs, and length-grouped batches
+            (within a buffer of ``length_group_batches`` batches) when it groups.
+        length_group_batches: batches per length-grouping buffer.
 
     Yields:
         ``{"input_ids_chosen", "attention_mask_chosen", "input_ids_rejected",
@@ -75,16 +82,30 @@ def iter_pair_batches(
     else:
         tok = tokenizer_or_pad_id
         pad = _PadSpec(tok.pad_token_id, padding_side or getattr(tok, "padding_side", "right"))
-    collate = RewardDataCollatorWithPadding(pad, pad_to_multiple_of=pad_to_multiple_of)
+    collate = packing.collator(pad.pad_token_id, pad_to_multiple_of) if packing is not None else None
+    collate = collate or RewardDataCollatorWithPadding(pad, pad_to_multiple_of=pad_to_multiple_of)
+    group = packing is not None and packing.group_by_length
     options: dict[str, Any] = {}
     if shuffle != "none" and shuffle_buffer_size > 1:
         options = {"local_shuffle_buffer_size": shuffle_buffer_size, "local_shuffle_seed": seed + epoch}
-    for batch in shard.iter_batches(
-        batch_size=batch_size, batch_format="numpy", drop_last=drop_last, prefetch_batches=prefetch_batches, **options
-    ):
+    # Grouping fetches a buffer of batches at once and regroups it by length; the
+    # number of batches per epoch stays the same, so the step plan holds.
+    fetch = batch_size * max(1, length_group_batches) if group else batch_size
+    for k, batch in enumerate(shard.iter_batches(
+        batch_size=fetch, batch_format="numpy", drop_last=drop_last and not group,
+        prefetch_batches=prefetch_batches, **options
+    )):
         columns = [c for c in (*PAIR_COLUMNS, "margin") if c in batch]
-        n = len(batch["input_ids_chosen"])
-        yield collate([{c: batch[c][i] for c in columns} for i in range(n)])
+        pairs = [{c: batch[c][i] for c in columns} for i in range(len(batch["input_ids_chosen"]))]
+        if not group:
+            yield collate(pairs)
+            continue
+        from ..packing import length_grouped_batches
+
+        for chunk in length_grouped_batches(pairs, batch_size, rng=random.Random(f"{seed}:{epoch}:{k}")):
+            if drop_last and len(chunk) < batch_size:
+                continue
+            yield collate(chunk)
 
 
 class PairBatchStream(torch.utils.data.IterableDataset):
