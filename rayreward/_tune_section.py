@@ -100,6 +100,8 @@ class TuneSection:
 
     def validate(self) -> list[str]:
         problems = type_problems(self, "tune")
+        if isinstance(self.scheduler, SchedulerSection):
+            problems += self.scheduler.validate()
         if isinstance(self.metric, str) and not self.metric.strip():
             problems.append("tune.metric: got ''; expected a reported metric such as eval_accuracy")
         if self.mode not in ("max", "min"):

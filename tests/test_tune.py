@@ -112,6 +112,16 @@ def test_sweep_problems_asha_needs_room_and_lora():
         load_job_config(None, ["tune.search_space={'storage.name': {'choice': ['a']}}"])
 
 
+def test_scheduler_settings_are_checked():
+    with pytest.raises(ConfigError) as err:
+        load_job_config(None, ["tune.scheduler.type=hyperband", "tune.scheduler.grace_period=0",
+                               "tune.scheduler.reduction_factor=1"])
+    text = str(err.value)
+    assert "tune.scheduler.type: got 'hyperband'; expected one of asha, none" in text
+    assert "tune.scheduler.grace_period: got 0; expected a positive number of steps" in text
+    assert "tune.scheduler.reduction_factor: got 1; expected a number above 1" in text
+
+
 def test_param_space_maps_distributions():
     from ray.tune.search.sample import Categorical, Float, Integer
 
