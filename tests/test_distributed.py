@@ -256,11 +256,16 @@ def test_job_submission_to_a_ray_start_cluster(tmp_path):
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     port, dashboard = _free_port(), _free_port()
+    # Every fixed default port gets a free one: another cluster on this machine (a
+    # colleague's test) must not keep this one's job agent from starting.
+    agent_ports = [f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port")]
     temp_dir = f"/tmp/rrjob{os.getpid()}"
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *agent_ports, "--num-cpus=4",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
