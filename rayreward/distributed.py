@@ -174,6 +174,7 @@ def train_loop(config: dict[str, Any]) -> None:
     from .config import RewardConfig
     from .export import load_base_model, peft_config_for
     from .model_setup import load_tokenizer
+    from .packing import plan_packing
     from . import tiny
     from .trainer import RewardTrainer
 
@@ -194,10 +195,12 @@ def train_loop(config: dict[str, Any]) -> None:
         deepspeed.init_distributed()
     model = model if builtin else load_base_model(job.model)
     tokenizer = load_tokenizer(job.model.name_or_path)
-    # 2. Data: this worker's shards, as collated batches.
+    # 2. Data: this worker's shards, as collated batches; packed (decoders) or
+    # length-grouped (encoders) as the speed switches of `train` resolve for this model.
     train = ShardStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
                         shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
-                        seed=job.data.seed, epochs=None)
+                        seed=job.data.seed, epochs=None, packing=plan_packing(model, args),
+                        length_group_batches=args.length_group_batches)
     evaluation = None
     if job.data.eval or job.data.eval_split:
         evaluation = ShardStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
