@@ -100,6 +100,13 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
     model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
     _export_to(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir)
     metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
+    # 6. Sum up: the exported model on the eval pairs (headline metrics, reward stats
+    # stored in its config for `score --normalize`).
+    if prepared.eval is not None:
+        from ._final_eval import headline_line, summarize
+
+        metrics.update(summarize(model_dir, prepared.eval, job))
+        print_fn(f"[rayreward] exported model on the eval pairs: {headline_line(metrics)}")
     metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
                    num_workers=s.num_workers, zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
                    checkpoint=_storage.join(run_dir, os.path.basename(checkpoint.path)), model_dir=model_dir,

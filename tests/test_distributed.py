@@ -156,6 +156,14 @@ def test_zero2_trains_evaluates_checkpoints_and_exports(ray_local, tmp_path):
     trained = json.loads(probe.read_text())
     assert (run / "model" / "model.safetensors").exists() and (run / "model" / "tokenizer.json").exists()
     assert_same_rewards(rewards_of(str(run / "model")), trained)
+    # The run's summary: the exported model scored on every eval pair, its reward
+    # statistics stored in the model's config for `score --normalize`.
+    from rayreward.normalization import load_normalization
+
+    assert metrics["final_pairs"] == metrics["data/eval_pairs"] and 0 <= metrics["final_accuracy"] <= 1
+    assert metrics["final_ece"] >= 0
+    norm = load_normalization(str(run / "model"))
+    assert (norm.mean, norm.std) == (metrics["reward_mean"], metrics["reward_std"])
     # `rayreward export` on the checkpoint gives the same model.
     assert main(["export", str(last), str(tmp_path / "exported")]) == 0
     assert_same_rewards(rewards_of(str(tmp_path / "exported")), trained)

@@ -1,0 +1,101 @@
+"""End of a training run: score the eval pairs with the exported model, sum it up.
+
+The exported model (what a user will load) scores the tokenized eval pairs that the
+run already holds in Ray's object store, in one Ray task sized like a training worker
+(so on a GPU cluster it runs on a GPU). The driver turns the rewards into the same
+headline metrics as ``rayreward evaluate`` and stores the reward mean and std in the
+model's ``config.json`` for ``rayreward score --normalize``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from . import _storage
+
+_BATCH_PAIRS = 32
+
+
+def _score_pairs(model_dir: str, eval_ds, use_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .data import iter_pair_batches
+
+    with tempfile.TemporaryDirectory(prefix="rayreward-final-") as tmp:
+        local = _storage.download_dir(model_dir, os.path.join(tmp, "model")) if _storage.is_uri(model_dir) else model_dir
+        model = AutoModelForSequenceClassification.from_pretrained(local)
+        tokenizer = AutoTokenizer.from_pretrained(local)
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for batch in iter_pair_batches(eval_ds, tokenizer, _BATCH_PAIRS, shuffle="none"):
+            n = batch["input_ids_chosen"].shape[0]
+            ids = torch.cat([batch["input_ids_chosen"], batch["input_ids_rejected"]]).to(device)
+            mask = torch.cat([batch["attention_mask_chosen"], batch["attention_mask_rejected"]]).to(device)
+            rewards = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu().numpy()
+            chosen.append(rewards[:n])
+            rejected.append(rewards[n:])
+    return np.concatenate(chosen), np.concatenate(rejected)
+
+
+def summarize(model_dir: str, eval_ds, job) -> dict[str, Any]:
+    """Scores ``eval_ds`` with the model in ``model_dir``; stores the reward statistics.
+
+    Args:
+        model_dir: the exported model (local folder or URI).
+        eval_ds: the run's tokenized eval pairs (``PreparedData.eval``).
+        job: the ``JobConfig``; its scaling section sizes the scoring task.
+
+    Returns:
+        ``{"final_accuracy", "final_mean_margin", "final_ece", "final_pairs",
+        "reward_mean", "reward_std"}``.
+    """
+    import ray
+
+    from .metrics import headline_metrics
+    from .normalization import RewardNormalization
+
+    s = job.scaling
+    task = ray.remote(_score_pairs).options(
+        num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0
+    )
+    chosen, rejected = ray.get(task.remote(model_dir, eval_ds, s.use_gpu))
+    headline = headline_metrics(chosen, rejected)
+    summary = {f"final_{k}": v for k, v in headline.items()}
+    rewards = np.concatenate([chosen, rejected])
+    if rewards.std() > 0:
+        norm = RewardNormalization.from_rewards(rewards, source=f"eval data at the end of training, {len(chosen)} pairs")
+        _store_normalization(model_dir, norm)
+        summary.update(reward_mean=norm.mean, reward_std=norm.std)
+    return summary
+
+
+def _store_normalization(model_dir: str, norm) -> None:
+    from .normalization import save_normalization
+
+    if not _storage.is_uri(model_dir):
+        save_normalization(model_dir, norm.mean, norm.std, norm.source)
+        return
+    fs, path = _storage.filesystem(model_dir)
+    config_path = path.rstrip("/") + "/config.json"
+    with fs.open_input_stream(config_path) as f:
+        text = f.read().decode("utf-8")
+    with tempfile.TemporaryDirectory(prefix="rayreward-norm-") as tmp:
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            f.write(text)
+        save_normalization(tmp, norm.mean, norm.std, norm.source)
+        with open(os.path.join(tmp, "config.json"), encoding="utf-8") as f:
+            _storage.write_text(_storage.join(model_dir, "config.json"), f.read())
+
+
+def headline_line(summary: dict[str, Any]) -> str:
+    from .metrics import format_headline
+
+    return format_headline({k.removeprefix("final_"): v for k, v in summary.items() if k.startswith("final_")})
+
