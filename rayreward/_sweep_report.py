@@ -8,7 +8,7 @@ import io
 import json
 import math
 import os
-from typing import Any, Callable
+from typing import Callable
 
 from . import _storage
 from ._config_tree import apply_overrides

@@ -135,7 +135,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         if address:
             ray.init(address=address, logging_level="WARNING")
         else:
-            ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
         started = True
     try:
         ctx = ray.data.DataContext.get_current()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 

@@ -1,4 +1,4 @@
-"""Arguments shared by the commands that take a job config (train, check)."""
+"""Arguments and start-up shared by the commands that take a job config (train, check, tune)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,24 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides applied after the file, e.g. train.learning_rate=2e-5 lora.r=16")
     parser.epilog = help_text()
+
+
+def add_address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")
+
+
+def start_ray(address: str | None, embedded_cpus: int, log_to_driver: bool = True) -> None:
+    """Joins ``address`` (or ``$RAY_ADDRESS``), else starts a Ray in this process bound to loopback."""
+    import os
+
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=log_to_driver)
+    else:
+        ray.init(address="local", num_cpus=embedded_cpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level="WARNING", log_to_driver=log_to_driver)
 
 
 def load_job(args, extra_sections: tuple[str, ...] = ()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from ._job_args import add_job_arguments, load_job
+from ._job_args import add_address_argument, add_job_arguments, load_job, start_ray
 
 HELP = ("Train a reward model with Ray Train + DeepSpeed; with no arguments, the demo "
         "(tiny model, bundled data, 2 CPU workers, ZeRO-2).")
@@ -13,7 +13,7 @@ HELP = ("Train a reward model with Ray Train + DeepSpeed; with no arguments, the
 
 def add_arguments(parser) -> None:
     add_job_arguments(parser)
-    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")
+    add_address_argument(parser)
 
 
 def run(args) -> int:
@@ -26,12 +26,7 @@ def run(args) -> int:
     if job is None:
         return 2
     # 2. Ray: the given cluster, or one embedded in this process bound to loopback.
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(address="local", num_cpus=embedded_cpus(job), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level="WARNING")
+    start_ray(args.address, embedded_cpus(job))
     _quiet_ray_data()
     # 3. Fit and export.
     try:

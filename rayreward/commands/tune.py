@@ -6,7 +6,7 @@ import math
 import os
 import sys
 
-from ._job_args import add_job_arguments, load_job
+from ._job_args import add_address_argument, add_job_arguments, load_job, start_ray
 
 HELP = ("Sweep hyperparameters with Ray Tune (ASHA early stopping): each trial is a `rayreward train` "
         "run with sampled overrides; prints and writes the results, the best config, a plot and the best model. "
@@ -15,7 +15,7 @@ HELP = ("Sweep hyperparameters with Ray Tune (ASHA early stopping): each trial i
 
 def add_arguments(parser) -> None:
     add_job_arguments(parser)
-    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")
+    add_address_argument(parser)
 
 
 def run(args) -> int:
@@ -35,12 +35,7 @@ def run(args) -> int:
     # 2. Ray: the given cluster, or one embedded in this process bound to loopback. The
     # trials' worker logs stay on the cluster (each trial's folder has them); the driver
     # shows Tune's trial table and one line per trial event.
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=embedded_cpus(job), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level="WARNING", log_to_driver=False)
+    start_ray(args.address, embedded_cpus(job), log_to_driver=False)
     # 3. Sweep, report, export.
     try:
         outcome = run_sweep(job)
