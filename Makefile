@@ -23,7 +23,7 @@ demo: $(BIN)/.installed
 	$(BIN)/rayreward
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -p no:cacheprovider -ra
+	$(BIN)/python -m pytest -p no:cacheprovider -ra --durations=15
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -p no:cacheprovider -ra -m "not slow"

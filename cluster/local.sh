@@ -220,7 +220,9 @@ cmd_up() {
   fi
   local i
   for i in $(seq 1 60); do
-    if "$RAY" status >/dev/null 2>&1; then
+    # `ray status` answers (exit 0) before the head has reported its resources
+    # ("No cluster status"): ready means the CPUs are listed.
+    if "$RAY" status 2>/dev/null | grep -q "CPU"; then
       log "up. Submit with: cluster/local.sh submit CONFIG   (or eval \"\$(cluster/local.sh env)\" for plain ray commands)"
       return 0
     fi

@@ -20,14 +20,14 @@ from . import _storage
 _BATCH_PAIRS = 32
 
 
-def _score_pairs(model_dir: str, eval_ds, use_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
+def _score_pairs(model_dir: str, located, eval_ds, use_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .data import iter_pair_batches
 
     with tempfile.TemporaryDirectory(prefix="rayreward-final-") as tmp:
-        local = _storage.download_dir(model_dir, os.path.join(tmp, "model")) if _storage.is_uri(model_dir) else model_dir
+        local = _storage.download_dir(model_dir, os.path.join(tmp, "model"), located)
         model = AutoModelForSequenceClassification.from_pretrained(local)
         tokenizer = AutoTokenizer.from_pretrained(local)
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -65,7 +65,8 @@ def summarize(model_dir: str, eval_ds, job) -> dict[str, Any]:
     task = ray.remote(_score_pairs).options(
         num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0
     )
-    chosen, rejected = ray.get(task.remote(model_dir, eval_ds, s.use_gpu))
+    located = _storage.filesystem(model_dir) if _storage.is_uri(model_dir) else None
+    chosen, rejected = ray.get(task.remote(model_dir, located, eval_ds, s.use_gpu))
     headline = headline_metrics(chosen, rejected)
     summary = {f"final_{k}": v for k, v in headline.items()}
     rewards = np.concatenate([chosen, rejected])

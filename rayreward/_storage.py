@@ -59,13 +59,17 @@ def upload_dir(local_dir: str, dest: str) -> None:
     pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
-def download_dir(src: str, local_dir: str) -> str:
-    """Copies ``src`` (a URI) into ``local_dir``; a local ``src`` is returned as it is."""
+def download_dir(src: str, local_dir: str, located=None) -> str:
+    """Copies ``src`` (a URI) into ``local_dir``; a local ``src`` is returned as it is.
+
+    ``located`` is ``filesystem(src)`` computed elsewhere: a Ray task on another process
+    gets the driver's connection (endpoint, keys) instead of its own environment's.
+    """
     if not is_uri(src):
         return src
     import pyarrow.fs as pafs
 
-    fs, path = filesystem(src)
+    fs, path = located or filesystem(src)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"{src} is not a folder in its object store")
     os.makedirs(local_dir, exist_ok=True)
