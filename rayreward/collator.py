@@ -44,8 +44,8 @@ class RewardDataCollatorWithPadding:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty list of pairs")
-        chosen = [_ids(f, "chosen") for f in features]
-        rejected = [_ids(f, "rejected") for f in features]
+        chosen = [real_token_ids(f, "chosen") for f in features]
+        rejected = [real_token_ids(f, "rejected") for f in features]
         length = max(len(s) for s in chosen + rejected)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -67,7 +67,8 @@ class RewardDataCollatorWithPadding:
         return batch
 
 
-def _ids(feature: Mapping[str, Any], side: str) -> list[int]:
+def real_token_ids(feature: Mapping[str, Any], side: str) -> list[int]:
+    """The ids of one side of a pair, without the positions its mask marks as padding."""
     ids = feature[f"input_ids_{side}"]
     ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
     mask = feature.get(f"attention_mask_{side}")

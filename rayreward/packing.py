@@ -46,6 +46,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from .collator import real_token_ids
+
 logger = logging.getLogger(__name__)
 
 # Decoder families whose attention takes a custom 4D mask and position ids unchanged
@@ -61,7 +63,7 @@ PREFIX, CHOSEN, REJECTED = 0, 1, 2
 
 def pair_length(pair: Mapping[str, Any]) -> int:
     """Length of a tokenized pair for grouping: its longer side, in real tokens."""
-    return max(len(_real_ids(pair, "chosen")), len(_real_ids(pair, "rejected")))
+    return max(len(real_token_ids(pair, "chosen")), len(real_token_ids(pair, "rejected")))
 
 
 def length_grouped_batches(
@@ -208,8 +210,8 @@ def pack_pairs(
         raise ValueError("cannot pack an empty list of pairs")
     units = []
     for f in features:
-        chosen = _strip_trailing(_real_ids(f, "chosen"), pad_token_id)
-        rejected = _strip_trailing(_real_ids(f, "rejected"), pad_token_id)
+        chosen = _strip_trailing(real_token_ids(f, "chosen"), pad_token_id)
+        rejected = _strip_trailing(real_token_ids(f, "rejected"), pad_token_id)
         p = _common_prefix(chosen, rejected) if share_prefix else 0
         units.append((chosen[:p], chosen[p:], rejected[p:]))
     sizes = [len(pre) + len(c) + len(r) for pre, c, r in units]
@@ -455,16 +457,6 @@ def _text_config(model: nn.Module):
 
 def _model_type(model: nn.Module) -> str:
     return getattr(_text_config(unwrap_model(model)), "model_type", "")
-
-
-def _real_ids(pair: Mapping[str, Any], side: str) -> list[int]:
-    ids = pair[f"input_ids_{side}"]
-    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    mask = pair.get(f"attention_mask_{side}")
-    if mask is None:
-        return ids
-    mask = mask.tolist() if hasattr(mask, "tolist") else list(mask)
-    return [t for t, m in zip(ids, mask) if m]
 
 
 def _strip_trailing(ids: list[int], pad_token_id: int) -> list[int]:

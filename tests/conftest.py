@@ -33,6 +33,21 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytestmark = usefixtures(...)``).
+
+    On a 2-core machine shared with Ray workers or other jobs, torch's intra-op threads
+    spin-wait against them and a 20 s training test becomes minutes.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tokenizer():
     from rayreward import tiny

@@ -12,20 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayreward import RewardConfig, RewardTrainer, tiny
+from rayreward import RewardConfig, RewardTrainer
 from conftest import ROOT, SAMPLE_DATA, read_jsonl
 
 SCRIPT = ROOT / "examples" / "reward_modeling.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The test machine's 2 cores are shared with other jobs; torch's intra-op threads
-    # spin-wait against them and a 20 s run becomes minutes. One thread avoids that.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_example():

@@ -14,14 +14,7 @@ from rayreward import RewardConfig, RewardTrainer, tiny
 from rayreward.tiny import SAMPLE_DATA_DIR
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The test machine's 2 cores are shared with other jobs; torch's intra-op threads
-    # spin-wait against them and a 20 s run becomes minutes. One thread avoids that.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
