@@ -175,7 +175,7 @@ def main() -> None:
 pyarrow {pyarrow.__version__}, datasets {v['datasets']}, transformers {v['transformers']}, trl {v['trl']}.
 Command: `python benchmarks/bench_tokenize.py --repeat {args.repeat} --synthetic {args.synthetic}`.
 Tokenizer: the bundled byte-level BPE (`{TOKENIZER}`), max_length {MAX_LENGTH} (filter).
-Note: this machine's 2 cores were shared with other jobs during the run; figures are indicative.
+Load average (1 min) when the run ended (2 cores; other jobs move wall-clock figures): {os.getloadavg()[0]:.1f}.
 
 Throughput on {len(rows)} hh-rlhf harmless train pairs ({args.repeat} x 1,500), same rows, one run:
 
@@ -185,11 +185,11 @@ Throughput on {len(rows)} hh-rlhf harmless train pairs ({args.repeat} x 1,500), 
 | `datasets.map(batched=True, num_proc={nproc})` | {rate['batched']:.0f} | {results['batched'][1]:.2f} | {rate['batched'] / rate['trl']:.2f}x |
 | rayreward `build_datasets` ({nproc} tokenizer actors, warm Ray; includes reading + row checks) | {rate['ray']:.0f} | {results['ray'][1]:.2f} | {rate['ray'] / rate['trl']:.2f}x |
 
-All keep the same {results['ray'][0]} pairs. Each Ray run pays a fixed cost of tens of
-seconds on this loaded machine, mostly each tokenizer actor
-importing `rayreward`, whose `__init__` imports the trainer (transformers.Trainer, torch)
-eagerly. On {nproc} cores the pipeline has no more parallelism than `num_proc={nproc}`;
-it scales out with nodes, `datasets.map` does not.
+All keep the same {results['ray'][0]} pairs. The Ray path also checks every row and
+pays a fixed cost per run (scheduling, tokenizer actors loading the tokenizer, moving
+blocks through the object store); its marginal rate on larger inputs is below. On
+{nproc} cores the pipeline has no more parallelism than `num_proc={nproc}`; it scales
+out with nodes, `datasets.map` does not.
 
 Driver memory, synthetic JSON Lines (`build_datasets`, materialized):
 
