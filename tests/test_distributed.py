@@ -169,6 +169,23 @@ def test_zero2_trains_evaluates_checkpoints_and_exports(ray_local, tmp_path):
     assert_same_rewards(rewards_of(str(tmp_path / "exported")), trained)
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("overrides", [
+    ("deepspeed.stage=1",),
+    # Offload runs DeepSpeed's CPU Adam (compiled on first use, cached in TORCH_EXTENSIONS_DIR).
+    ("deepspeed.stage=2", "deepspeed.offload_optimizer=true"),
+], ids=["zero1", "zero2-offload"])
+def test_other_zero_settings_train_and_export(ray_local, tmp_path, overrides):
+    probe = tmp_path / "probe.json"
+    fit_job = job_for(str(tmp_path / "runs"), "z", "train.max_steps=4", "train.save_steps=4", *overrides)
+    from rayreward.distributed import fit
+
+    outcome = fit(fit_job, callbacks=[RecordRewards(str(probe))])
+    assert outcome.metrics["step"] == 4
+    assert outcome.metrics["zero_stage"] == int(overrides[0].rsplit("=", 1)[1])
+    assert_same_rewards(rewards_of(outcome.model_dir), json.loads(probe.read_text()))
+
+
 @pytest.mark.timeout(420)
 def test_zero3_lora_trains_and_exports_merged(ray_local, tmp_path):
     from safetensors.torch import load_file
