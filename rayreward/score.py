@@ -244,7 +244,8 @@ def score(
     model_dir = resolve_model_dir(model)
     if normalize and load_normalization(model_dir) is None:
         raise ValueError(f"--normalize: {model_dir} has no reward statistics in its config.json; "
-                         "write them with `rayreward evaluate --save-normalization`")
+                         "`rayreward train` stores them when the run has eval data, or write them with "
+                         "`rayreward evaluate --save-normalization`")
     ds = read_source(data)
     columns, first = first_row(ds)
     if first is None:
