@@ -18,8 +18,8 @@ import numpy as np
 
 from .formats import DataFormatError
 from .metrics import DEFAULT_BINS, evaluation_metrics, headline_metrics, preference_probability
-from .score import ActorPool, first_row, read_source, score_dataset
-from .scorer import TOKENS_COLUMN, TRUNCATED_COLUMN, detect_layout, is_temporary_export, resolve_model_dir
+from .score import ActorPool, read_with_layout, score_dataset
+from .scorer import TOKENS_COLUMN, TRUNCATED_COLUMN, is_temporary_export, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +96,7 @@ def evaluate(
         raise ValueError(f"--save-normalization: {model} is a checkpoint that was exported to a temporary folder; "
                          "export it first (`rayreward export`) and evaluate the exported model")
     # 1. data and layout
-    ds = read_source(data)
-    columns, first = first_row(ds)
-    if first is None:
-        raise DataFormatError(f"--data {data}: no rows")
-    layout = detect_layout(columns, first, None, prompt_column, source=str(data))
+    ds, columns, first, layout = read_with_layout(data, None, prompt_column)
     if layout.kind != "pairs":
         raise DataFormatError(f"--data {data}: evaluate needs preference pairs ('chosen' and 'rejected'); "
                               f"found columns {sorted(columns)}. To score single answers use `rayreward score`.")

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from .scorer import TOKENS_COLUMN, TRUNCATED_COLUMN, Layout, RewardScorer, detect_layout, resolve_model_dir
 
@@ -88,10 +88,24 @@ def read_source(source: str, field: str = "--data"):
     return ray.data.from_arrow(tables)
 
 
-def first_row(ds) -> tuple[list[str], dict[str, Any] | None]:
+def read_with_layout(data: str, text_column: str | None = None, prompt_column: str | None = None):
+    """Reads ``data`` and detects its layout from the first row.
+
+    Returns:
+        ``(dataset, column names, first row, Layout)``.
+
+    Raises:
+        DataFormatError: the source has no rows, or its columns fit no layout.
+    """
+    from .formats import DataFormatError
+
+    ds = read_source(data)
     rows = ds.take(1)
-    columns = list(ds.schema().names) if rows else []
-    return columns, (rows[0] if rows else None)
+    if not rows:
+        raise DataFormatError(f"--data {data}: no rows")
+    columns = list(ds.schema().names)
+    layout = detect_layout(columns, rows[0], text_column, prompt_column, source=str(data))
+    return ds, columns, rows[0], layout
 
 
 def score_dataset(ds, model_dir, layout: Layout, pool: ActorPool = ActorPool(), **scorer_kwargs):
@@ -246,11 +260,7 @@ def score(
         raise ValueError(f"--normalize: {model_dir} has no reward statistics in its config.json; "
                          "`rayreward train` stores them when the run has eval data, or write them with "
                          "`rayreward evaluate --save-normalization`")
-    ds = read_source(data)
-    columns, first = first_row(ds)
-    if first is None:
-        raise ValueError(f"--data {data}: no rows")
-    layout = detect_layout(columns, first, text_column, prompt_column, source=str(data))
+    ds, columns, _, layout = read_with_layout(data, text_column, prompt_column)
     clash = [c for c in layout.reward_columns if c in columns]
     if clash:
         raise ValueError(f"--data {data}: already has column(s) {clash}; rename them first")

@@ -320,7 +320,7 @@ class RewardTrainer(Trainer):
             ``reward_chosen``, ``reward_rejected``, ``p_chosen`` (sigmoid of the reward
             difference).
         """
-        from .samples import score_samples
+        from .samples import format_table, score_samples
 
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:
@@ -330,8 +330,6 @@ class RewardTrainer(Trainer):
         if not isinstance(dataset, (PairDataset, torch.utils.data.IterableDataset)):
             dataset, _ = tokenize_pairs(dataset, self.processing_class, "dataset", self.max_length, self.args.length_policy)
         table = score_samples(self, dataset, num_print_samples)
-        from .samples import format_table
-
         print(format_table(table))
         return table
 
