@@ -127,7 +127,8 @@ def make_trainer(spec: dict, model, tok, rows, tally: Tally, output_dir: str):
         args = RewardConfig(**common_args(spec, output_dir))
         cls = counting(RewardTrainer, tally)
         return cls(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(rows))
-    from rayreward import RewardConfig, RewardTrainer
+    from rayreward import RewardConfig
+    from rayreward import RewardTrainer
 
     settings = common_args(spec, output_dir)
     settings.pop("gradient_checkpointing")
@@ -163,7 +164,7 @@ def evaluate_accuracy(model, pairs: list[dict], pad_id: int, batch_size: int = 3
 
 
 def run(spec: dict) -> dict:
-    from rayreward.trainer import tokenize_pairs
+    from rayreward.core.trainer import tokenize_pairs
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

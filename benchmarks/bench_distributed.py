@@ -10,7 +10,7 @@
    its RSS at train begin (engine built, before the first step allocates Adam's state),
    and the time of each step after two warm-up steps.
 2. Ray overhead: the demo's tiny model trained for the same steps by ``RewardTrainer``
-   in this process, and by ``rayreward.distributed.fit`` with 1 worker (ZeRO-0):
+   in this process, and by ``rayreward.run.fit.fit`` with 1 worker (ZeRO-0):
    the end-to-end wall time (data, workers, checkpoints, export) and the step time.
 """
 
@@ -66,7 +66,7 @@ def make_callback(out_dir: str):
 
 
 def wide_model_dir(root: str) -> tuple[str, int]:
-    from rayreward import tiny
+    from rayreward.core import tiny
 
     tokenizer = tiny.load_tokenizer()
     model = tiny.build_model("tiny-llama", tokenizer, hidden_size=HIDDEN, num_layers=LAYERS)
@@ -79,8 +79,8 @@ def wide_model_dir(root: str) -> tuple[str, int]:
 def run_stage(stage: int, model_dir: str, steps: int, root: str) -> dict:
     import ray.cloudpickle
 
-    from rayreward.distributed import fit
-    from rayreward.job_config import load_job_config
+    from rayreward.run.fit import fit
+    from rayreward.job.config import load_job_config
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     out = os.path.join(root, f"zero{stage}")
@@ -104,9 +104,13 @@ def run_stage(stage: int, model_dir: str, steps: int, root: str) -> dict:
 def ray_overhead(steps: int, root: str) -> dict:
     import ray.cloudpickle
 
-    from rayreward import RewardConfig, RewardTrainer, tiny
-    from rayreward.distributed import fit
-    from rayreward.job_config import load_job_config
+    from rayreward import RewardConfig
+
+    from rayreward import RewardTrainer
+
+    from rayreward.core import tiny
+    from rayreward.run.fit import fit
+    from rayreward.job.config import load_job_config
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     common = ["train.eval_strategy=no", f"train.max_steps={steps}", f"train.save_steps={steps}", "data.eval=null",

@@ -124,7 +124,7 @@ def main() -> None:
     import ray
     from ray.data import DataContext
 
-    from rayreward.model_setup import load_tokenizer
+    from rayreward.data.tokenizer import load_tokenizer
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
@@ -147,7 +147,7 @@ def main() -> None:
     results["trl"] = trl_style(rows, tokenizer)
     results["batched"] = batched_map(rows, tokenizer, nproc)
     _, seconds, *_ = ray_pipeline(hh_path, nproc)
-    from rayreward.trainer import tokenize_pairs
+    from rayreward.core.trainer import tokenize_pairs
 
     kept = len(tokenize_pairs(rows, tokenizer, max_length=MAX_LENGTH)[0])
     results["ray"] = (kept, seconds)

@@ -38,7 +38,7 @@ def to_chat(row: dict) -> dict:
 
 
 def load_chats(split: str, limit: int | None = None) -> list[dict]:
-    from rayreward.tiny import SAMPLE_DATA_DIR
+    from rayreward.data.tokenizer import SAMPLE_DATA_DIR
 
     with open(SAMPLE_DATA_DIR / f"{split}.jsonl", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
@@ -49,11 +49,14 @@ def in_process(train: list[dict], eval_: list[dict], args) -> None:
     """The plain API: RewardTrainer in this process, as with TRL."""
     import torch
 
-    from rayreward import RewardConfig, RewardTrainer
-    from rayreward.tiny import build_model, load_tokenizer
+    from rayreward import RewardConfig
+
+    from rayreward import RewardTrainer
+    from rayreward.core.tiny import build_model
+    from rayreward.data.tokenizer import builtin_tokenizer
 
     # 1. Tokenizer (with its chat template) and a tiny model built from a config.
-    tokenizer = load_tokenizer()
+    tokenizer = builtin_tokenizer()
     model = build_model("tiny-llama", tokenizer, hidden_size=64, num_layers=2, seed=0)
 
     # 2. Trainer: conversational pairs are detected and rendered with the template.
@@ -96,8 +99,8 @@ def distributed(train_file: Path, eval_file: Path, args) -> None:
     """The job-config path: the same chats through Ray workers, as `rayreward train` runs them."""
     import ray
 
-    from rayreward.distributed import fit
-    from rayreward.job_config import load_job_config
+    from rayreward.run.fit import fit
+    from rayreward.job.config import load_job_config
 
     job = load_job_config(None, [
         f"data.train={train_file}", f"data.eval={eval_file}", "data.format=conversational",
@@ -130,9 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {len(train)} chat pairs to {args.write_jsonl}")
 
     # 2. What the model sees: the chosen side of the first pair, rendered.
-    from rayreward.tiny import load_tokenizer
+    from rayreward.data.tokenizer import builtin_tokenizer
 
-    rendered = load_tokenizer().apply_chat_template(train[0]["prompt"] + train[0]["chosen"], tokenize=False)
+    rendered = builtin_tokenizer().apply_chat_template(train[0]["prompt"] + train[0]["chosen"], tokenize=False)
     print("chosen side of pair 0, as the model reads it:\n" + rendered + "\n")
 
     # 3. Train.

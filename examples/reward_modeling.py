@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rayreward.tiny import SAMPLE_DATA_DIR
+from rayreward.data.tokenizer import SAMPLE_DATA_DIR
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,10 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_model_and_tokenizer(name: str):
     """A built-in tiny model with the bundled tokenizer, or a pretrained one with one output."""
-    from rayreward import tiny
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer, is_builtin
 
-    if tiny.is_builtin(name):
-        tokenizer = tiny.load_tokenizer()
+    if is_builtin(name):
+        tokenizer = builtin_tokenizer()
         return tiny.build_model(name, tokenizer), tokenizer
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -64,7 +65,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from datasets import Dataset
 
-    from rayreward import RewardConfig, RewardTrainer
+    from rayreward import RewardConfig
+
+    from rayreward import RewardTrainer
 
     # 1. Training arguments: everything TrainingArguments takes, plus the reward fields.
     config = RewardConfig(

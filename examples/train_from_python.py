@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from rayreward.distributed import fit
-    from rayreward.job_config import ConfigError, apply_overrides, job_from_dict, load_job_config
+    from rayreward.run.fit import fit
+    from rayreward.job.config import ConfigError, apply_overrides, job_from_dict, load_job_config
 
     # 1. Config: a dict (or a file) plus overrides, validated at once.
     overrides = list(args.overrides)

@@ -9,18 +9,18 @@ from __future__ import annotations
 import importlib
 
 _PUBLIC = {
-    "RewardConfig": "rayreward.config",
-    "RewardTrainer": "rayreward.trainer",
-    "RewardDataCollatorWithPadding": "rayreward.collator",
-    "pairwise_loss": "rayreward.loss",
-    "reward_metrics": "rayreward.loss",
-    "BadRowError": "rayreward.formats",
-    "DataFormatError": "rayreward.formats",
-    "JobConfig": "rayreward.job_config",
-    "load_job_config": "rayreward.job_config",
-    "fit": "rayreward.distributed",
-    "save_normalization": "rayreward.normalization",
-    "load_normalization": "rayreward.normalization",
+    "RewardConfig": "rayreward.core.config",
+    "RewardTrainer": "rayreward.core.trainer",
+    "RewardDataCollatorWithPadding": "rayreward.data.collators",
+    "pairwise_loss": "rayreward.core.loss",
+    "reward_metrics": "rayreward.core.metrics",
+    "BadRowError": "rayreward.data.formats",
+    "DataFormatError": "rayreward.data.formats",
+    "JobConfig": "rayreward.job.config",
+    "load_job_config": "rayreward.job.config",
+    "fit": "rayreward.run.fit",
+    "save_normalization": "rayreward.evaluation.normalization",
+    "load_normalization": "rayreward.evaluation.normalization",
 }
 
 __all__ = list(_PUBLIC)

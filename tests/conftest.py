@@ -50,14 +50,15 @@ def one_torch_thread():
 
 @pytest.fixture
 def tokenizer():
-    from rayreward import tiny
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer
 
-    return tiny.load_tokenizer()
+    return builtin_tokenizer()
 
 
 @pytest.fixture
 def tiny_llama(tokenizer):
-    from rayreward import tiny
+    from rayreward.core import tiny
 
     return tiny.build_model("tiny-llama", tokenizer, hidden_size=32, num_layers=2, seed=0)
 

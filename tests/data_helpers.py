@@ -85,7 +85,7 @@ def pair_key(pair) -> tuple:
 
 
 def expected_keys(rows, tokenizer, fmt, max_length=1024, length_policy="filter") -> list[tuple]:
-    from rayreward.trainer import tokenize_pairs
+    from rayreward.core.trainer import tokenize_pairs
 
     pairs, _ = tokenize_pairs(rows, tokenizer, "expected", max_length, length_policy, fmt=fmt)
     return sorted(pair_key(p) for p in pairs)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rayreward import RewardDataCollatorWithPadding
-from rayreward import tiny
+from rayreward.core import tiny
+from rayreward.data.tokenizer import TOKENIZER_DIR
 
 
 def pair(chosen, rejected, **extra):
@@ -82,7 +83,7 @@ def test_padding_inside_pretokenized_rows_is_dropped(tokenizer):
 def test_tokenizer_without_pad_is_rejected():
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny.TOKENIZER_DIR / "tokenizer.json"), eos_token="</s>")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_DIR / "tokenizer.json"), eos_token="</s>")
     with pytest.raises(ValueError, match="no pad token"):
         RewardDataCollatorWithPadding(tok)
 

@@ -12,11 +12,13 @@ import pytest
 from conftest import read_jsonl
 from data_helpers import convert, dataset_keys, expected_keys, pair_key, write_jsonl
 
-from rayreward import BadRowError, DataFormatError
+from rayreward import BadRowError
+
+from rayreward import DataFormatError
 from rayreward.data import DataConfig, build_datasets, iter_pair_batches, plan_steps
 from rayreward.data.reader import ReadPlan
 from rayreward.data.sources import resolve_source
-from rayreward.formats import ColumnNames
+from rayreward.data.formats import ColumnNames
 
 TOKENIZER = "builtin:tiny-llama"
 N_ROWS = 64

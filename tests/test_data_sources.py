@@ -11,11 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from data_helpers import write_jsonl
 
-from rayreward import BadRowError, DataFormatError
+from rayreward import BadRowError
+
+from rayreward import DataFormatError
 from rayreward.data import DataConfig, DataSourceError, plan_steps, resolve_source
 from rayreward.data.config import ColumnsConfig
 from rayreward.data.reader import ReadPlan, probe, read_rows
-from rayreward.formats import ColumnNames
+from rayreward.data.formats import ColumnNames
 
 PAIR = {"prompt": "Q: two plus two?\nA:", "chosen": " Four.", "rejected": " Five.", "margin": 1.0}
 

@@ -101,7 +101,7 @@ class KillRankOnce(TrainerCallback):
 
 
 def job_for(storage: str, name: str, *overrides: str):
-    from rayreward.job_config import load_job_config
+    from rayreward.job.config import load_job_config
 
     return load_job_config(None, [
         "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4", "train.logging_steps=2",
@@ -120,9 +120,10 @@ def rewards_of(model_dir: str) -> list[float]:
 
 
 def untrained_rewards() -> list[float]:
-    from rayreward import tiny
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer
 
-    tokenizer = tiny.load_tokenizer()
+    tokenizer = builtin_tokenizer()
     model = tiny.build_model("tiny-llama", tokenizer).eval()
     batch = tokenizer(PROBES, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -136,8 +137,8 @@ def assert_same_rewards(exported: list[float], trained: list[float]) -> None:
 
 @pytest.mark.timeout(420)
 def test_zero2_trains_evaluates_checkpoints_and_exports(ray_local, tmp_path):
-    from rayreward.cli import main
-    from rayreward.distributed import fit
+    from rayreward.commands.cli import main
+    from rayreward.run.fit import fit
 
     probe = tmp_path / "probe.json"
     outcome = fit(job_for(str(tmp_path / "runs"), "z2", "deepspeed.stage=2"), callbacks=[RecordRewards(str(probe))])
@@ -158,7 +159,7 @@ def test_zero2_trains_evaluates_checkpoints_and_exports(ray_local, tmp_path):
     assert_same_rewards(rewards_of(str(run / "model")), trained)
     # The run's summary: the exported model scored on every eval pair, its reward
     # statistics stored in the model's config for `score --normalize`.
-    from rayreward.normalization import load_normalization
+    from rayreward.evaluation.normalization import load_normalization
 
     assert metrics["final_pairs"] == metrics["data/eval_pairs"] and 0 <= metrics["final_accuracy"] <= 1
     assert metrics["final_ece"] >= 0
@@ -178,7 +179,7 @@ def test_zero2_trains_evaluates_checkpoints_and_exports(ray_local, tmp_path):
 def test_other_zero_settings_train_and_export(ray_local, tmp_path, overrides):
     probe = tmp_path / "probe.json"
     fit_job = job_for(str(tmp_path / "runs"), "z", "train.max_steps=4", "train.save_steps=4", *overrides)
-    from rayreward.distributed import fit
+    from rayreward.run.fit import fit
 
     outcome = fit(fit_job, callbacks=[RecordRewards(str(probe))])
     assert outcome.metrics["step"] == 4
@@ -190,7 +191,7 @@ def test_other_zero_settings_train_and_export(ray_local, tmp_path, overrides):
 def test_zero3_lora_trains_and_exports_merged(ray_local, tmp_path):
     from safetensors.torch import load_file
 
-    from rayreward.distributed import fit
+    from rayreward.run.fit import fit
 
     probe = tmp_path / "probe.json"
     fit(job_for(str(tmp_path / "runs"), "z3", "deepspeed.stage=3", "lora.enabled=true", "lora.r=4",
@@ -231,8 +232,8 @@ def moto_s3(monkeypatch):
 def test_resume_from_object_storage_continues_at_the_checkpoint(ray_local, tmp_path, moto_s3):
     from ray.train import TrainingFailedError
 
-    from rayreward.distributed import fit
-    from rayreward.export import export_checkpoint
+    from rayreward.run.fit import fit
+    from rayreward.core.checkpoint import export_checkpoint
 
     starts = tmp_path / "starts.txt"
     job = job_for("s3://rayreward/runs", "resume", "failure.max_failures=0")
@@ -257,7 +258,7 @@ def test_resume_from_object_storage_continues_at_the_checkpoint(ray_local, tmp_p
 
 @pytest.mark.timeout(480)
 def test_killed_worker_is_restarted_and_the_run_completes(ray_local, tmp_path):
-    from rayreward.distributed import fit
+    from rayreward.run.fit import fit
 
     starts, marker = tmp_path / "starts.txt", tmp_path / "killed"
     outcome = fit(job_for(str(tmp_path / "runs"), "fault", "failure.max_failures=1"),

@@ -8,14 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from rayreward.metrics import (
+from rayreward.core.metrics import (
+
     accuracy_by,
+
     calibration,
+
     evaluation_metrics,
+
     format_headline,
+
     headline_metrics,
+
     length_buckets,
+
     preference_probability,
+
 )
 
 from conftest import SAMPLE_DATA, read_jsonl
@@ -115,7 +123,7 @@ def test_statistics_by_length_and_group():
 
 
 def test_report_files(tmp_path):
-    from rayreward.eval_report import write_report
+    from rayreward.evaluation.report import write_report
 
     rng = np.random.default_rng(1)
     chosen, rejected = rng.normal(1, 1, 200), rng.normal(0, 1, 200)
@@ -135,9 +143,12 @@ def test_report_files(tmp_path):
 
 
 def _train(tmp_path_factory, name, train_rows, eval_rows, steps, max_length, **config):
-    from rayreward import RewardConfig, RewardTrainer, tiny
+    from rayreward import RewardConfig
+    from rayreward import RewardTrainer
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer
 
-    tok = tiny.load_tokenizer()
+    tok = builtin_tokenizer()
     model = tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=0)
     out = tmp_path_factory.mktemp(name)
     args = RewardConfig(
@@ -154,7 +165,8 @@ def _train(tmp_path_factory, name, train_rows, eval_rows, steps, max_length, **c
 
 def _forward_rewards(model_dir, rows, text_of):
     """Rewards from the saved model, one text at a time."""
-    from rayreward.model_setup import load_reward_model, load_tokenizer
+    from rayreward.core.model import load_reward_model
+    from rayreward.data.tokenizer import load_tokenizer
 
     tok, model = load_tokenizer(str(model_dir)), load_reward_model(str(model_dir)).eval()
     out = []
@@ -178,8 +190,8 @@ def sample_model(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_evaluate_on_sample_task(ray_local, sample_model, tmp_path, capsys):
-    from rayreward.cli import main
-    from rayreward.normalization import load_normalization
+    from rayreward.commands.cli import main
+    from rayreward.evaluation.normalization import load_normalization
 
     model_dir, trainer_metrics = sample_model
     data = SAMPLE_DATA / "eval.jsonl"
@@ -224,7 +236,7 @@ def test_evaluate_on_sample_task(ray_local, sample_model, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_evaluate_on_hh_rlhf(ray_local, hh_dir, tmp_path_factory, tmp_path):
-    from rayreward.evaluate import evaluate
+    from rayreward.evaluation.evaluate import evaluate
 
     train = read_jsonl(hh_dir / "train.jsonl", limit=320)
     test_rows = read_jsonl(hh_dir / "test.jsonl")

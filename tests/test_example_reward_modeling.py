@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayreward import RewardConfig, RewardTrainer
+from rayreward import RewardConfig
+
+from rayreward import RewardTrainer
 from conftest import ROOT, SAMPLE_DATA, read_jsonl
 
 SCRIPT = ROOT / "examples" / "reward_modeling.py"

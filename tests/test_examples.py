@@ -40,7 +40,7 @@ def load_example(name: str):
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_example_config_passes_check(path, capsys):
-    from rayreward.cli import main
+    from rayreward.commands.cli import main
 
     code = main(["check", "--config", str(path)])
     out, err = capsys.readouterr()
@@ -63,8 +63,8 @@ def test_script_help(script):
 
 
 def test_conversational_pairs_render_with_the_bundled_template():
-    from rayreward.formats import detect_format
-    from rayreward.tiny import load_tokenizer
+    from rayreward.data.formats import detect_format
+    from rayreward.data.tokenizer import builtin_tokenizer
 
     example = load_example("conversational.py")
     chats = example.load_chats("train", limit=3)
@@ -73,7 +73,7 @@ def test_conversational_pairs_render_with_the_bundled_template():
     assert [m["role"] for m in first["chosen"]] == ["assistant"] == [m["role"] for m in first["rejected"]]
     assert not first["prompt"][1]["content"].startswith("Human:")
     assert detect_format(list(first), first) == "conversational"
-    rendered = load_tokenizer().apply_chat_template(first["prompt"] + first["chosen"], tokenize=False)
+    rendered = builtin_tokenizer().apply_chat_template(first["prompt"] + first["chosen"], tokenize=False)
     assert rendered.index("<|system|>") < rendered.index("<|user|>") < rendered.index("<|assistant|>")
     assert rendered.endswith(first["chosen"][0]["content"] + "</s>")
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rayreward.data import iter_pair_batches
-from rayreward.packing import PackingPlan, is_packed
+from rayreward.core.packed import PackingPlan
+from rayreward.data.packing import is_packed
 
 
 def _pairs(n: int) -> list[dict]:

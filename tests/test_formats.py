@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from rayreward import BadRowError, DataFormatError
-from rayreward.formats import PairEncoder, detect_format, margin_problem, row_problem
-from rayreward.trainer import tokenize_pairs
+from rayreward import BadRowError
+
+from rayreward import DataFormatError
+from rayreward.data.formats import PairEncoder, detect_format, margin_problem, row_problem
+from rayreward.core.trainer import tokenize_pairs
 
 PROMPT = "Human: How do I boil an egg?\nAssistant:"
 GOOD = " Put it in boiling water for eight minutes, then cool it in cold water."

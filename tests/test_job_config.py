@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rayreward._config_tree import apply_overrides, parse_scalar
-from rayreward.job_config import ConfigError, load_job_config, step_plan
+from rayreward.job.tree import apply_overrides, parse_scalar
+from rayreward.job.config import ConfigError, load_job_config, step_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
@@ -127,13 +127,13 @@ def test_deepspeed_file_is_checked(tmp_path):
     assert len(problems) == 1 and problems[0].startswith(f"deepspeed.config: got '{bad}'; not valid JSON")
     good = tmp_path / "ds_ok.json"
     good.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
-    from rayreward.deepspeed_config import deepspeed_config_for
+    from rayreward.job.deepspeed import deepspeed_config_for
 
     assert deepspeed_config_for(load_job_config(None, [f"deepspeed.config={good}"])) == {"zero_optimization": {"stage": 1}}
 
 
 def test_generated_deepspeed_config():
-    from rayreward.deepspeed_config import build_deepspeed_config
+    from rayreward.job.deepspeed import build_deepspeed_config
 
     zero2 = build_deepspeed_config(2)
     assert zero2["zero_optimization"]["stage"] == 2 and zero2["train_micro_batch_size_per_gpu"] == "auto"
@@ -146,7 +146,7 @@ def test_generated_deepspeed_config():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shipped_examples_pass_check(path, monkeypatch, capsys):
-    from rayreward.cli import main
+    from rayreward.commands.cli import main
 
     monkeypatch.chdir(ROOT)
     assert main(["check", "--config", str(path)]) == 0
@@ -154,14 +154,14 @@ def test_shipped_examples_pass_check(path, monkeypatch, capsys):
 
 
 def test_check_command_prints_problems(tmp_path, capsys):
-    from rayreward.cli import main
+    from rayreward.commands.cli import main
 
     assert main(["check", "train.learnin_rate=1"]) == 2
     assert "did you mean 'train.learning_rate'?" in capsys.readouterr().err
 
 
 def test_help_is_generated_from_field_docs(capsys):
-    from rayreward.cli import main
+    from rayreward.commands.cli import main
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])

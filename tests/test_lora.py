@@ -10,8 +10,12 @@ import torch
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 
-from rayreward import RewardConfig, RewardTrainer, tiny
-from rayreward.tiny import SAMPLE_DATA_DIR
+from rayreward import RewardConfig
+
+from rayreward import RewardTrainer
+
+from rayreward.core import tiny
+from rayreward.data.tokenizer import SAMPLE_DATA_DIR
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

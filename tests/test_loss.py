@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from rayreward import pairwise_loss, reward_metrics
+from rayreward import pairwise_loss
+
+from rayreward import reward_metrics
 
 
 def softplus(x: float) -> float:

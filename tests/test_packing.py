@@ -13,20 +13,27 @@ import random
 import pytest
 import torch
 
-from rayreward import RewardConfig, RewardTrainer, pairwise_loss, tiny
-from rayreward.collator import RewardDataCollatorWithPadding
-from rayreward.model_setup import disable_dropout
-from rayreward.packing import (
+from rayreward import RewardConfig
+
+from rayreward import RewardTrainer
+
+from rayreward import pairwise_loss
+
+from rayreward.core import tiny
+
+from rayreward.data.tokenizer import builtin_tokenizer
+from rayreward.data.collators import RewardDataCollatorWithPadding
+from rayreward.core.model import disable_dropout
+from rayreward.data.packing import (
     LengthGroupedPairSampler,
     PackedPairCollator,
     length_grouped_batches,
     pack_pairs,
     packed_attention_mask,
-    packed_rewards,
     pair_length,
-    plan_packing,
 )
-from rayreward.trainer import tokenize_pairs
+from rayreward.core.packed import packed_rewards, plan_packing
+from rayreward.core.trainer import tokenize_pairs
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 LAYOUTS = [  # (share_prefix, padding_free)
@@ -75,7 +82,7 @@ def random_pairs(n: int, seed: int = 0, vocab: int = 200) -> list[dict]:
 def hh_pairs(hh_dir):
     from conftest import read_jsonl
 
-    tok = tiny.load_tokenizer()
+    tok = builtin_tokenizer()
     rows = read_jsonl(hh_dir / "train.jsonl", limit=6)
     dataset, _ = tokenize_pairs(rows, tok, max_length=None)
     return dataset.pairs
@@ -256,7 +263,7 @@ def test_shared_prefix_saves_real_tokens(tokenizer, hh_pairs):
 def test_packed_rewards_through_lora(tokenizer):
     from peft import LoraConfig
 
-    from rayreward.model_setup import wrap_peft
+    from rayreward.core.model import wrap_peft
 
     model = wrap_peft(decoder("llama", tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     pairs = random_pairs(4, seed=3)

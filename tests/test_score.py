@@ -10,15 +10,21 @@ import pyarrow as pa
 import pytest
 import torch
 
-from rayreward.formats import BadRowError, DataFormatError
-from rayreward.normalization import (
+from rayreward.data.formats import BadRowError, DataFormatError
+from rayreward.evaluation.normalization import (
     MEAN_KEY,
     STD_KEY,
     RewardNormalization,
     load_normalization,
     save_normalization,
 )
-from rayreward.scorer import TOKENS_COLUMN, TRUNCATED_COLUMN, RewardScorer, detect_layout, resolve_model_dir
+from rayreward.evaluation.scorer import (
+    TOKENS_COLUMN,
+    TRUNCATED_COLUMN,
+    RewardScorer,
+    detect_layout,
+    resolve_model_dir,
+)
 
 PAIRS = [
     {"prompt": "Human: How do I boil an egg?\nAssistant:", "chosen": " Put it in boiling water for nine minutes.",
@@ -36,9 +42,10 @@ CONVERSATIONS = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random Llama reward model saved as a user would have it."""
-    from rayreward import tiny
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer
 
-    tok = tiny.load_tokenizer()
+    tok = builtin_tokenizer()
     model = tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=3)
     path = tmp_path_factory.mktemp("score-model")
     model.save_pretrained(path)
@@ -49,7 +56,8 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(model_dir):
     """The saved model and tokenizer, run one text at a time (no padding, no batching)."""
-    from rayreward.model_setup import load_reward_model, load_tokenizer
+    from rayreward.core.model import load_reward_model
+    from rayreward.data.tokenizer import load_tokenizer
 
     tok, model = load_tokenizer(str(model_dir)), load_reward_model(str(model_dir)).eval()
 
@@ -159,7 +167,7 @@ def test_normalization_round_trips_through_save_and_reload(model_dir, tmp_path):
 
     from transformers import AutoConfig
 
-    from rayreward.model_setup import load_reward_model
+    from rayreward.core.model import load_reward_model
 
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
@@ -237,7 +245,7 @@ def test_resolve_model_dir(model_dir, tmp_path):
 def test_score_command_on_ray(ray_local, model_dir, reference, tmp_path):
     import pandas as pd
 
-    from rayreward.cli import main
+    from rayreward.commands.cli import main
 
     text_reward, chat_reward, _, _ = reference
     pairs = tmp_path / "pairs.jsonl"
@@ -264,7 +272,7 @@ def test_score_command_on_ray(ray_local, model_dir, reference, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_score_errors_on_ray(ray_local, model_dir, tmp_path, capsys):
-    from rayreward.cli import main
+    from rayreward.commands.cli import main
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": None}) + "\n")

@@ -10,9 +10,19 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from rayreward import DataFormatError, RewardConfig, RewardTrainer, pairwise_loss, tiny
-from rayreward.formats import PairEncoder
-from rayreward.tiny import SAMPLE_DATA_DIR
+from rayreward import DataFormatError
+
+from rayreward import RewardConfig
+
+from rayreward import RewardTrainer
+
+from rayreward import pairwise_loss
+
+from rayreward.core import tiny
+
+from rayreward.data.tokenizer import builtin_tokenizer, TOKENIZER_DIR
+from rayreward.data.formats import PairEncoder
+from rayreward.data.tokenizer import SAMPLE_DATA_DIR
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -174,7 +184,7 @@ def test_processing_class_is_a_synonym_of_tokenizer(tmp_path, tokenizer, tiny_ll
     assert trainer.processing_class is tokenizer
     with pytest.raises(ValueError, match="tokenizer= or processing_class="):
         RewardTrainer(model=tiny_llama, args=make_args(tmp_path), tokenizer=tokenizer,
-                      processing_class=tiny.load_tokenizer(), train_dataset=rows)
+                      processing_class=builtin_tokenizer(), train_dataset=rows)
     with pytest.raises(ValueError, match="needs the model's tokenizer"):
         RewardTrainer(model=tiny_llama, args=make_args(tmp_path), train_dataset=rows)
 
@@ -238,7 +248,7 @@ def test_bad_datasets_are_reported_before_training(tmp_path, tokenizer, tiny_lla
 def test_missing_pad_token_becomes_eos_on_tokenizer_and_model(tmp_path, sample):
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny.TOKENIZER_DIR / "tokenizer.json"),
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_DIR / "tokenizer.json"),
                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     assert tok.pad_token_id is None
     model = tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=1)
@@ -337,7 +347,7 @@ def test_attention_dropout_floats_are_zeroed(tmp_path, tokenizer, sample):
 def test_model_init_models_get_the_same_setup(tmp_path, tokenizer, sample):
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny.TOKENIZER_DIR / "tokenizer.json"),
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_DIR / "tokenizer.json"),
                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     trainer = RewardTrainer(model_init=lambda: tiny.build_model("tiny-gpt2", tok, hidden_size=32, num_layers=1),
                             args=make_args(tmp_path, max_steps=1), tokenizer=tok, train_dataset=sample[1][:8])

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from rayreward import RewardConfig, RewardTrainer
+from rayreward import RewardConfig
+
+from rayreward import RewardTrainer
 from conftest import read_jsonl
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayreward._config_tree import ConfigError
-from rayreward.cli import main
-from rayreward.job_config import load_job_config
-from rayreward.sweep import param_space, sweep_problems
+from rayreward.job.tree import ConfigError
+from rayreward.commands.cli import main
+from rayreward.job.config import load_job_config
+from rayreward.tune.sweep import param_space, sweep_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "rayreward" / "sample_data"

@@ -1,0 +1,1 @@
+"""The ``rayreward`` command line: one module per subcommand, ``cli`` dispatches."""

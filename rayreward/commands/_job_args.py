@@ -7,7 +7,7 @@ import sys
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..job_config import help_text
+    from rayreward.job.config import help_text
 
     parser.add_argument("--config", metavar="FILE", help="YAML job config; without it the demo's defaults are the base.")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -39,8 +39,8 @@ def load_job(args, extra_sections: tuple[str, ...] = ()):
     Sections named in ``extra_sections`` (``tune`` for a sweep file) are taken out of
     the file before the job part is validated, and returned for their own checks.
     """
-    from .._config_tree import load_yaml
-    from ..job_config import ConfigError, apply_overrides, job_from_dict
+    from rayreward.job.tree import load_yaml
+    from rayreward.job.config import ConfigError, apply_overrides, job_from_dict
 
     try:
         raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.overrides)

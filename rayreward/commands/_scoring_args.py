@@ -52,6 +52,6 @@ def add_inference(parser: argparse.ArgumentParser) -> None:
 
 
 def actor_pool(args):
-    from ..score import ActorPool
+    from rayreward.evaluation.score import ActorPool
 
     return ActorPool(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ._job_args import add_job_arguments, load_job
+from rayreward.commands._job_args import add_job_arguments, load_job
 
 HELP = "Check a job config (and overrides) and print the resolved config; starts no cluster."
 
@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import yaml
 
-    from ..job_config import step_plan, to_dict
+    from rayreward.job.config import step_plan, to_dict
 
     job, extras = load_job(args, extra_sections=("tune",))
     if job is None:

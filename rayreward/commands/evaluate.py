@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._scoring_args import actor_pool, add_inference, add_model_and_data, positive_int
+from rayreward.commands._scoring_args import actor_pool, add_inference, add_model_and_data, positive_int
 
 HELP = ("Evaluate a reward model on preference pairs: accuracy, rewards, margin, calibration (ECE), "
         "accuracy by length and group; writes metrics.json, report.md and figures.")
@@ -28,12 +28,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from ..data.sources import DataSourceError
-    from ..evaluate import evaluate
-    from ..formats import BadRowError, DataFormatError
-    from ..metrics import format_headline
-    from ..samples import format_table
-    from ..score import ray_session
+    from rayreward.data.sources import DataSourceError
+    from rayreward.evaluation.evaluate import evaluate
+    from rayreward.data.formats import BadRowError, DataFormatError
+    from rayreward.core.metrics import format_headline
+    from rayreward.core.samples import format_table
+    from rayreward.evaluation.score import ray_session
 
     # 1. check what can be checked before Ray starts
     if args.show < 0:

@@ -13,7 +13,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..export import export_checkpoint
+    from rayreward.core.checkpoint import export_checkpoint
 
     export_checkpoint(args.checkpoint, args.out, base_model=args.base_model)
     print(f"exported {args.checkpoint} -> {args.out} "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._scoring_args import actor_pool, add_inference, add_model_and_data
+from rayreward.commands._scoring_args import actor_pool, add_inference, add_model_and_data
 
 HELP = ("Score texts, prompt/response rows, conversations or preference pairs with a reward model; "
         "writes the rows plus reward (or reward_chosen/reward_rejected) to .parquet or .jsonl.")
@@ -22,9 +22,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from ..data.sources import DataSourceError
-    from ..formats import BadRowError, DataFormatError
-    from ..score import OUTPUT_SUFFIXES, ray_session, score
+    from rayreward.data.sources import DataSourceError
+    from rayreward.data.formats import BadRowError, DataFormatError
+    from rayreward.evaluation.score import OUTPUT_SUFFIXES, ray_session, score
 
     # 1. check what can be checked before Ray starts
     if not args.out.endswith(OUTPUT_SUFFIXES):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from ._job_args import add_address_argument, add_job_arguments, load_job, start_ray
+from rayreward.commands._job_args import add_address_argument, add_job_arguments, load_job, start_ray
 
 HELP = ("Train a reward model with Ray Train + DeepSpeed; with no arguments, the demo "
         "(tiny model, bundled data, 2 CPU workers, ZeRO-2).")
@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import ray
 
-    from ..distributed import fit
+    from rayreward.run.fit import fit
 
     # 1. Config, validated before anything starts.
     job, _ = load_job(args)

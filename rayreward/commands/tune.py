@@ -6,7 +6,7 @@ import math
 import os
 import sys
 
-from ._job_args import add_address_argument, add_job_arguments, load_job, start_ray
+from rayreward.commands._job_args import add_address_argument, add_job_arguments, load_job, start_ray
 
 HELP = ("Sweep hyperparameters with Ray Tune (ASHA early stopping): each trial is a `rayreward train` "
         "run with sampled overrides; prints and writes the results, the best config, a plot and the best model. "
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import ray
 
-    from ..sweep import run_sweep, sweep_problems
+    from rayreward.tune.sweep import run_sweep, sweep_problems
 
     # 1. Config and search space, checked before anything starts.
     job, _ = load_job(args)
@@ -60,12 +60,12 @@ def embedded_cpus(job) -> int:
 
 def validate_tune_section(section, job=None) -> list[str]:
     """Problems of a ``tune:`` section (``rayreward check``), with ``job`` the rest of the file:
-    its shape, then the sweep checks of ``rayreward.sweep.sweep_problems``."""
+    its shape, then the sweep checks of ``rayreward.tune.sweep.sweep_problems``."""
     import dataclasses
 
-    from .._config_tree import build
-    from .._tune_section import TuneSection
-    from ..sweep import sweep_problems
+    from rayreward.job.tree import build
+    from rayreward.job.tune_section import TuneSection
+    from rayreward.tune.sweep import sweep_problems
 
     problems: list[str] = []
     tune = build(TuneSection, section, "tune", problems)

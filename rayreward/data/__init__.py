@@ -4,7 +4,7 @@
 on first use, so importing this package does not import Ray or torch.
 """
 
-from .config import ColumnsConfig, DataConfig
+from rayreward.data.config import ColumnsConfig, DataConfig
 
 __all__ = [
     "DataConfig",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from ..formats import FORMATS, LENGTH_POLICIES, ColumnNames
+from rayreward.data.formats import FORMATS, LENGTH_POLICIES, ColumnNames
 
 FORMAT_CHOICES = ("auto",) + FORMATS
 BAD_ROW_POLICIES = ("error", "skip")

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..collator import RewardDataCollatorWithPadding
+from rayreward.data.collators import RewardDataCollatorWithPadding
 
 PAIR_COLUMNS = ("input_ids_chosen", "input_ids_rejected")
 
@@ -61,7 +61,7 @@ def iter_pair_batches(
         pad_to_multiple_of: round the padded length up to a multiple of this.
         drop_last: drop a last batch smaller than ``batch_size``.
         prefetch_batches: batches Ray fetches ahead.
-        packing: a ``rayreward.packing.PackingPlan`` (``plan_packing(model, args)``):
+        packing: a ``rayreward.data.packing.PackingPlan`` (``plan_packing(model, args)``):
             packed batches for a decoder that packs, and length-grouped batches
             (within a buffer of ``length_group_batches`` batches) when it groups.
         length_group_batches: batches per length-grouping buffer.
@@ -100,7 +100,7 @@ def iter_pair_batches(
         if not group:
             yield collate(pairs)
             continue
-        from ..packing import length_grouped_batches
+        from rayreward.data.packing import length_grouped_batches
 
         for chunk in length_grouped_batches(pairs, batch_size, rng=random.Random(f"{seed}:{epoch}:{k}")):
             if drop_last and len(chunk) < batch_size:

@@ -33,10 +33,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..formats import BadRowError, ColumnNames, DataFormatError, LengthStats, PairEncoder
-from .config import DataConfig
-from .reader import ReadPlan, pair_datasource, probe
-from .sources import Source, resolve_source
+from rayreward.data.formats import BadRowError, ColumnNames, DataFormatError, LengthStats, PairEncoder
+from rayreward.data.config import DataConfig
+from rayreward.data.reader import ReadPlan, pair_datasource, probe
+from rayreward.data.sources import Source, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def build_datasets(cfg: DataConfig, tokenizer_name_or_path: str) -> PreparedData
 
 def load_data_tokenizer(name_or_path: str, chat_template: str | None = None):
     """The tokenizer the pipeline uses: ``load_tokenizer`` plus the config's chat template."""
-    from ..model_setup import load_tokenizer
+    from rayreward.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(name_or_path)
     if chat_template:

@@ -19,8 +19,22 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterator
 
-from ..formats import PRETOKENIZED_COLUMNS, BadRowError, ColumnNames, DataFormatError, detect_format, row_problem
-from .sources import DataSourceError, Source
+from rayreward.data.formats import (
+
+    PRETOKENIZED_COLUMNS,
+
+    BadRowError,
+
+    ColumnNames,
+
+    DataFormatError,
+
+    detect_format,
+
+    row_problem,
+
+)
+from rayreward.data.sources import DataSourceError, Source
 
 META_COLUMNS = ("_source", "_row", "_field", "_problem")
 _BLOCK_ROWS = 1024

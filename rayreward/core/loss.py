@@ -1,4 +1,4 @@
-"""The pairwise reward loss and the reward metrics: pure functions over tensors."""
+"""The pairwise reward loss: a pure function over tensors."""
 
 from __future__ import annotations
 
@@ -36,21 +36,3 @@ def pairwise_loss(
     if center_rewards_coefficient is not None:
         loss = loss + center_rewards_coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
     return loss
-
-
-def reward_metrics(rewards_chosen, rewards_rejected) -> dict[str, float]:
-    """Accuracy (a tie counts as wrong) and reward statistics of a set of pairs.
-
-    Accepts tensors or anything ``torch.as_tensor`` takes.
-    """
-    chosen = torch.as_tensor(rewards_chosen, dtype=torch.float64).flatten()
-    rejected = torch.as_tensor(rewards_rejected, dtype=torch.float64).flatten()
-    if chosen.numel() == 0:
-        return {}
-    diff = chosen - rejected
-    return {
-        "accuracy": (diff > 0).double().mean().item(),
-        "rewards/chosen": chosen.mean().item(),
-        "rewards/rejected": rejected.mean().item(),
-        "rewards/margin": diff.mean().item(),
-    }

@@ -16,10 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from .formats import DataFormatError
-from .metrics import DEFAULT_BINS, evaluation_metrics, headline_metrics, preference_probability
-from .score import ActorPool, read_with_layout, score_dataset
-from .scorer import TOKENS_COLUMN, TRUNCATED_COLUMN, is_temporary_export, resolve_model_dir
+from rayreward.data.formats import DataFormatError
+from rayreward.core.metrics import DEFAULT_BINS, evaluation_metrics, headline_metrics, preference_probability
+from rayreward.evaluation.score import ActorPool, read_with_layout, score_dataset
+from rayreward.evaluation.scorer import (
+    TOKENS_COLUMN,
+    TRUNCATED_COLUMN,
+    is_temporary_export,
+    resolve_model_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ def evaluate(
 ) -> EvalResult:
     """Scores preference pairs with a model and measures how good its rewards are.
 
-    Call inside a Ray session (``rayreward.score.ray_session``).
+    Call inside a Ray session (``rayreward.evaluation.score.ray_session``).
 
     Args:
         model: a model directory or checkpoint (``scorer.resolve_model_dir``).
@@ -134,12 +139,12 @@ def evaluate(
     result = EvalResult(metrics, chosen, rejected)
     # 4. outputs
     if save_normalization:
-        from .normalization import save_normalization as save
+        from rayreward.evaluation.normalization import save_normalization as save
 
         save(model_dir, all_rewards.mean(), all_rewards.std(), source=f"{Path(str(data)).name}, {chosen.size} pairs")
         metrics["normalization"]["saved_to"] = str(model_dir / "config.json")
     if out_dir is not None:
-        from .eval_report import write_report
+        from rayreward.evaluation.report import write_report
 
         result.paths = write_report(metrics, chosen, rejected, out_dir)
     if show:
@@ -162,8 +167,8 @@ def _samples(model_dir: Path, ds, layout, n: int, chosen: np.ndarray, rejected: 
     """The first ``n`` pairs as ``samples.format_table`` wants them (texts as the model read them)."""
     import pandas as pd
 
-    from .formats import PairEncoder
-    from .model_setup import load_tokenizer
+    from rayreward.data.formats import PairEncoder
+    from rayreward.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(model_dir))
     rows = ds.take(n)

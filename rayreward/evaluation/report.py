@@ -23,7 +23,7 @@ def write_report(metrics: dict[str, Any], rewards_chosen, rewards_rejected, out_
     """Writes ``metrics.json``, ``report.md`` and the three figures into ``out_dir``.
 
     Args:
-        metrics: from ``rayreward.evaluate.evaluate`` (``evaluation_metrics`` plus run
+        metrics: from ``rayreward.evaluation.evaluate.evaluate`` (``evaluation_metrics`` plus run
             details).
         rewards_chosen: rewards of the chosen answers.
         rewards_rejected: rewards of the rejected answers.

@@ -1,7 +1,7 @@
 """Scoring rows with a reward model: what each Ray Data actor runs.
 
 ``RewardScorer`` loads one model and its tokenizer, turns rows into token ids through
-``rayreward.formats`` (the same ids the trainer builds: prompt prepended or chat
+``rayreward.data.formats`` (the same ids the trainer builds: prompt prepended or chat
 template applied, EOS appended) and runs them through the model in forward batches
 bounded by a token budget, so the reward of a text is the one the model gives that
 text alone.
@@ -15,7 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .formats import BadRowError, ColumnNames, DataFormatError, PairEncoder, detect_format, row_problem
+from rayreward.data.formats import (
+
+    BadRowError,
+
+    ColumnNames,
+
+    DataFormatError,
+
+    PairEncoder,
+
+    detect_format,
+
+    row_problem,
+
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +47,7 @@ class Layout:
     Attributes:
         kind: ``pairs`` (chosen and rejected answers, rewards ``reward_chosen`` and
             ``reward_rejected``) or ``single`` (one answer, reward ``reward``).
-        fmt: a format of ``rayreward.formats``.
+        fmt: a format of ``rayreward.data.formats``.
         names: the columns; for ``single``, ``names.chosen`` is the answer column.
     """
 
@@ -133,8 +147,10 @@ class RewardScorer:
     ):
         import torch
 
-        from .model_setup import ensure_pad_token, load_reward_model, load_tokenizer
-        from .normalization import load_normalization
+        from rayreward.core.model import ensure_pad_token, load_reward_model
+
+        from rayreward.data.tokenizer import load_tokenizer
+        from rayreward.evaluation.normalization import load_normalization
 
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens: got {batch_tokens}; expected a positive integer")
@@ -243,7 +259,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     Accepts a folder written by ``save_pretrained``, a training run folder (its
     exported ``model/``), a folder of checkpoints (the newest ``checkpoint-*`` or
     ``checkpoint_*``), or one checkpoint. A checkpoint holding a LoRA adapter or ZeRO
-    shards is exported (``rayreward.export``) to a temporary folder first; on a
+    shards is exported (``rayreward.core.checkpoint``) to a temporary folder first; on a
     multi-node cluster give a model folder on shared storage instead, which every
     actor can read.
 
@@ -258,7 +274,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     if (root / "adapter_config.json").is_file() or any(root.glob("global_step*")):
         import tempfile
 
-        from .export import export_checkpoint
+        from rayreward.core.checkpoint import export_checkpoint
 
         target = Path(tempfile.mkdtemp(prefix="rayreward-model-")) / "model"
         logger.info("exporting checkpoint %s to %s", root, target)

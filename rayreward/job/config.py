@@ -2,7 +2,7 @@
 
 Sections: ``model``, ``data`` (``rayreward.data.DataConfig``), ``lora``, ``train`` (any
 ``RewardConfig`` field), ``deepspeed``, ``scaling``, ``storage``, ``failure``, ``tune`` (a
-sweep, ``rayreward.sweep``). Every default lives in the dataclasses below (the demo's training defaults in
+sweep, ``rayreward.tune.sweep``). Every default lives in the dataclasses below (the demo's training defaults in
 ``TRAIN_DEFAULTS``); ``load_job_config`` reads YAML, applies overrides and validates,
 reporting every problem at once before Ray starts. Values derived from the config
 (step counts, the run name, the ``RewardConfig``) are computed by functions here and
@@ -23,13 +23,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ._config_tree import ConfigError, apply_overrides, build, field_docs, load_yaml, unknown_key
-from ._job_sections import (
-    DeepSpeedSection, FailureSection, LoraSection, ModelSection, ScalingSection, StorageSection,
+from rayreward.job.tree import ConfigError, apply_overrides, build, field_docs, load_yaml, unknown_key
+from rayreward.job.sections import (
+    DeepSpeedSection,
+    FailureSection,
+    LoraSection,
+    ModelSection,
+    ScalingSection,
+    StorageSection,
 )
-from ._tune_section import TuneSection
-from .data.config import DataConfig
-from .tiny import SAMPLE_DATA_DIR
+from rayreward.job.tune_section import TuneSection
+from rayreward.data.config import DataConfig
+from rayreward.data.tokenizer import SAMPLE_DATA_DIR
 
 __all__ = [
     "JobConfig", "ConfigError", "load_job_config", "job_from_dict", "apply_overrides", "validate",
@@ -169,7 +174,7 @@ def validate(job: JobConfig) -> list[str]:
 
 
 def _train_problems(train: Mapping[str, Any]) -> list[str]:
-    from .config import RewardConfig
+    from rayreward.core.config import RewardConfig
 
     known = {f.name: f for f in dataclasses.fields(RewardConfig) if f.init}
     hints = typing.get_type_hints(RewardConfig)
@@ -186,7 +191,7 @@ def _train_problems(train: Mapping[str, Any]) -> list[str]:
 
 def _reward_config_problems(job: JobConfig) -> list[str]:
     """What only TrainingArguments knows (enum values, option combinations)."""
-    from .config import RewardConfig
+    from rayreward.core.config import RewardConfig
 
     try:
         # use_cpu: the check must not depend on the GPUs of the machine running it.
@@ -229,7 +234,7 @@ def _cross_problems(job: JobConfig) -> list[str]:
 
 
 def _loosely_matches(value, hint) -> bool:
-    from ._config_tree import _matches
+    from rayreward.job.tree import _matches
 
     args = typing.get_args(hint) or (hint,)
     # Enum-typed fields also take their string values; TrainingArguments checks those.
@@ -241,7 +246,7 @@ def _loosely_matches(value, hint) -> bool:
 
 
 def _describe_hint(hint) -> str:
-    from ._config_tree import _describe
+    from rayreward.job.tree import _describe
 
     return _describe(hint)
 
@@ -252,7 +257,7 @@ def _describe_hint(hint) -> str:
 def step_plan(job: JobConfig, num_train_pairs: int | None):
     """The optimizer steps of a run (``rayreward.data.StepPlan``), from the pair count,
     workers, batch size, accumulation and epochs; ``train.max_steps > 0`` wins."""
-    from .data import plan_steps
+    from rayreward.data import plan_steps
 
     t = job.train
     return plan_steps(

@@ -15,7 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .scorer import TOKENS_COLUMN, TRUNCATED_COLUMN, Layout, RewardScorer, detect_layout, resolve_model_dir
+from rayreward.evaluation.scorer import (
+
+    TOKENS_COLUMN,
+
+    TRUNCATED_COLUMN,
+
+    Layout,
+
+    RewardScorer,
+
+    detect_layout,
+
+    resolve_model_dir,
+
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +77,7 @@ def read_source(source: str, field: str = "--data"):
     """
     import ray.data
 
-    from .data.sources import resolve_source
+    from rayreward.data.sources import resolve_source
 
     src = resolve_source(str(source), field=field, role="eval")
     files = list(src.files)
@@ -97,7 +111,7 @@ def read_with_layout(data: str, text_column: str | None = None, prompt_column: s
     Raises:
         DataFormatError: the source has no rows, or its columns fit no layout.
     """
-    from .formats import DataFormatError
+    from rayreward.data.formats import DataFormatError
 
     ds = read_source(data)
     rows = ds.take(1)
@@ -161,7 +175,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         except ray.exceptions.RayTaskError as exc:
             import pyarrow as pa
 
-            from .data.sources import DataSourceError
+            from rayreward.data.sources import DataSourceError
 
             # The user's error (a bad row, a model without statistics) without Ray's frame.
             if isinstance(exc.cause, (json.JSONDecodeError, pa.ArrowInvalid)):
@@ -250,7 +264,7 @@ def score(
         >>> with ray_session():
         ...     score("runs/rm/model", "prompts.jsonl", "scored.parquet")
     """
-    from .normalization import load_normalization
+    from rayreward.evaluation.normalization import load_normalization
 
     out = Path(out)
     if out.suffix not in OUTPUT_SUFFIXES:

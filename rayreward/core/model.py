@@ -1,4 +1,4 @@
-"""Getting a model ready to be a reward model: pad token, dropout, PEFT."""
+"""The reward model: loading it, finding its head, getting it ready to train (pad, dropout, PEFT)."""
 
 from __future__ import annotations
 
@@ -19,21 +19,12 @@ def load_reward_model(name_or_path: str, **kwargs):
     """Loads a sequence-classification model with one output, or builds a built-in one."""
     from transformers import AutoModelForSequenceClassification
 
-    from . import tiny
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import is_builtin, load_tokenizer
 
-    if tiny.is_builtin(name_or_path):
-        return tiny.build_model(name_or_path, tiny.load_tokenizer())
+    if is_builtin(name_or_path):
+        return tiny.build_model(name_or_path, load_tokenizer(name_or_path))
     return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **kwargs)
-
-
-def load_tokenizer(name_or_path: str, **kwargs):
-    from transformers import AutoTokenizer
-
-    from . import tiny
-
-    if tiny.is_builtin(name_or_path):
-        return tiny.load_tokenizer()
-    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
 
 
 def ensure_pad_token(tokenizer, model=None) -> None:
@@ -144,3 +135,62 @@ def prepare_model(model: nn.Module, args, peft_config=None):
             model.enable_input_require_grads()
         model = wrap_peft(model, peft_config)
     return model
+
+
+def load_base_model(model_section):
+    """The model a job trains, from its ``model`` section (object or dict)."""
+    section = model_section if isinstance(model_section, dict) else vars(model_section)
+    kwargs: dict[str, Any] = {}
+    if section.get("dtype", "auto") != "auto":
+        import torch
+
+        kwargs["dtype"] = getattr(torch, section["dtype"])
+    if section.get("attn_implementation"):
+        kwargs["attn_implementation"] = section["attn_implementation"]
+    if section.get("trust_remote_code"):
+        kwargs["trust_remote_code"] = True
+    return load_reward_model(section["name_or_path"], **kwargs)
+
+
+
+def peft_config_for(lora_section):
+    """A PEFT ``LoraConfig`` for a job's ``lora`` section, or None when it is off."""
+    section = lora_section if isinstance(lora_section, dict) else vars(lora_section)
+    if not section.get("enabled"):
+        return None
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=section["r"], lora_alpha=section["alpha"],
+                      lora_dropout=section["dropout"], target_modules=section["target_modules"])
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The ``transformers`` model inside DDP / DeepSpeed (``.module``) and PEFT wrappers."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def reward_head(model: nn.Module) -> nn.Module:
+    """The per-token scalar head (``score``) of a decoder sequence-classification model."""
+    head = getattr(model, "score", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} has no per-token 'score' head (decoder sequence-classification models "
+            "have one; encoders pool a first token into 'classifier' instead)"
+        )
+    return head
+
+
+def attention_implementation(model: nn.Module) -> str:
+    """The attention kernel the model was loaded with (``sdpa``, ``eager``, ...)."""
+    config = model.config
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
+def text_config(model: nn.Module):
+    """The text part of a model's config (the config itself for text-only models)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -2,7 +2,7 @@
 
 Its defaults live here (``--help`` prints them). ``TuneSection.validate`` checks the
 section's own shape (each distribution's arguments included); whether the swept keys
-exist, and whether every trial config they make is valid, is ``rayreward.sweep``'s
+exist, and whether every trial config they make is valid, is ``rayreward.tune.sweep``'s
 check, which needs the rest of the job.
 """
 
@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._config_tree import type_problems
+from rayreward.job.tree import type_problems
 
 SCHEDULERS = ("asha", "none")
 SEARCH_ALGS = ("random", "grid")

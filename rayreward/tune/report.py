@@ -10,9 +10,9 @@ import math
 import os
 from typing import Callable
 
-from . import _storage
-from ._config_tree import apply_overrides
-from .job_config import JobConfig, job_from_dict, run_name, storage_uri
+from rayreward.runtime import storage as _storage
+from rayreward.job.tree import apply_overrides
+from rayreward.job.config import JobConfig, job_from_dict, run_name, storage_uri
 
 STATUS = {"TERMINATED": "finished", "ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
 
@@ -67,7 +67,7 @@ def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
 def write_report(job: JobConfig, base: dict, rows: list[dict], run_dir: str, keys: list[str],
                  print_fn: Callable[[str], None]) -> tuple[dict | None, dict[str, str]]:
     """Prints and writes the results table, then the best trial's config, plot and model."""
-    from .export import export_checkpoint
+    from rayreward.core.checkpoint import export_checkpoint
 
     metric, mode = job.tune.metric, job.tune.mode
     files = {name: _storage.join(run_dir, f) for name, f in (

@@ -11,12 +11,22 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalPrediction
 
-from .collator import RewardDataCollatorWithPadding
-from .config import RewardConfig
-from .formats import BadRowError, ColumnNames, DataFormatError, LengthStats, PairEncoder, detect_format, row_problem
-from .loss import pairwise_loss, reward_metrics
-from .model_setup import ensure_pad_token, load_reward_model, prepare_model, warn_if_pad_is_final_eos
-from .packing import LengthGroupedPairSampler, is_packed, packed_rewards, pair_length, plan_packing
+from rayreward.data.collators import RewardDataCollatorWithPadding
+from rayreward.core.config import RewardConfig
+from rayreward.data.formats import (
+    BadRowError,
+    ColumnNames,
+    DataFormatError,
+    LengthStats,
+    PairEncoder,
+    detect_format,
+    row_problem,
+)
+from rayreward.core.loss import pairwise_loss
+from rayreward.core.metrics import reward_metrics
+from rayreward.core.model import ensure_pad_token, load_reward_model, prepare_model, warn_if_pad_is_final_eos
+from rayreward.data.packing import LengthGroupedPairSampler, is_packed, pair_length
+from rayreward.core.packed import packed_rewards, plan_packing
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +59,7 @@ def tokenize_pairs(
 
     Args:
         dataset: a ``datasets.Dataset`` or a list of dicts, in any format of
-            ``rayreward.formats``.
+            ``rayreward.data.formats``.
         tokenizer: the tokenizer of the model.
         name: how errors name the data set.
         max_length: see ``RewardConfig.max_length``.
@@ -130,7 +140,7 @@ class RewardTrainer(Trainer):
 
     Chosen and rejected sequences go through the model in one concatenated forward
     pass; the loss is ``-logsigmoid(r_chosen - r_rejected - margin)`` averaged over the
-    batch, plus the optional centering term (see ``rayreward.loss.pairwise_loss``).
+    batch, plus the optional centering term (see ``rayreward.core.loss.pairwise_loss``).
 
     Args:
         model: a model, or a name/path loaded with ``AutoModelForSequenceClassification``
@@ -208,7 +218,7 @@ class RewardTrainer(Trainer):
 
         self._user_compute_metrics = compute_metrics
         self._train_rewards: dict[str, list[float]] = defaultdict(list)
-        # Length grouping and packing (rayreward.packing). The packing collator feeds
+        # Length grouping and packing (rayreward.data.packing). The packing collator feeds
         # training only; evaluation keeps padded batches of whole pairs.
         self.packing = plan_packing(model, args)
         self._train_collator = None if data_collator is not None else self.packing.collator(tokenizer.pad_token_id)
@@ -320,7 +330,7 @@ class RewardTrainer(Trainer):
             ``reward_chosen``, ``reward_rejected``, ``p_chosen`` (sigmoid of the reward
             difference).
         """
-        from .samples import format_table, score_samples
+        from rayreward.core.samples import format_table, score_samples
 
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:

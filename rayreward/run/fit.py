@@ -22,8 +22,16 @@ from typing import Any, Sequence
 import torch
 from ray.data.iterator import _IterableFromIterator
 
-from . import _storage
-from .job_config import JobConfig, job_from_dict, reward_config_kwargs, run_name, step_plan, storage_uri, to_dict
+from rayreward.runtime import storage as _storage
+from rayreward.job.config import (
+    JobConfig,
+    job_from_dict,
+    reward_config_kwargs,
+    run_name,
+    step_plan,
+    storage_uri,
+    to_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +80,8 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
         >>> outcome = fit(load_job_config("examples/configs/tiny_cpu.yaml"))
         >>> outcome.metrics["eval_accuracy"]
     """
-    from .data import build_datasets
-    from .deepspeed_config import deepspeed_config_for
+    from rayreward.data import build_datasets
+    from rayreward.job.deepspeed import deepspeed_config_for
 
     # 1. Config: the values derived from it.
     name, storage = run_name(job), storage_uri(job)
@@ -103,7 +111,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
     # 6. Sum up: the exported model on the eval pairs (headline metrics, reward stats
     # stored in its config for `score --normalize`).
     if prepared.eval is not None:
-        from ._final_eval import headline_line, summarize
+        from rayreward.run.final_eval import headline_line, summarize
 
         metrics.update(summarize(model_dir, prepared.eval, job))
         print_fn(f"[rayreward] exported model on the eval pairs: {headline_line(metrics)}")
@@ -119,7 +127,7 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
                   run_callbacks: Sequence = ()):
     """The ``TorchTrainer`` of a job on its prepared data, checkpointing under ``<storage>/<name>``.
 
-    ``fit`` builds one per run; a Tune trial (``rayreward.sweep``) builds one per trial,
+    ``fit`` builds one per run; a Tune trial (``rayreward.tune.sweep``) builds one per trial,
     with its own ``name``/``storage`` and Tune's report callback in ``run_callbacks``.
 
     Args:
@@ -136,7 +144,7 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .deepspeed_config import deepspeed_config_for
+    from rayreward.job.deepspeed import deepspeed_config_for
 
     s = job.scaling
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
@@ -177,13 +185,13 @@ def train_loop(config: dict[str, Any]) -> None:
     from ray.train.huggingface.transformers import prepare_trainer
     from transformers.trainer_callback import PrinterCallback
 
-    from ._train_callbacks import Progress, ReportCheckpoints
-    from .config import RewardConfig
-    from .export import load_base_model, peft_config_for
-    from .model_setup import load_tokenizer
-    from .packing import plan_packing
-    from . import tiny
-    from .trainer import RewardTrainer
+    from rayreward.run.callbacks import Progress, ReportCheckpoints
+    from rayreward.core.config import RewardConfig
+    from rayreward.core.model import load_base_model, peft_config_for
+    from rayreward.data.tokenizer import load_tokenizer
+    from rayreward.core.packed import plan_packing
+    from rayreward.data.tokenizer import is_builtin
+    from rayreward.core.trainer import RewardTrainer
 
     job = job_from_dict(config["job"], check=False)
     output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{ray.train.get_context().get_world_rank()}-")
@@ -192,7 +200,7 @@ def train_loop(config: dict[str, Any]) -> None:
     # arguments: under ZeRO-3 it is then partitioned as it loads (zero.Init). A built-in
     # model is built before them, with no zero.Init: its random initialisation must be
     # the one `rayreward export` rebuilds as the base of a LoRA checkpoint.
-    builtin = tiny.is_builtin(job.model.name_or_path)
+    builtin = is_builtin(job.model.name_or_path)
     model = load_base_model(job.model) if builtin else None
     args = RewardConfig(**reward_config_kwargs(job, output_dir, config["max_steps"], config["deepspeed"]))
     if config["deepspeed"]:
@@ -243,7 +251,7 @@ class ShardStream(_IterableFromIterator, torch.utils.data.IterableDataset):
     """
 
     def __init__(self, shard, tokenizer, batch_size: int, epochs: int | None, **options):
-        from .data import iter_pair_batches
+        from rayreward.data import iter_pair_batches
 
         def batches():
             epoch = 0
@@ -267,7 +275,7 @@ def _final_checkpoint(result, job: JobConfig):
 
 
 def _export_to(checkpoint: str, model_dir: str) -> None:
-    from .export import export_checkpoint
+    from rayreward.core.checkpoint import export_checkpoint
 
     export_checkpoint(checkpoint, model_dir)
 

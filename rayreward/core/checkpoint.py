@@ -15,8 +15,10 @@ import os
 import tempfile
 from typing import Any
 
-from . import _storage
+from rayreward.runtime import storage as _storage
 
+# The job file a run writes into each checkpoint: how to rebuild its base model.
+JOB_FILE = "rayreward_job.json"
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -65,6 +67,8 @@ def load_checkpoint(folder: str, base_model: str | None = None):
     if os.path.exists(os.path.join(folder, "adapter_config.json")):
         from peft import PeftModel
 
+        from rayreward.core.model import load_base_model
+
         base = load_base_model(_model_section(job, folder, base_model))
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     elif any(os.path.exists(os.path.join(folder, f)) for f in _WEIGHT_FILES):
@@ -80,45 +84,19 @@ def load_checkpoint(folder: str, base_model: str | None = None):
     return model, _load_tokenizer(folder, job)
 
 
-def load_base_model(model_section):
-    """The model a job trains, from its ``model`` section (object or dict)."""
-    from .model_setup import load_reward_model
-
-    section = model_section if isinstance(model_section, dict) else vars(model_section)
-    kwargs: dict[str, Any] = {}
-    if section.get("dtype", "auto") != "auto":
-        import torch
-
-        kwargs["dtype"] = getattr(torch, section["dtype"])
-    if section.get("attn_implementation"):
-        kwargs["attn_implementation"] = section["attn_implementation"]
-    if section.get("trust_remote_code"):
-        kwargs["trust_remote_code"] = True
-    return load_reward_model(section["name_or_path"], **kwargs)
-
-
-def peft_config_for(lora_section):
-    """A PEFT ``LoraConfig`` for a job's ``lora`` section, or None when it is off."""
-    section = lora_section if isinstance(lora_section, dict) else vars(lora_section)
-    if not section.get("enabled"):
-        return None
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=section["r"], lora_alpha=section["alpha"],
-                      lora_dropout=section["dropout"], target_modules=section["target_modules"])
-
-
 def _from_zero_shards(folder: str, job: dict | None, base_model: str | None):
     # Only shards (e.g. a user DeepSpeed config without stage3_gather_16bit_weights_on_model_save).
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from rayreward.core.model import load_base_model, peft_config_for
 
     state = get_fp32_state_dict_from_zero_checkpoint(folder)
     if job is not None or base_model:
         model = load_base_model(_model_section(job, folder, base_model))
         lora = peft_config_for((job or {}).get("lora", {}))
         if lora is not None:
-            from .model_setup import wrap_peft
+            from rayreward.core.model import wrap_peft
 
             model = wrap_peft(model, lora)
         model.load_state_dict(state, strict=True)
@@ -129,8 +107,6 @@ def _from_zero_shards(folder: str, job: dict | None, base_model: str | None):
 
 
 def _read_job(folder: str) -> dict | None:
-    from ._train_callbacks import JOB_FILE
-
     path = os.path.join(folder, JOB_FILE)
     if not os.path.exists(path):
         return None
@@ -156,7 +132,7 @@ def _load_tokenizer(folder: str, job: dict | None):
     if os.path.exists(os.path.join(folder, "tokenizer_config.json")):
         return AutoTokenizer.from_pretrained(folder)
     if job is not None:
-        from .model_setup import load_tokenizer
+        from rayreward.data.tokenizer import load_tokenizer
 
         return load_tokenizer(job["model"]["name_or_path"])
     return None

@@ -27,9 +27,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import _storage
-from ._config_tree import ConfigError, apply_overrides
-from .job_config import JobConfig, job_from_dict, run_name, step_plan, storage_uri, to_dict
+from rayreward.runtime import storage as _storage
+from rayreward.job.tree import ConfigError, apply_overrides
+from rayreward.job.config import JobConfig, job_from_dict, run_name, step_plan, storage_uri, to_dict
 
 # Trial configs checked one by one up to this many combinations; beyond it each key's
 # values are checked with the other keys at their first value.
@@ -225,8 +225,8 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .data import build_datasets
-    from .distributed import build_trainer
+    from rayreward.data import build_datasets
+    from rayreward.run.fit import build_trainer
 
     # 1. Config: the sampled values through the command line's override path.
     job = job_from_dict(apply_overrides(base, config), check=False)
@@ -283,7 +283,7 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
     """
     from ray import tune
 
-    from . import _sweep_report
+    from rayreward.tune import report as _sweep_report
 
     # 1. Config: checked in full, then the experiment's place.
     problems = sweep_problems(job)
@@ -298,7 +298,7 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
     # 2. Data: tokenized once for every trial, unless a swept key changes it.
     prepared = None
     if not any(k.split(".", 1)[0] in ("data", "model") for k in keys):
-        from .data import build_datasets
+        from rayreward.data import build_datasets
 
         prepared = build_datasets(job.data, job.model.name_or_path)
         print_fn(f"[rayreward] data: {prepared.num_train_pairs} training pairs, tokenized once for all trials")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .formats import LENGTH_POLICIES
+from rayreward.data.formats import LENGTH_POLICIES
 
 
 @dataclass

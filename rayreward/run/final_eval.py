@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _storage
+from rayreward.runtime import storage as _storage
 
 _BATCH_PAIRS = 32
 
@@ -24,7 +24,7 @@ def _score_pairs(model_dir: str, located, eval_ds, use_gpu: bool) -> tuple[np.nd
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .data import iter_pair_batches
+    from rayreward.data import iter_pair_batches
 
     with tempfile.TemporaryDirectory(prefix="rayreward-final-") as tmp:
         local = _storage.download_dir(model_dir, os.path.join(tmp, "model"), located)
@@ -58,8 +58,8 @@ def summarize(model_dir: str, eval_ds, job) -> dict[str, Any]:
     """
     import ray
 
-    from .metrics import headline_metrics
-    from .normalization import RewardNormalization
+    from rayreward.core.metrics import headline_metrics
+    from rayreward.evaluation.normalization import RewardNormalization
 
     s = job.scaling
     task = ray.remote(_score_pairs).options(
@@ -78,7 +78,7 @@ def summarize(model_dir: str, eval_ds, job) -> dict[str, Any]:
 
 
 def _store_normalization(model_dir: str, norm) -> None:
-    from .normalization import save_normalization
+    from rayreward.evaluation.normalization import save_normalization
 
     if not _storage.is_uri(model_dir):
         save_normalization(model_dir, norm.mean, norm.std, norm.source)
@@ -96,7 +96,7 @@ def _store_normalization(model_dir: str, norm) -> None:
 
 
 def headline_line(summary: dict[str, Any]) -> str:
-    from .metrics import format_headline
+    from rayreward.core.metrics import format_headline
 
     return format_headline({k.removeprefix("final_"): v for k, v in summary.items() if k.startswith("final_")})
 

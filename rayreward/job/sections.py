@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ._config_tree import type_problems
+from rayreward.job.tree import type_problems
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 

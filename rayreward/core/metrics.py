@@ -209,3 +209,23 @@ def evaluation_metrics(
     if groups is not None:
         out["by_group"] = accuracy_by(groups, rewards_chosen, rewards_rejected)
     return out
+
+
+def reward_metrics(rewards_chosen, rewards_rejected) -> dict[str, float]:
+    """Accuracy (a tie counts as wrong) and reward statistics of a set of pairs.
+
+    Accepts tensors or anything ``torch.as_tensor`` takes.
+    """
+    import torch
+
+    chosen = torch.as_tensor(rewards_chosen, dtype=torch.float64).flatten()
+    rejected = torch.as_tensor(rewards_rejected, dtype=torch.float64).flatten()
+    if chosen.numel() == 0:
+        return {}
+    diff = chosen - rejected
+    return {
+        "accuracy": (diff > 0).double().mean().item(),
+        "rewards/chosen": chosen.mean().item(),
+        "rewards/rejected": rejected.mean().item(),
+        "rewards/margin": diff.mean().item(),
+    }

@@ -44,17 +44,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
 
-from .collator import real_token_ids
+from rayreward.data.collators import real_token_ids
 
 logger = logging.getLogger(__name__)
 
-# Decoder families whose attention takes a custom 4D mask and position ids unchanged
-# (mask passed through `create_causal_mask`, RoPE or learned absolute positions);
-# the exactness tests cover each of them. Other causal decoders pack on request only.
-PACKABLE_MODEL_TYPES = ("llama", "gpt2", "mistral", "qwen2", "qwen3")
-_MASKED_ATTENTION = ("sdpa", "eager")
 PREFIX, CHOSEN, REJECTED = 0, 1, 2
 
 
@@ -293,172 +287,6 @@ def packed_attention_mask(sequence_ids: torch.Tensor, branch_ids: torch.Tensor) 
     return (same_pair & visible & causal)[:, None]
 
 
-def packed_rewards(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of the chosen and rejected sides of a packed batch, in pair order (fp32).
-
-    The model is called through its own ``forward`` with the packed ids, position ids
-    and a 4D mask; a forward hook on the reward head catches its per-token scores,
-    which are read at the last token of each sequence. Going through ``forward`` keeps
-    DDP's gradient hooks, DeepSpeed ZeRO's parameter gathering and PEFT's adapters in
-    play, so the function works unchanged inside the distributed trainer.
-
-    Args:
-        model: a causal-decoder sequence-classification model (possibly wrapped by
-            DDP, DeepSpeed or PEFT) whose attention is ``sdpa`` or ``eager``.
-        batch: the output of ``pack_pairs``, on the model's device.
-
-    Returns:
-        ``(rewards_chosen, rewards_rejected)``, each of shape ``(pairs,)``.
-    """
-    inner = unwrap_model(model)
-    head = reward_head(inner)
-    mask = packed_attention_mask(batch["packed_sequence_ids"], batch["packed_branch_ids"])
-    if _attention_implementation(inner) == "eager":
-        # Eager attention adds the mask to the scores; sdpa takes the boolean mask.
-        dtype = next(inner.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    caught: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda module, args, output: caught.append(output))
-    try:
-        model(
-            input_ids=batch["packed_input_ids"],
-            attention_mask=mask,
-            position_ids=batch["packed_position_ids"],
-        )
-    finally:
-        handle.remove()
-    scores = caught[-1]
-    ci, ri = batch["chosen_index"], batch["rejected_index"]
-    return scores[ci[:, 0], ci[:, 1], 0].float(), scores[ri[:, 0], ri[:, 1], 0].float()
-
-
-# -- which features a model gets -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PackingPlan:
-    """The speed features in force for one model and config (see ``plan_packing``)."""
-
-    group_by_length: bool = False
-    padding_free: bool = False
-    share_prefix: bool = False
-
-    @property
-    def packs(self) -> bool:
-        return self.padding_free or self.share_prefix
-
-    def collator(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> PackedPairCollator | None:
-        """The packing collator, or None when the plan does not pack."""
-        if not self.packs:
-            return None
-        return PackedPairCollator(
-            pad_token_id, share_prefix=self.share_prefix, padding_free=self.padding_free,
-            pad_to_multiple_of=pad_to_multiple_of,
-        )
-
-
-def plan_packing(model: nn.Module | None, args) -> PackingPlan:
-    """Resolves ``group_by_length``, ``padding_free`` and ``share_prefix`` for a model.
-
-    ``None`` (auto) turns both packings on for the causal decoders of
-    ``PACKABLE_MODEL_TYPES`` with ``sdpa`` or ``eager`` attention, where they are
-    exact, and length grouping on wherever padding-free packing is off (encoders).
-    Packed rows carry almost no padding, so grouping would save nothing there and would
-    only change which pairs share a batch; left off, a packed run trains on the same
-    batches, hence the same trajectory, as the plain path.
-
-    Args:
-        model: the model (possibly wrapped); None (``model_init``) packs nothing.
-        args: anything with the three attributes, e.g. a ``RewardConfig``.
-
-    Raises:
-        ValueError: a packing switch is True for a model that cannot pack; the message
-            says why.
-    """
-    grouping = getattr(args, "group_by_length", None)
-    wanted = {k: getattr(args, k, None) for k in ("padding_free", "share_prefix")}
-    if model is None:
-        return PackingPlan(group_by_length=True if grouping is None else bool(grouping))
-    problem = packing_problem(model, getattr(args, "max_length", None))
-    auto_ok = problem is None and _model_type(model) in PACKABLE_MODEL_TYPES
-    resolved = {}
-    for key, value in wanted.items():
-        if value is None:
-            resolved[key] = auto_ok
-        elif value and problem is not None:
-            raise ValueError(f"{key}=True: {problem}; set {key}=False (or leave it unset for automatic)")
-        else:
-            resolved[key] = bool(value)
-    if problem is not None and any(v is None for v in wanted.values()):
-        logger.info("packing is off for this model: %s", problem)
-    grouping = not resolved["padding_free"] if grouping is None else bool(grouping)
-    return PackingPlan(group_by_length=grouping, **resolved)
-
-
-def packing_problem(model: nn.Module, max_length: int | None = None) -> str | None:
-    """Why ``model`` cannot be packed exactly, or None when it can."""
-    inner = unwrap_model(model)
-    name = type(inner).__name__
-    try:
-        reward_head(inner)
-    except ValueError as err:
-        return str(err)
-    flags = [m.is_causal for m in inner.modules() if isinstance(getattr(m, "is_causal", None), bool)]
-    if not flags or not all(flags):
-        return (
-            f"{name} has bidirectional attention (an encoder): packed sequences would change what each token "
-            "sees, so packing is inexact there"
-        )
-    impl = _attention_implementation(inner)
-    if impl not in _MASKED_ATTENTION:
-        return (
-            f"{name} uses attn_implementation={impl!r}, which takes no custom 4D attention mask; "
-            "load the model with attn_implementation='sdpa' (or 'eager') to pack"
-        )
-    config = _text_config(inner)
-    window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) and (max_length is None or max_length > window):
-        return (
-            f"{name} has a sliding attention window of {window} tokens, which the packed mask does not apply; "
-            f"packing is exact only with max_length <= {window}"
-        )
-    return None
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The ``transformers`` model inside DDP / DeepSpeed (``.module``) and PEFT wrappers."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-def reward_head(model: nn.Module) -> nn.Module:
-    """The per-token scalar head (``score``) of a decoder sequence-classification model."""
-    head = getattr(model, "score", None)
-    if not isinstance(head, nn.Module):
-        raise ValueError(
-            f"{type(model).__name__} has no per-token 'score' head (decoder sequence-classification models "
-            "have one; encoders pool a first token into 'classifier' instead)"
-        )
-    return head
-
-
-def _attention_implementation(model: nn.Module) -> str:
-    config = model.config
-    return getattr(config, "_attn_implementation", None) or "eager"
-
-
-def _text_config(model: nn.Module):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def _model_type(model: nn.Module) -> str:
-    return getattr(_text_config(unwrap_model(model)), "model_type", "")
-
-
 def _strip_trailing(ids: list[int], pad_token_id: int) -> list[int]:
     end = len(ids)
     while end > 1 and ids[end - 1] == pad_token_id:
@@ -478,11 +306,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 __all__ = [
     "LengthGroupedPairSampler",
     "PackedPairCollator",
-    "PackingPlan",
     "length_grouped_batches",
     "pack_pairs",
     "packed_attention_mask",
-    "packed_rewards",
     "pair_length",
-    "plan_packing",
 ]
