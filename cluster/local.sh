@@ -156,7 +156,7 @@ if alive:
 # relative folder would vanish with the job.
 PY_STORAGE_OVERRIDE='
 import os, sys
-from rayreward.job_config import ConfigError, load_job_config
+from rayreward.job.config import ConfigError, load_job_config
 try:
     job = load_job_config(sys.argv[1], sys.argv[2:])
 except ConfigError as exc:
