@@ -10,8 +10,14 @@ Formats:
     explicit_prompt: ``prompt`` + ``chosen`` + ``rejected``; the prompt is prepended.
     conversational: lists of ``{"role", "content"}`` messages (``prompt`` optional),
         rendered with the tokenizer's chat template.
+        Rows may carry a ``tools`` column (a list of JSON schemas, or that list as a
+        JSON string), assistant messages with ``tool_calls`` (``content`` may then be
+        empty), ``tool`` messages, and a ``chat_template_kwargs`` mapping; all of it
+        reaches ``tokenizer.apply_chat_template`` as TRL passes it.
     pretokenized: ``input_ids_chosen``, ``attention_mask_chosen``,
-        ``input_ids_rejected``, ``attention_mask_rejected``.
+        ``input_ids_rejected``, ``attention_mask_rejected`` (the seed's layout).
+    token_ids: TRL 1.x's ``chosen_ids`` and ``rejected_ids`` (no masks); its legacy
+        names ``chosen_input_ids``/``rejected_input_ids`` are read with a ``FutureWarning``.
 
 Text inputs get the tokenizer's EOS appended when they lack it, and are tokenized
 with the tokenizer's special tokens, as TRL's ``RewardTrainer`` does.
@@ -19,21 +25,30 @@ with the tokenizer's special tokens, as TRL's ``RewardTrainer`` does.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-FORMATS = ("implicit_prompt", "explicit_prompt", "conversational", "pretokenized")
+FORMATS = ("implicit_prompt", "explicit_prompt", "conversational", "pretokenized", "token_ids")
 PRETOKENIZED_COLUMNS = (
     "input_ids_chosen",
     "attention_mask_chosen",
     "input_ids_rejected",
     "attention_mask_rejected",
 )
+# TRL 1.x's pre-tokenized columns, then the legacy names it still reads (with a warning).
+TOKEN_IDS_COLUMNS = {"chosen": "chosen_ids", "rejected": "rejected_ids"}
+LEGACY_TOKEN_IDS_COLUMNS = {"chosen": "chosen_input_ids", "rejected": "rejected_input_ids"}
 LENGTH_POLICIES = ("filter", "truncate")
+# Message roles the chat templates of current models know. A role outside this set is
+# almost always a data bug (a typo, a mislabelled column), which a template would
+# otherwise render silently as text or drop.
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython", "function")
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,16 @@ def detect_format(
     cols = set(columns)
     if all(c in cols for c in PRETOKENIZED_COLUMNS):
         return "pretokenized"
+    if all(c in cols for c in TOKEN_IDS_COLUMNS.values()):
+        return "token_ids"
+    if all(c in cols for c in LEGACY_TOKEN_IDS_COLUMNS.values()):
+        warnings.warn(
+            f"{source}: the columns chosen_input_ids/rejected_input_ids are TRL's legacy names, read for now; "
+            "rename them to chosen_ids/rejected_ids",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return "token_ids"
     missing = [c for c in (names.chosen, names.rejected) if c not in cols]
     if missing:
         partial = [c for c in PRETOKENIZED_COLUMNS if c in cols]
@@ -110,10 +135,36 @@ def _messages_problem(value: Any, allow_empty: bool = False) -> str | None:
     if not value and not allow_empty:
         return "empty conversation; expected at least one {'role', 'content'} message"
     for i, m in enumerate(value):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
             return f"message {i} must be a mapping with string 'role' and 'content', got {_short(m)}"
-    if value and not allow_empty and not str(value[-1]["content"]).strip():
+        if m["role"] not in MESSAGE_ROLES:
+            return f"message {i} has role {m['role']!r}; expected one of {', '.join(MESSAGE_ROLES)}"
+        calls = m.get("tool_calls")
+        if calls is not None:
+            calls = _as_list(calls)
+            if m["role"] != "assistant" or not isinstance(calls, (list, tuple)) or not all(
+                isinstance(c, Mapping) for c in calls
+            ):
+                return f"message {i}: tool_calls must be a list of mappings on an assistant message, got {_short(m)}"
+        # An assistant turn that only calls tools may have no content (None, as Arrow stores it).
+        if not isinstance(m.get("content"), str) and not (calls and m.get("content") is None):
+            return (f"message {i} must be a mapping with string 'role' and 'content' (content may be empty "
+                    f"on an assistant message with tool_calls), got {_short(m)}")
+    last = value[-1] if value else None
+    if last is not None and not allow_empty and not str(last.get("content") or "").strip() and not last.get("tool_calls"):
         return "the last message has empty content; the answer being rated needs some text"
+    return None
+
+
+def _tools_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            return f"tools is a string but not JSON ({e}); give a list of tool schemas"
+    value = _as_list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, Mapping) for t in value):
+        return f"expected a list of tool schemas (mappings), got {_short(value)}"
     return None
 
 
@@ -150,6 +201,15 @@ def row_problem(row: Mapping[str, Any], fmt: str, names: ColumnNames = ColumnNam
             problem = _ids_problem(_as_list(row[ids_col]), _as_list(row.get(mask_col)))
             if problem:
                 return ids_col, problem
+    elif fmt == "token_ids":
+        for side in ("chosen", "rejected"):
+            ids_col = token_ids_column(row, side)
+            if row.get(ids_col) is None:
+                return ids_col, "missing value"
+            ids = _as_list(row[ids_col])
+            problem = _ids_problem(ids, [1] * len(ids) if isinstance(ids, (list, tuple)) else None)
+            if problem:
+                return ids_col, problem
     else:
         check = _messages_problem if fmt == "conversational" else _text_problem
         for col in (names.chosen, names.rejected):
@@ -165,11 +225,52 @@ def row_problem(row: Mapping[str, Any], fmt: str, names: ColumnNames = ColumnNam
             problem = check(_as_list(value) if fmt == "conversational" else value, allow_empty=True)
             if problem:
                 return names.prompt, problem
+        if fmt == "conversational":
+            if row.get("tools") is not None:
+                problem = _tools_problem(row["tools"])
+                if problem:
+                    return "tools", problem
+            kwargs = row.get("chat_template_kwargs")
+            if kwargs is not None and not isinstance(kwargs, Mapping):
+                return "chat_template_kwargs", f"expected a mapping of apply_chat_template arguments, got {_short(kwargs)}"
     if names.margin in row:
         problem = margin_problem(row[names.margin])
         if problem:
             return names.margin, problem
     return None
+
+
+def token_ids_column(row: Mapping[str, Any], side: str) -> str:
+    """The column holding one side's ids in TRL's layout: ``chosen_ids``, or its legacy name."""
+    name = TOKEN_IDS_COLUMNS[side]
+    return name if name in row else LEGACY_TOKEN_IDS_COLUMNS[side]
+
+
+def chat_template_kwargs(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-row arguments of ``apply_chat_template``: ``tools`` and ``chat_template_kwargs``."""
+    kwargs: dict[str, Any] = {}
+    tools = row.get("tools")
+    if tools is not None:
+        kwargs["tools"] = json.loads(tools) if isinstance(tools, str) else _plain(tools)
+    kwargs.update(_plain(row.get("chat_template_kwargs") or {}))
+    return kwargs
+
+
+def _plain(value: Any) -> Any:
+    """Nested lists/dicts of plain Python values (Arrow and numpy hand over arrays)."""
+    value = _as_list(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _message(m: Mapping[str, Any]) -> dict[str, Any]:
+    # Arrow stores a list of messages as structs with every field any message has, filling
+    # the others with None (`tool_calls: None` on a plain turn); templates test whether a
+    # key is defined, so absent fields must stay absent.
+    return {k: _plain(v) for k, v in m.items() if v is not None}
 
 
 def _as_list(value: Any) -> Any:
@@ -285,6 +386,9 @@ class PairEncoder:
 
     def _token_ids(self, rows: Sequence[Mapping[str, Any]], col: str) -> list[list[int]]:
         tok = self.tokenizer
+        if self.fmt == "token_ids":
+            side = "chosen" if col == self.names.chosen else "rejected"
+            return [[int(t) for t in _as_list(row[token_ids_column(row, side)])] for row in rows]
         if self.fmt == "pretokenized":
             side = "chosen" if col == self.names.chosen else "rejected"
             result = []
@@ -299,7 +403,8 @@ class PairEncoder:
             for row in rows:
                 messages = list(_as_list(row.get(self.names.prompt)) or []) + list(_as_list(row[col]))
                 enc = tok.apply_chat_template(
-                    [dict(m) for m in messages], tokenize=True, return_dict=True, add_generation_prompt=False
+                    [_message(m) for m in messages], tokenize=True, return_dict=True,
+                    **{"add_generation_prompt": False, **chat_template_kwargs(row)},
                 )
                 result.append(list(enc["input_ids"]))
             return result
