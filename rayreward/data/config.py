@@ -127,7 +127,7 @@ class DataConfig:
             bad("train", self.train, "a path, glob or URI of the training pairs")
         if self.eval is not None and (not isinstance(self.eval, str) or not self.eval.strip()):
             bad("eval", self.eval, "a path, glob or URI of the evaluation pairs, or null")
-        if not _is_number(self.eval_split) or not 0 <= self.eval_split < 1:
+        if not is_number(self.eval_split) or not 0 <= self.eval_split < 1:
             bad("eval_split", self.eval_split, "a fraction in [0, 1)")
         elif self.eval is not None and self.eval_split:
             bad("eval_split", self.eval_split, "0 when data.eval is set (use one or the other)")
@@ -140,7 +140,7 @@ class DataConfig:
                     bad(f"columns.{f.name}", value, "a non-empty column name")
         else:
             bad("columns", self.columns, "a mapping with prompt, chosen, rejected, margin")
-        if not _is_int(self.max_length) or self.max_length <= 0:
+        if not is_int(self.max_length) or self.max_length <= 0:
             bad("max_length", self.max_length, "a positive integer")
         if self.length_policy not in LENGTH_POLICIES:
             bad("length_policy", self.length_policy, f"one of {', '.join(LENGTH_POLICIES)}")
@@ -150,22 +150,24 @@ class DataConfig:
             bad("shuffle", self.shuffle, f"one of {', '.join(SHUFFLE_MODES)}")
         for name in ("shuffle_buffer_size", "tokenize_actors", "tokenize_batch_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 bad(name, value, "a positive integer")
-        if not _is_number(self.tokenize_num_cpus) or self.tokenize_num_cpus <= 0:
+        if not is_number(self.tokenize_num_cpus) or self.tokenize_num_cpus <= 0:
             bad("tokenize_num_cpus", self.tokenize_num_cpus, "a positive number of CPUs (fractions allowed)")
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
             bad("chat_template", self.chat_template, "a Jinja template string, a path to one, or null")
         if not isinstance(self.materialize, bool):
             bad("materialize", self.materialize, "true or false")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             bad("seed", self.seed, "an integer")
         return problems
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An int that is not a bool (YAML's true is an int to Python). The config checks' one copy."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """An int or float that is not a bool. The config checks' one copy."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,9 +1,10 @@
 """The job config: one typed tree, mirrored by YAML, with dotted overrides.
 
 Sections: ``model``, ``data`` (``rayreward.data.DataConfig``), ``lora``, ``train`` (any
-``RewardConfig`` field), ``deepspeed``, ``scaling``, ``storage``, ``failure``, ``tune`` (a
-sweep, ``rayreward.tune.sweep``). Every default lives in the dataclasses below (the demo's training defaults in
-``TRAIN_DEFAULTS``); ``load_job_config`` reads YAML, applies overrides and validates,
+``RewardConfig`` field, ``rayreward.job.train_section``), ``deepspeed``, ``scaling``, ``storage``, ``failure``, ``tune`` (a
+sweep, ``rayreward.tune.sweep``). Every default lives in the dataclasses below (the demo's
+training defaults in ``train_section.TRAIN_DEFAULTS``, every other training default in
+``RewardConfig``); ``load_job_config`` reads YAML, applies overrides and validates,
 reporting every problem at once before Ray starts. Values derived from the config
 (step counts, the run name, the ``RewardConfig``) are computed by functions here and
 never written back into it.
@@ -31,7 +32,9 @@ from rayreward.job.sections import (
     ModelSection,
     ScalingSection,
     StorageSection,
+    elastic_problems,
 )
+from rayreward.job.train_section import MANAGED_TRAIN_FIELDS, TRAIN_DEFAULTS, TrainSection, train_help
 from rayreward.job.tune_section import TuneSection
 from rayreward.data.config import DataConfig
 from rayreward.data.tokenizer import SAMPLE_DATA_DIR
@@ -40,42 +43,6 @@ __all__ = [
     "JobConfig", "ConfigError", "load_job_config", "job_from_dict", "apply_overrides", "validate",
     "reward_config_kwargs", "step_plan", "run_name", "storage_uri", "to_dict", "help_text",
 ]
-
-# The demo's training settings; a `train:` section overlays these key by key. Chosen so
-# that `rayreward` with no arguments reaches > 0.8 eval accuracy on the bundled data in
-# a few minutes on 2 CPU cores.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "num_train_epochs": 3,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 32,
-    "learning_rate": 2e-3,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,
-    "weight_decay": 0.0,
-    "logging_steps": 10,
-    "eval_strategy": "steps",
-    "eval_steps": 50,
-    "save_strategy": "steps",
-    "save_steps": 50,
-    "activation_checkpointing": False,
-    "report_to": "none",
-    "seed": 42,
-}
-
-# RewardConfig fields the job sets itself; naming them under `train` is an error that
-# points at the key to use instead.
-MANAGED_TRAIN_FIELDS = {
-    "output_dir": "the run folder is storage.path/storage.name; set those",
-    "deepspeed": "use the deepspeed section (stage, offload_*, or config: a JSON path)",
-    "max_length": "set data.max_length (the data pipeline tokenizes)",
-    "length_policy": "set data.length_policy",
-    "save_total_limit": "set storage.num_to_keep",
-    "resume_from_checkpoint": "re-run with the same storage.name to resume its latest checkpoint",
-    "load_best_model_at_end": "set storage.checkpoint_score_attribute; the best checkpoint is exported",
-    "use_cpu": "set scaling.use_gpu",
-    "local_rank": "Ray Train sets the ranks",
-}
-
 
 def _default_data() -> DataConfig:
     return DataConfig(train=str(SAMPLE_DATA_DIR / "train.jsonl"), eval=str(SAMPLE_DATA_DIR / "eval.jsonl"))
@@ -88,8 +55,8 @@ class JobConfig:
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "The model."})
     data: DataConfig = field(default_factory=_default_data, metadata={"help": "The preference pairs."})
     lora: LoraSection = field(default_factory=LoraSection, metadata={"help": "LoRA adapters."})
-    train: dict = field(
-        default_factory=lambda: dict(TRAIN_DEFAULTS),
+    train: TrainSection = field(
+        default_factory=TrainSection,
         metadata={"help": "Any RewardConfig (transformers.TrainingArguments) field; overlays the demo defaults."},
     )
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection, metadata={"help": "DeepSpeed ZeRO."})
@@ -132,7 +99,7 @@ def job_from_dict(data: Mapping[str, Any], source: str | None = None, check: boo
     if isinstance(user_data, Mapping) and "train" in user_data:
         base["eval"] = None
     job.data = build(DataConfig, {**base, **user_data} if isinstance(user_data, Mapping) else user_data, "data", problems)
-    job.train = {**TRAIN_DEFAULTS, **train}
+    job.train = TrainSection(train)
     if check:
         problems += validate(job)
     if problems:
@@ -164,28 +131,12 @@ def validate(job: JobConfig) -> list[str]:
         section = getattr(job, name)
         if hasattr(section, "validate"):
             problems += section.validate()
-    train_problems = _train_problems(job.train)
+    train_problems = job.train.validate()
     problems += train_problems
     if not train_problems:
         problems += _cross_problems(job)
     if not problems:
         problems += _reward_config_problems(job)
-    return problems
-
-
-def _train_problems(train: Mapping[str, Any]) -> list[str]:
-    from rayreward.core.config import RewardConfig
-
-    known = {f.name: f for f in dataclasses.fields(RewardConfig) if f.init}
-    hints = typing.get_type_hints(RewardConfig)
-    problems = []
-    for key, value in train.items():
-        if key in MANAGED_TRAIN_FIELDS:
-            problems.append(f"train.{key}: set by the job; {MANAGED_TRAIN_FIELDS[key]}")
-        elif key not in known:
-            problems.append(unknown_key(f"train.{key}", key, known))
-        elif not _loosely_matches(value, hints[key]):
-            problems.append(f"train.{key}: got {value!r}; expected {_describe_hint(hints[key])}")
     return problems
 
 
@@ -204,10 +155,10 @@ def _reward_config_problems(job: JobConfig) -> list[str]:
 def _cross_problems(job: JobConfig) -> list[str]:
     t, problems = job.train, []
     has_eval = bool(job.data.eval) or bool(job.data.eval_split)
-    eval_strategy, save_strategy = str(t.get("eval_strategy", "no")), str(t.get("save_strategy", "steps"))
-    if t.get("bf16") and t.get("fp16"):
+    eval_strategy, save_strategy = str(t["eval_strategy"]), str(t["save_strategy"])
+    if t["bf16"] and t["fp16"]:
         problems.append("train.fp16: got true with train.bf16=true; expected at most one of them")
-    if t.get("fp16") and not job.scaling.use_gpu:
+    if t["fp16"] and not job.scaling.use_gpu:
         problems.append("train.fp16: got true with scaling.use_gpu=false; expected bf16 or fp32 on CPU workers")
     if save_strategy != "steps":
         problems.append(f"train.save_strategy: got {save_strategy!r}; expected 'steps' (the Ray Data stream is one "
@@ -222,33 +173,22 @@ def _cross_problems(job: JobConfig) -> list[str]:
         if attribute.startswith("eval_") and (eval_strategy != "steps" or not has_eval):
             problems.append(f"storage.checkpoint_score_attribute: got {attribute!r} without evaluation; expected "
                             "train.eval_strategy=steps and eval data")
-        else:
-            save_steps, eval_steps = t.get("save_steps", 500), t.get("eval_steps") or t.get("logging_steps", 500)
-            if attribute.startswith("eval_") and save_steps % eval_steps:
-                problems.append(f"train.save_steps: got {save_steps} with train.eval_steps={eval_steps}; expected a "
-                                f"multiple of eval_steps so each checkpoint's {attribute} is current")
-    if not job.data.materialize and t.get("max_steps", -1) <= 0:
+        elif attribute.startswith("eval_"):
+            problems += save_eval_problems(job, f"so each checkpoint's {attribute} is current")
+    problems += elastic_problems(job)
+    if not job.data.materialize and t["max_steps"] <= 0:
         problems.append("train.max_steps: got no step count with data.materialize=false; expected a positive "
                         "integer (streamed data has no known length)")
     return problems
 
 
-def _loosely_matches(value, hint) -> bool:
-    from rayreward.job.tree import _matches
-
-    args = typing.get_args(hint) or (hint,)
-    # Enum-typed fields also take their string values; TrainingArguments checks those.
-    if any(isinstance(a, type) and issubclass(a, str) and a is not str for a in args):
-        return isinstance(value, str) or value is None and type(None) in args
-    if any(a in (dict, str) or typing.get_origin(a) in (dict, list) for a in args) and isinstance(value, (dict, str)):
-        return True
-    return _matches(value, hint)
-
-
-def _describe_hint(hint) -> str:
-    from rayreward.job.tree import _describe
-
-    return _describe(hint)
+def save_eval_problems(job: JobConfig, why: str) -> list[str]:
+    """The rule shared by ranked checkpoints and sweeps: a checkpoint lands on an eval step."""
+    save_steps, eval_steps = job.train["save_steps"], job.train["eval_steps"] or job.train["logging_steps"]
+    if save_steps % eval_steps:
+        return [f"train.save_steps: got {save_steps} with train.eval_steps={eval_steps}; expected a multiple of "
+                f"eval_steps {why}"]
+    return []
 
 
 # -- values derived from a config (computed here, never stored back) ---------------
@@ -262,12 +202,13 @@ def step_plan(job: JobConfig, num_train_pairs: int | None):
     t = job.train
     return plan_steps(
         num_train_pairs,
-        num_workers=job.scaling.num_workers,
-        per_worker_batch_size=t.get("per_device_train_batch_size", 8),
-        gradient_accumulation_steps=t.get("gradient_accumulation_steps", 1),
-        num_epochs=float(t.get("num_train_epochs", 3.0)),
-        max_steps=t.get("max_steps", -1),
-        drop_last=bool(t.get("dataloader_drop_last", False)),
+        num_workers=job.scaling.max_workers,
+        per_worker_batch_size=t["per_device_train_batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        num_epochs=float(t["num_train_epochs"]),
+        max_steps=t["max_steps"],
+        drop_last=bool(t["dataloader_drop_last"]),
+        global_batches=job.scaling.elastic,
     )
 
 
@@ -298,7 +239,9 @@ def storage_uri(job: JobConfig) -> str:
 
 
 def to_dict(job: JobConfig) -> dict[str, Any]:
-    return dataclasses.asdict(job)
+    """The job in YAML's shape (``train`` holds the keys that are set)."""
+    return {f.name: getattr(job, f.name).to_dict() if f.name == "train" else dataclasses.asdict(getattr(job, f.name))
+            for f in dataclasses.fields(job)}
 
 
 def help_text() -> str:
@@ -307,9 +250,11 @@ def help_text() -> str:
     for section in dataclasses.fields(JobConfig):
         lines.append(f"\n  {section.name}: {section.metadata.get('help', '')}")
         if section.name == "train":
-            for key, value in TRAIN_DEFAULTS.items():
-                lines.append(f"    train.{key} = {value!r}")
-            lines.append("    train.<any other RewardConfig field>: see transformers.TrainingArguments")
+            rows = train_help()
+            for key, value, doc in rows[:len(TRAIN_DEFAULTS)]:
+                lines.append(f"    {key} = {value!r}\n        {_first_sentence(doc)}")
+            lines.append("    and every other RewardConfig (TrainingArguments) field, with its own default:\n      "
+                         + ", ".join(key.removeprefix("train.") for key, _, _ in rows[len(TRAIN_DEFAULTS):]))
             continue
         cls = typing.get_type_hints(JobConfig)[section.name]
         defaults = dataclasses.asdict(getattr(JobConfig(), section.name))
@@ -317,6 +262,10 @@ def help_text() -> str:
             value = _lookup(defaults, key.split(".")[1:], default)
             lines.append(f"    {key} = {value!r}\n        {doc}")
     return "\n".join(lines)
+
+
+def _first_sentence(text: str) -> str:
+    return text.split(". ")[0].strip().rstrip(".") + "." if text else ""
 
 
 def _lookup(tree: Mapping, parts: list[str], fallback):

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from rayreward.data.config import is_int, is_number
 from rayreward.job.tree import type_problems
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
+CHECKPOINT_UPLOADS = ("sync", "async")
 
 
 @dataclass
@@ -104,7 +107,21 @@ class DeepSpeedSection:
 class ScalingSection:
     """Training workers and what each one reserves."""
 
-    num_workers: int = field(default=2, metadata={"help": "Training workers (one process each, one rank of DeepSpeed)."})
+    num_workers: int | list[int] = field(
+        default=2,
+        metadata={"help": "Training workers (one process each, one rank of DeepSpeed); [min, max] for elastic "
+                          "training: the run goes on with as few as min workers when nodes are lost and grows back "
+                          "to max, keeping the global batch (see README: elastic training)."},
+    )
+    placement_strategy: str = field(
+        default="PACK",
+        metadata={"help": f"How workers are spread over nodes: {', '.join(PLACEMENT_STRATEGIES)} (Ray placement "
+                          "group strategies; STRICT_SPREAD needs a node per worker)."},
+    )
+    resize_check_s: float = field(
+        default=60.0,
+        metadata={"help": "Elastic runs: seconds between checks for room to grow the worker group back."},
+    )
     use_gpu: bool = field(default=False, metadata={"help": "Give each worker GPUs (gpus_per_worker)."})
     cpus_per_worker: float = field(
         default=1.0, metadata={"help": "Logical CPUs each worker reserves; also its torch thread count (fractions allowed)."}
@@ -116,20 +133,44 @@ class ScalingSection:
 
     def validate(self) -> list[str]:
         problems = type_problems(self, "scaling")
-        if _is_int(self.num_workers) and self.num_workers < 1:
+        if is_int(self.num_workers) and self.num_workers < 1:
             problems.append(f"scaling.num_workers: got {self.num_workers}; expected a positive integer")
-        if _is_num(self.cpus_per_worker) and self.cpus_per_worker <= 0:
+        elif isinstance(self.num_workers, list) and (
+                len(self.num_workers) != 2 or not all(is_int(n) and n >= 1 for n in self.num_workers)
+                or self.num_workers[0] > self.num_workers[1]):
+            problems.append(f"scaling.num_workers: got {self.num_workers}; expected a positive integer or "
+                            "[min, max] with 1 <= min <= max")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            problems.append(f"scaling.placement_strategy: got {self.placement_strategy!r}; expected one of "
+                            f"{', '.join(PLACEMENT_STRATEGIES)}")
+        if is_number(self.resize_check_s) and self.resize_check_s <= 0:
+            problems.append(f"scaling.resize_check_s: got {self.resize_check_s}; expected a positive number")
+        if is_number(self.cpus_per_worker) and self.cpus_per_worker <= 0:
             problems.append(f"scaling.cpus_per_worker: got {self.cpus_per_worker}; expected a positive number")
-        if self.use_gpu is True and _is_num(self.gpus_per_worker) and self.gpus_per_worker <= 0:
+        if self.use_gpu is True and is_number(self.gpus_per_worker) and self.gpus_per_worker <= 0:
             problems.append(f"scaling.gpus_per_worker: got {self.gpus_per_worker} with use_gpu=true; "
                             "expected a positive number")
         if isinstance(self.resources, dict):
             for key, value in self.resources.items():
                 if key in ("CPU", "GPU"):
                     problems.append(f"scaling.resources.{key}: use scaling.{key.lower()}s_per_worker")
-                elif not _is_num(value) or value < 0:
+                elif not is_number(value) or value < 0:
                     problems.append(f"scaling.resources.{key}: got {value!r}; expected a non-negative number")
         return problems
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the worker count is a [min, max] range."""
+        return isinstance(self.num_workers, list)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if self.elastic else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run uses: the world size its global batch is planned for."""
+        return self.num_workers[1] if self.elastic else self.num_workers
 
 
 @dataclass
@@ -153,6 +194,11 @@ class StorageSection:
                           "best is exported; null keeps the latest and exports the last."},
     )
     checkpoint_score_order: str = field(default="max", metadata={"help": "max or min: which scores are better."})
+    checkpoint_upload: str = field(
+        default="sync",
+        metadata={"help": "sync: training waits while a checkpoint is copied to storage; async: the copy runs in "
+                          "the background and training goes on (Ray's CheckpointUploadMode.ASYNC)."},
+    )
 
     def validate(self) -> list[str]:
         problems = type_problems(self, "storage")
@@ -160,10 +206,12 @@ class StorageSection:
             problems.append("storage.path: got ''; expected a folder or a URI such as s3://bucket/runs")
         if isinstance(self.name, str) and (not self.name or "/" in self.name or self.name in (".", "..")):
             problems.append(f"storage.name: got {self.name!r}; expected a folder name without '/'")
-        if _is_int(self.num_to_keep) and self.num_to_keep < 1:
+        if is_int(self.num_to_keep) and self.num_to_keep < 1:
             problems.append(f"storage.num_to_keep: got {self.num_to_keep}; expected a positive integer or null")
         if self.checkpoint_score_order not in ("max", "min"):
             problems.append(f"storage.checkpoint_score_order: got {self.checkpoint_score_order!r}; expected max or min")
+        if self.checkpoint_upload not in CHECKPOINT_UPLOADS:
+            problems.append(f"storage.checkpoint_upload: got {self.checkpoint_upload!r}; expected sync or async")
         return problems
 
 
@@ -177,15 +225,37 @@ class FailureSection:
 
     def validate(self) -> list[str]:
         problems = type_problems(self, "failure")
-        if _is_int(self.max_failures) and self.max_failures < -1:
+        if is_int(self.max_failures) and self.max_failures < -1:
             problems.append(f"failure.max_failures: got {self.max_failures}; expected -1 or more")
         return problems
 
 
+def elastic_problems(job) -> list[str]:
+    """What an elastic run (``scaling.num_workers: [min, max]``) cannot do, found at config time.
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    DeepSpeed ZeRO-1/2/3 save optimizer state (and, at stage 3, the parameters) as one
+    shard per rank; its loader reads back exactly as many shards as there are ranks, so
+    a checkpoint saved by 2 workers does not load on 1. Converting it first (DeepSpeed's
+    ``ds_to_universal``) is an offline step, so elastic runs use ZeRO-0 here. The exact
+    data position needs a repeatable order of a stream of known length: materialized data.
+    """
+    s = job.scaling
+    if not s.elastic or not isinstance(s.num_workers, list):
+        return []
+    problems = []
+    stage = job.deepspeed.stage
+    if isinstance(job.deepspeed.config, str):
+        try:
+            with open(job.deepspeed.config, encoding="utf-8") as f:
+                stage = json.load(f).get("zero_optimization", {}).get("stage", 0)
+        except (OSError, ValueError, AttributeError):
+            stage = 0  # the deepspeed section reports an unreadable file itself
+    if stage:
+        problems.append(f"scaling.num_workers: got {s.num_workers} (elastic) with ZeRO-{stage}; ZeRO-{stage} "
+                        "checkpoints hold one shard per rank and do not reload at another world size; expected "
+                        "deepspeed.stage=0, or a fixed scaling.num_workers")
+    if job.data.materialize is False:
+        problems.append(f"scaling.num_workers: got {s.num_workers} (elastic) with data.materialize=false; elastic "
+                        "runs need the data materialized (one repeatable order, so no pair is skipped or seen "
+                        "twice when the world size changes)")
+    return problems

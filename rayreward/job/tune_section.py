@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayreward.data.config import is_int, is_number
 from rayreward.job.tree import type_problems
 
 SCHEDULERS = ("asha", "none")
@@ -61,11 +62,11 @@ class SchedulerSection:
         problems = type_problems(self, "tune.scheduler")
         if self.type not in SCHEDULERS:
             problems.append(f"tune.scheduler.type: got {self.type!r}; expected one of {', '.join(SCHEDULERS)}")
-        if _is_int(self.grace_period) and self.grace_period < 1:
+        if is_int(self.grace_period) and self.grace_period < 1:
             problems.append(f"tune.scheduler.grace_period: got {self.grace_period}; expected a positive number of steps")
-        if _is_num(self.reduction_factor) and self.reduction_factor <= 1:
+        if is_number(self.reduction_factor) and self.reduction_factor <= 1:
             problems.append(f"tune.scheduler.reduction_factor: got {self.reduction_factor}; expected a number above 1")
-        if _is_int(self.max_t) and self.max_t < 1:
+        if is_int(self.max_t) and self.max_t < 1:
             problems.append(f"tune.scheduler.max_t: got {self.max_t}; expected a positive number of steps or null")
         return problems
 
@@ -108,7 +109,7 @@ class TuneSection:
             problems.append(f"tune.mode: got {self.mode!r}; expected max or min")
         for name in ("num_samples", "max_concurrent_trials"):
             value = getattr(self, name)
-            if _is_int(value) and value < 1:
+            if is_int(value) and value < 1:
                 problems.append(f"tune.{name}: got {value}; expected a positive integer")
         if self.search_alg not in SEARCH_ALGS:
             problems.append(f"tune.search_alg: got {self.search_alg!r}; expected one of {', '.join(SEARCH_ALGS)}")
@@ -141,19 +142,11 @@ def distribution_problems(key: str, spec: Any) -> list[str]:
     expected = f"{where}.{kind}: got {args!r}; expected {DISTRIBUTIONS[kind]}"
     if kind in ("choice", "grid"):
         return [] if isinstance(args, list) and args else [expected]
-    if not (isinstance(args, list) and len(args) == 2 and all(_is_num(a) and math.isfinite(a) for a in args)):
+    if not (isinstance(args, list) and len(args) == 2 and all(is_number(a) and math.isfinite(a) for a in args)):
         return [expected]
     low, high = args
-    if kind == "randint" and not (_is_int(low) and _is_int(high)):
+    if kind == "randint" and not (is_int(low) and is_int(high)):
         return [expected]
     if low >= high or (kind == "loguniform" and low <= 0):
         return [expected]
     return []
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -29,7 +29,9 @@ from typing import Any, Callable
 
 from rayreward.runtime import storage as _storage
 from rayreward.job.tree import ConfigError, apply_overrides
-from rayreward.job.config import JobConfig, job_from_dict, run_name, step_plan, storage_uri, to_dict
+from rayreward.job.config import (
+    JobConfig, job_from_dict, run_name, save_eval_problems, step_plan, storage_uri, to_dict,
+)
 
 # Trial configs checked one by one up to this many combinations; beyond it each key's
 # values are checked with the other keys at their first value.
@@ -85,8 +87,8 @@ def scheduler_max_t(job: JobConfig) -> int | None:
     """The last step ASHA schedules for: ``tune.scheduler.max_t``, else ``train.max_steps``."""
     if job.tune.scheduler.max_t:
         return job.tune.scheduler.max_t
-    steps = job.train.get("max_steps", -1)
-    return steps if isinstance(steps, int) and steps > 0 else None
+    steps = job.train["max_steps"]
+    return steps if steps > 0 else None
 
 
 # -- checks, before Ray starts --------------------------------------------------------
@@ -151,14 +153,10 @@ def _trial_rule_problems(job: JobConfig) -> list[str]:
     metric, t = job.tune.metric, job.train
     if not metric.startswith("eval_"):
         return []
-    if t.get("eval_strategy", "no") != "steps" or not (job.data.eval or job.data.eval_split):
+    if t["eval_strategy"] != "steps" or not (job.data.eval or job.data.eval_split):
         return [f"tune.metric: got {metric!r} but the trials do not evaluate; expected train.eval_strategy=steps "
                 "and data.eval or data.eval_split"]
-    save_steps, eval_steps = t.get("save_steps", 500), t.get("eval_steps") or t.get("logging_steps", 500)
-    if save_steps % eval_steps:
-        return [f"train.save_steps: got {save_steps} with train.eval_steps={eval_steps}; expected a multiple of "
-                f"eval_steps (trials report to Tune at each checkpoint, with its latest {metric})"]
-    return []
+    return save_eval_problems(job, f"(trials report to Tune at each checkpoint, with its latest {metric})")
 
 
 def _values(spec: dict) -> list:
