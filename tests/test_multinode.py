@@ -1,0 +1,322 @@
+"""Several Ray nodes on one machine (all on 127.0.0.1): placement, node loss, elastic runs, async uploads.
+
+``ray.cluster_utils.Cluster`` starts a head with no CPUs and two worker nodes of two
+logical CPUs each, so the training workers can only run on the worker nodes and a
+node can be killed (``remove_node(allow_graceful=False)``) under a running job.
+Real DeepSpeed, the tiny model, the bundled sample text; a few steps per run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+pytestmark = pytest.mark.slow
+
+NODE_CPUS = 2
+# Node deaths are noticed in about 3 s instead of Ray's default ~30 s.
+FAST_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                      "health_check_initial_delay_ms": 1000}
+
+
+@pytest.fixture(autouse=True)
+def _ship_this_module_by_value():
+    # The callbacks below travel to the Ray workers, which cannot import this test module.
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+class TwoNodeCluster:
+    """A head with no CPUs and worker nodes ``a`` and ``b`` (custom resources name them)."""
+
+    def __init__(self):
+        from ray.cluster_utils import Cluster
+
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+            "_system_config": FAST_HEALTH_CHECKS,
+        })
+        self.nodes = {name: self.add(name) for name in ("a", "b")}
+
+    def add(self, name: str):
+        node = self.cluster.add_node(num_cpus=NODE_CPUS, resources={f"node_{name}": 1},
+                                     node_ip_address="127.0.0.1")
+        self.nodes = {**getattr(self, "nodes", {}), name: node}
+        return node
+
+    def kill(self, name: str) -> None:
+        self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
+
+    def node_names(self) -> dict[str, str]:
+        """Ray node id -> a/b for the nodes alive now."""
+        return {node.node_id: name for name, node in self.nodes.items()}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    # This module needs its own multi-node Ray; a session Ray started by other modules
+    # (conftest's ray_local) is stopped here and started again afterwards.
+    had_session_ray = ray.is_initialized()
+    if had_session_ray:
+        ray.shutdown()
+    two = TwoNodeCluster()
+    ray.init(address=two.cluster.address, logging_level="WARNING",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    yield two
+    ray.shutdown()
+    two.cluster.shutdown()
+    if had_session_ray:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level="WARNING",
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+
+
+@pytest.fixture
+def two_nodes(cluster):
+    """The cluster with both worker nodes up (a test that killed one may have left it out)."""
+    import ray
+
+    for name in ("a", "b"):
+        if name not in cluster.nodes:
+            cluster.add(name)
+    cluster.cluster.wait_for_nodes()
+    deadline = time.monotonic() + 60
+    while ray.cluster_resources().get("CPU", 0) < 2 * NODE_CPUS and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return cluster
+
+
+@pytest.fixture
+def moto_s3(monkeypatch):
+    """An S3 server (moto) on loopback with a ``rayreward`` bucket; AWS_* point at it."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+    client.create_bucket(Bucket="rayreward")
+    yield client
+    server.stop()
+
+
+class RecordStarts(TrainerCallback):
+    """Appends ``rank node_id world_size global_step`` each time training (re)starts on a rank."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import ray
+
+        with open(self.path, "a") as f:
+            f.write(f"{args.process_index} {ray.get_runtime_context().get_node_id()} {args.world_size} "
+                    f"{state.global_step}\n")
+
+
+class SlowSteps(TrainerCallback):
+    """Sleeps after each step so a node can be killed between two checkpoints."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
+def starts_of(path: Path) -> list[tuple[int, str, int, int]]:
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [(int(rank), node, int(world), int(step)) for rank, node, world, step in rows]
+
+
+def job_for(storage: str, name: str, *overrides: str):
+    from rayreward.job.config import load_job_config
+
+    return load_job_config(None, [
+        "train.save_steps=4", "train.eval_strategy=no", "train.logging_steps=2",
+        "scaling.cpus_per_worker=1", "data.tokenize_actors=2", "data.tokenize_num_cpus=0.5",
+        f"storage.path={storage}", f"storage.name={name}", *overrides,
+    ])
+
+
+def fit_in_thread(job, callbacks):
+    """Runs ``fit`` in a thread, so the test can kill nodes meanwhile; returns (thread, box)."""
+    from rayreward.run.fit import fit
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["outcome"] = fit(job, callbacks=callbacks, print_fn=lambda line: None)
+        except BaseException as exc:  # surfaced by the test after join
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def wait_for(path: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+def assert_loads(model_dir: str) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(["Human: hi\nAssistant: hello"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()
+
+
+# -- the elastic feed on its own: exact pairs across a world-size change ------------
+
+
+def test_accumulation_keeps_the_global_batch():
+    from rayreward.data.feeding import accumulation_steps
+
+    assert [accumulation_steps(32, 8, w) for w in (1, 2, 4)] == [4, 2, 1]
+    # 3 workers share 32 pairs as 11/11/10: two micro-batches each (6+5 or 5+5).
+    assert accumulation_steps(32, 8, 3) == 2
+    # Never more micro-batches than the smaller slice has pairs.
+    assert accumulation_steps(3, 1, 2) == 1
+
+
+@pytest.mark.timeout(180)
+def test_global_batches_are_exact_when_the_world_size_changes(cluster):
+    import ray
+
+    from rayreward.data.feeding import GlobalBatchStream
+
+    num_pairs, global_batch, micro = 50, 8, 2
+    ds = ray.data.from_items([{"input_ids_chosen": [i + 1, 5], "input_ids_rejected": [i + 1, 6]}
+                              for i in range(num_pairs)], override_num_blocks=5).materialize()
+
+    def trained(world_size: int, first_step: int, last_step: int) -> list[list[int]]:
+        """Pair ids of each step in [first_step, last_step), all ranks together, skipping
+        the earlier steps' micro-batches as the Trainer does on resume."""
+        per_step = [[] for _ in range(first_step, last_step)]
+        for rank in range(world_size):
+            stream = GlobalBatchStream(ds.iterator(), 0, micro, global_batch=global_batch, rank=rank,
+                                       world_size=world_size, shuffle="local", shuffle_buffer_size=16, seed=3)
+            batches = itertools.islice(stream, first_step * stream.accumulation, last_step * stream.accumulation)
+            for k, batch in enumerate(batches):
+                assert len(batch["input_ids_chosen"]) <= micro + 1
+                per_step[k // stream.accumulation] += (batch["input_ids_chosen"][:, 0] - 1).tolist()
+        return per_step
+
+    # Steps 0-2 on 2 workers, 3-4 on 1 (a node lost), 5-11 on 2 again: 96 pairs, the
+    # first 50 of them epoch 0 and the rest the start of epoch 1.
+    steps = trained(2, 0, 3) + trained(1, 3, 5) + trained(2, 5, 12)
+    assert all(len(step) == global_batch for step in steps)
+    order = [pair for step in steps for pair in step]
+    assert sorted(order[:num_pairs]) == list(range(num_pairs)), "epoch 0: a pair skipped or seen twice"
+    assert len(set(order[num_pairs:])) == len(order) - num_pairs
+    # The same pairs in the same steps as a run that never changed size.
+    assert [sorted(s) for s in steps] == [sorted(s) for s in trained(2, 0, 12)]
+    # Shuffled, and differently in epoch 1.
+    assert order[:num_pairs] != list(range(num_pairs))
+    assert order[num_pairs:2 * num_pairs - 4] != order[:num_pairs - 4]
+
+
+# -- whole runs on two nodes ----------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_spread_places_a_worker_on_each_node_and_both_ranks_checkpoint_to_s3(two_nodes, tmp_path, moto_s3):
+    from rayreward.run.fit import fit
+
+    starts = tmp_path / "starts.txt"
+    job = job_for("s3://rayreward/runs", "spread", "train.max_steps=4", "scaling.num_workers=2",
+                  "scaling.placement_strategy=SPREAD", "deepspeed.stage=2", "storage.checkpoint_upload=async")
+    outcome = fit(job, callbacks=[RecordStarts(str(starts))], print_fn=lambda line: None)
+    names = two_nodes.node_names()
+    placed = {rank: names.get(node) for rank, node, _, _ in starts_of(starts)}
+    assert sorted(placed.values()) == ["a", "b"], placed
+    # Both ranks' ZeRO-2 optimizer shards, uploaded in the background, are in the checkpoint.
+    keys = {o["Key"] for o in moto_s3.list_objects_v2(Bucket="rayreward", Prefix="runs/spread/")["Contents"]}
+    for rank in (0, 1):
+        assert any(f"zero_pp_rank_{rank}_" in k and k.startswith("runs/spread/checkpoint-000004/global_step4/")
+                   for k in keys), sorted(keys)
+    assert "runs/spread/model/model.safetensors" in keys and outcome.metrics["step"] == 4
+    from rayreward.core.checkpoint import export_checkpoint
+
+    export_checkpoint(outcome.checkpoint, str(tmp_path / "exported"))
+    assert_loads(str(tmp_path / "exported"))
+
+
+@pytest.mark.timeout(300)
+def test_fixed_size_run_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path):
+    starts, runs = tmp_path / "starts.txt", tmp_path / "runs"
+    job = job_for(str(runs), "lost", "train.max_steps=8", "scaling.num_workers=2",
+                  "scaling.placement_strategy=STRICT_SPREAD", "deepspeed.stage=2", "failure.max_failures=3")
+    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(1.0)])
+    # Kill node b once the checkpoint at step 4 is in storage, while steps 5-8 run.
+    wait_for(runs / "lost" / "checkpoint-000004" / "trainer_state.json")
+    two_nodes.kill("b")
+    time.sleep(8)
+    # Two workers on one node are not allowed (STRICT_SPREAD): the run waits.
+    assert thread.is_alive() and max(step for *_, step in starts_of(starts)) == 0
+    two_nodes.add("b")
+    thread.join(timeout=240)
+    assert not thread.is_alive() and "error" not in box, box.get("error")
+    rows = starts_of(starts)
+    assert sorted((rank, step) for rank, _, _, step in rows) == [(0, 0), (0, 4), (1, 0), (1, 4)]
+    outcome = box["outcome"]
+    assert outcome.metrics["step"] == 8 and outcome.metrics["max_steps"] == 8
+    assert_loads(outcome.model_dir)
+
+
+@pytest.mark.timeout(300)
+def test_elastic_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_path):
+    starts, runs = tmp_path / "starts.txt", tmp_path / "runs"
+    job = job_for(str(runs), "elastic", "train.max_steps=12", "scaling.num_workers=[1, 2]",
+                  "scaling.placement_strategy=STRICT_SPREAD", "scaling.resize_check_s=2", "deepspeed.stage=0",
+                  "train.per_device_train_batch_size=4", "failure.max_failures=3")
+    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(1.0)])
+    wait_for(runs / "elastic" / "checkpoint-000004" / "trainer_state.json")
+    two_nodes.kill("b")
+    # The run goes on with one worker from the checkpoint at step 4; node b then returns.
+    deadline = time.monotonic() + 120
+    while not any(world == 1 for _, _, world, _ in starts_of(starts)):
+        assert time.monotonic() < deadline and thread.is_alive(), box.get("error")
+        time.sleep(0.5)
+    two_nodes.add("b")
+    thread.join(timeout=240)
+    assert not thread.is_alive() and "error" not in box, box.get("error")
+    rows = starts_of(starts)
+    worlds = [(world, step) for rank, _, world, step in rows if rank == 0]
+    assert worlds[:2] == [(2, 0), (1, 4)], rows
+    outcome = box["outcome"]
+    assert outcome.metrics["step"] == 12 and outcome.metrics["max_steps"] == 12
+    # 12 steps of the 2-worker global batch (2 x 4 pairs), whatever the world size was.
+    state = json.loads((Path(outcome.run_dir) / "checkpoint-000012" / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+    assert_loads(outcome.model_dir)
