@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("train", "check", "export", "tune", "evaluate", "score")
+SUBCOMMANDS = ("train", "check", "export", "tune", "evaluate", "score", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,19 +16,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rayreward.data.formats import (
-
     BadRowError,
-
     ColumnNames,
-
     DataFormatError,
-
     PairEncoder,
-
     detect_format,
-
     row_problem,
-
 )
 
 logger = logging.getLogger(__name__)
@@ -113,6 +106,21 @@ def model_max_length(model, tokenizer) -> int | None:
     return value if isinstance(value, int) and 0 < value < 1_000_000 else None
 
 
+@dataclass
+class EncodedColumn:
+    """One answer column of encoded rows.
+
+    Attributes:
+        full: token ids before truncation.
+        ids: token ids the model reads (``full``, or cut to ``max_length``).
+        long: positions of the rows longer than ``max_length``.
+    """
+
+    full: list[list[int]]
+    ids: list[list[int]]
+    long: set[int]
+
+
 class RewardScorer:
     """Adds rewards to batches of rows (a ``pyarrow.Table`` in, one out).
 
@@ -131,6 +139,7 @@ class RewardScorer:
             truncation) and ``_rayreward_truncated``.
         num_threads: torch CPU threads; defaults to the CPUs Ray gave the actor.
         source: how errors name the data.
+        device: where the model runs; None picks a GPU when there is one.
     """
 
     def __init__(
@@ -144,11 +153,11 @@ class RewardScorer:
         with_lengths: bool = False,
         num_threads: int | None = None,
         source: str = "data",
+        device: str | None = None,
     ):
         import torch
 
         from rayreward.core.model import ensure_pad_token, load_reward_model
-
         from rayreward.data.tokenizer import load_tokenizer
         from rayreward.evaluation.normalization import load_normalization
 
@@ -162,15 +171,14 @@ class RewardScorer:
         self.tokenizer = load_tokenizer(str(model_dir))
         self.model = load_reward_model(str(model_dir))
         ensure_pad_token(self.tokenizer, self.model)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         self.max_length = max_length or model_max_length(self.model, self.tokenizer)
         self.normalization = load_normalization(self.model) if normalize else None
         if normalize and self.normalization is None:
             raise ValueError(f"{model_dir}: the model has no reward statistics; write them with "
                              "`rayreward evaluate --save-normalization` or drop --normalize")
-        self._full = PairEncoder(self.tokenizer, layout.fmt, layout.names)
-        self._cut = PairEncoder(self.tokenizer, layout.fmt, layout.names, self.max_length, "truncate")
+        self._encoders: dict[Layout, tuple[PairEncoder, PairEncoder]] = {}
 
     def __call__(self, table):
         import pyarrow as pa
@@ -197,26 +205,48 @@ class RewardScorer:
                 shown = repr(row)[:120]
                 raise BadRowError(self.source, f"{i} of a batch, {shown}", field_name, text)
 
-    def score_rows(self, rows: list[dict[str, Any]]) -> tuple[dict[str, list[float]], list[int], list[bool]]:
-        """Rewards of checked rows, with each row's token count and truncation flag."""
+    def encode(self, rows: list[dict[str, Any]], layout: Layout | None = None) -> dict[str, "EncodedColumn"]:
+        """Token ids of checked rows, one ``EncodedColumn`` per reward column.
+
+        This is the one tokenization of every scoring path (``score``, ``evaluate``,
+        the end of training, ``rayreward serve``): the prompt prepended or the chat
+        template applied, EOS appended, texts over ``max_length`` cut by
+        ``PairEncoder``'s rule.
+
+        Args:
+            rows: rows in ``layout`` (already checked with ``row_problem``).
+            layout: how to read them; None is the scorer's own layout.
+        """
+        layout = layout or self.layout
+        if layout not in self._encoders:
+            self._encoders[layout] = (
+                PairEncoder(self.tokenizer, layout.fmt, layout.names),
+                PairEncoder(self.tokenizer, layout.fmt, layout.names, self.max_length, "truncate"),
+            )
+        whole, cutter = self._encoders[layout]
         sides = {}
-        for col, name in zip(self.layout.answer_columns, self.layout.reward_columns):
-            full = self._full.encode_column(rows, col)
+        for col, name in zip(layout.answer_columns, layout.reward_columns):
+            full = whole.encode_column(rows, col)
             long = [i for i, ids in enumerate(full) if self.max_length and len(ids) > self.max_length]
             cut = list(full)
             # Re-encoding the few long texts with the truncating encoder keeps one
             # truncation rule (formats.PairEncoder) and exact per-row flags.
             if long:
-                for i, ids in zip(long, self._cut.encode_column([rows[i] for i in long], col)):
+                for i, ids in zip(long, cutter.encode_column([rows[i] for i in long], col)):
                     cut[i] = ids
-            sides[name] = (full, cut, set(long))
-        seqs = [ids for _, cut, _ in sides.values() for ids in cut]
+            sides[name] = EncodedColumn(full, cut, set(long))
+        return sides
+
+    def score_rows(self, rows: list[dict[str, Any]]) -> tuple[dict[str, list[float]], list[int], list[bool]]:
+        """Rewards of checked rows, with each row's token count and truncation flag."""
+        sides = self.encode(rows)
+        seqs = [ids for side in sides.values() for ids in side.ids]
         values = self.rewards(seqs).tolist()
         rewards, n = {}, len(rows)
         for k, name in enumerate(sides):
             rewards[name] = values[k * n:(k + 1) * n]
-        tokens = [max(len(full[i]) for full, _, _ in sides.values()) for i in range(n)]
-        truncated = [any(i in long for _, _, long in sides.values()) for i in range(n)]
+        tokens = [max(len(side.full[i]) for side in sides.values()) for i in range(n)]
+        truncated = [any(i in side.long for side in sides.values()) for i in range(n)]
         return rewards, tokens, truncated
 
     def rewards(self, seqs: list[list[int]]):

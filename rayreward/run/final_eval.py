@@ -17,30 +17,26 @@ import numpy as np
 
 from rayreward.runtime import storage as _storage
 
-_BATCH_PAIRS = 32
+_BATCH_ROWS = 256
 
 
 def _score_pairs(model_dir: str, located, eval_ds, use_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from rayreward.evaluation.scorer import Layout, RewardScorer
 
-    from rayreward.data import iter_pair_batches
-
+    # The tokenized pairs go through RewardScorer, the forward pass of `rayreward
+    # score`, `evaluate` and `serve`, so the numbers here are the ones users see later.
     with tempfile.TemporaryDirectory(prefix="rayreward-final-") as tmp:
         local = _storage.download_dir(model_dir, os.path.join(tmp, "model"), located)
-        model = AutoModelForSequenceClassification.from_pretrained(local)
-        tokenizer = AutoTokenizer.from_pretrained(local)
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+        scorer = RewardScorer(local, Layout("pairs", "pretokenized"), source="the run's eval data",
+                              device=None if use_gpu else "cpu")
     chosen, rejected = [], []
-    with torch.no_grad():
-        for batch in iter_pair_batches(eval_ds, tokenizer, _BATCH_PAIRS, shuffle="none"):
-            n = batch["input_ids_chosen"].shape[0]
-            ids = torch.cat([batch["input_ids_chosen"], batch["input_ids_rejected"]]).to(device)
-            mask = torch.cat([batch["attention_mask_chosen"], batch["attention_mask_rejected"]]).to(device)
-            rewards = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu().numpy()
-            chosen.append(rewards[:n])
-            rejected.append(rewards[n:])
+    for batch in eval_ds.iter_batches(batch_size=_BATCH_ROWS, batch_format="pyarrow"):
+        c_ids, r_ids = batch["input_ids_chosen"].to_pylist(), batch["input_ids_rejected"].to_pylist()
+        rows = [{"input_ids_chosen": c, "attention_mask_chosen": [1] * len(c),
+                 "input_ids_rejected": r, "attention_mask_rejected": [1] * len(r)} for c, r in zip(c_ids, r_ids)]
+        rewards, _, _ = scorer.score_rows(rows)
+        chosen.append(np.asarray(rewards["reward_chosen"]))
+        rejected.append(np.asarray(rewards["reward_rejected"]))
     return np.concatenate(chosen), np.concatenate(rejected)
 
 

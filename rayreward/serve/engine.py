@@ -1,0 +1,188 @@
+"""The models behind one deployment: encode requests, score token ids, sum up ensembles.
+
+``RewardEngine`` holds one ``RewardScorer`` per member (one member for a plain model),
+the scorer of ``rayreward score`` and ``evaluate``: the same tokenization and the same
+forward pass, so the server's numbers are the offline ones. Encoding (per request) and
+the forward pass (per batch of texts gathered across requests) are separate steps so
+that the deployment can batch between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rayreward.evaluation.scorer import RewardScorer
+from rayreward.serve.requests import ParsedRequest, RequestError
+
+
+def resolve_members(models: Sequence[str]) -> list[Path]:
+    """Model folders of a deployment: one folder, several (an ensemble), or an ensemble folder.
+
+    Raises:
+        FileNotFoundError, ValueError: a folder holds no model, or a manifest is bad.
+    """
+    from rayreward.evaluation.ensemble import is_ensemble, read_ensemble
+    from rayreward.evaluation.scorer import resolve_model_dir
+
+    if len(models) == 1 and is_ensemble(models[0]):
+        return [resolve_model_dir(p) for p in read_ensemble(models[0])]
+    return [resolve_model_dir(m) for m in models]
+
+
+@dataclass
+class Encoded:
+    """A request's texts as token ids: ``ids[t][m]`` is text ``t`` for member ``m``.
+
+    Pairs are flattened chosen first, then rejected (``n_rows`` rows each).
+    """
+
+    ids: list[tuple[list[int], ...]]
+    n_rows: int
+    truncated: int
+
+
+class RewardEngine:
+    """One model or an ensemble, loaded for serving.
+
+    Args:
+        members: model folders (``resolve_members``).
+        max_length: token limit per text; None uses each model's own.
+        truncation: cut over-long texts (keep their last tokens) instead of rejecting.
+        forward_tokens: token budget of one forward pass (padding included).
+        conservative_k: ensembles report ``mean - conservative_k * std``.
+        num_threads: torch CPU threads.
+        device: None picks a GPU when the replica has one.
+    """
+
+    def __init__(self, members: Sequence[str | os.PathLike], max_length: int | None = None, truncation: bool = True,
+                 forward_tokens: int = 16384, conservative_k: float = 1.0, num_threads: int | None = None,
+                 device: str | None = None):
+        from rayreward.evaluation.normalization import load_normalization
+        from rayreward.evaluation.scorer import Layout
+
+        # The scorers' own layout is unused: each request brings its layout to encode().
+        layout = Layout("single", "implicit_prompt")
+        self.members = [Path(m) for m in members]
+        self.scorers = [RewardScorer(m, layout, batch_tokens=forward_tokens, max_length=max_length,
+                                     num_threads=num_threads, device=device) for m in self.members]
+        self.stats = [load_normalization(s.model) for s in self.scorers]
+        self.truncation, self.conservative_k = truncation, conservative_k
+
+    @property
+    def ensemble(self) -> bool:
+        return len(self.scorers) > 1
+
+    @property
+    def can_normalize(self) -> bool:
+        return all(s is not None for s in self.stats)
+
+    def require_normalization(self) -> None:
+        """Raises ``RequestError`` unless every member has stored reward statistics."""
+        if not self.can_normalize:
+            missing = [str(m) for m, s in zip(self.members, self.stats) if s is None]
+            raise RequestError("normalize", f"no reward statistics stored in {', '.join(missing)}; "
+                               "`rayreward evaluate --save-normalization` writes them")
+
+    def encode(self, request: ParsedRequest) -> Encoded:
+        """Token ids of every text of a request, for every member.
+
+        Raises:
+            RequestError: a text is over the limit and truncation is off, or the
+                model cannot read the format (no chat template for messages).
+        """
+        from rayreward.data.formats import DataFormatError
+
+        per_member = []
+        truncated: set[int] = set()
+        for scorer in self.scorers:
+            try:
+                sides = scorer.encode(request.rows, request.layout)
+            except DataFormatError as exc:
+                raise RequestError(request.fields[0].split("[")[0], str(exc)) from None
+            for k, (name, side) in enumerate(sides.items()):
+                if side.long and not self.truncation:
+                    i = min(side.long)
+                    sub = f".{name.removeprefix('reward_')}" if request.pairs else ""
+                    raise RequestError(f"{request.fields[i]}{sub}", f"{len(side.full[i])} tokens, over max_length "
+                                       f"{scorer.max_length}; truncation is off on this server (shorten the text)")
+                truncated |= side.long
+            per_member.append([ids for side in sides.values() for ids in side.ids])
+        return Encoded(list(zip(*per_member)), len(request.rows), len(truncated))
+
+    def forward(self, ids: Sequence[tuple[list[int], ...]]) -> np.ndarray:
+        """Raw rewards, shape ``(texts, members)``: each member scores its own ids in
+        forward passes bounded by tokens, longest texts first (``RewardScorer.rewards``)."""
+        columns = [scorer.rewards([t[m] for t in ids]) for m, scorer in enumerate(self.scorers)]
+        return np.stack(columns, axis=1)
+
+    def summarize(self, raw: np.ndarray, n_rows: int, pairs: bool, normalize: bool) -> dict[str, Any]:
+        """The response body for one request's raw rewards (``forward`` rows of it).
+
+        Raises:
+            RequestError: normalization asked of a model without stored statistics.
+        """
+        from rayreward.core.metrics import preference_probability
+
+        if normalize:
+            self.require_normalization()
+            raw = np.stack([s.apply(raw[:, m]) for m, s in enumerate(self.stats)], axis=1)
+        mean = raw.mean(axis=1)
+        out: dict[str, Any] = {}
+        ensemble = {}
+        if self.ensemble:
+            std = raw.std(axis=1)
+            ensemble = {"std": std, "conservative": mean - self.conservative_k * std}
+        if pairs:
+            chosen, rejected = mean[:n_rows], mean[n_rows:]
+            out["reward_chosen"], out["reward_rejected"] = chosen.tolist(), rejected.tolist()
+            out["p_chosen"] = np.asarray(preference_probability(chosen - rejected), dtype=np.float64).tolist()
+            for key, value in ensemble.items():
+                out[f"{key}_chosen"], out[f"{key}_rejected"] = value[:n_rows].tolist(), value[n_rows:].tolist()
+        else:
+            out["rewards"] = mean.tolist()
+            out.update({key: value.tolist() for key, value in ensemble.items()})
+        if self.ensemble:
+            out["members"] = raw.T.tolist()
+        out["normalized"] = bool(normalize)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Model facts for ``GET /info``."""
+        import rayreward
+
+        return {
+            "members": [
+                {
+                    "model": str(m),
+                    "version": model_version(m),
+                    "max_length": s.max_length,
+                    "architecture": type(s.model).__name__,
+                    "normalization": None if n is None else {"mean": n.mean, "std": n.std, "source": n.source},
+                }
+                for m, s, n in zip(self.members, self.scorers, self.stats)
+            ],
+            "max_length": min(s.max_length for s in self.scorers if s.max_length) if any(
+                s.max_length for s in self.scorers) else None,
+            "truncation": self.truncation,
+            "ensemble": self.ensemble,
+            "conservative_k": self.conservative_k if self.ensemble else None,
+            "rayreward_version": rayreward.__version__,
+        }
+
+
+def model_version(folder: Path) -> str:
+    """A short fingerprint of a model folder: its config and the names and sizes of its
+    weight files (reading gigabytes of weights to hash them would slow every start)."""
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.name == "config.json":
+            h.update(path.read_bytes())
+        elif path.suffix in (".safetensors", ".bin"):
+            h.update(f"{path.name}:{path.stat().st_size}".encode())
+    return h.hexdigest()[:12]
