@@ -8,6 +8,9 @@ from transformers import TrainingArguments
 
 from rayreward.data.formats import LENGTH_POLICIES
 
+# rayreward.core.attention.BACKENDS, repeated here so the config imports no torch code.
+ATTENTION_BACKENDS = ("auto", "dense", "segment", "varlen", "flex")
+
 
 @dataclass
 class RewardConfig(TrainingArguments):
@@ -74,6 +77,15 @@ class RewardConfig(TrainingArguments):
             "answer attends to that prefix and to itself. None (default): on where padding_free is."
         },
     )
+    attention_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "Attention of packed batches: 'segment' (SDPA per pair, only the unmasked blocks), "
+            "'varlen' (CUDA varlen flash attention), 'flex' (flex attention with a block mask; backward on "
+            "CUDA only), 'dense' (a 4D mask, the fallback), or 'auto': varlen on CUDA, segment elsewhere, "
+            "dense for models whose attention is not sdpa."
+        },
+    )
     # None stands for "not given" so that a value given under the older name
     # `gradient_checkpointing` can be told apart from this default; it resolves to True.
     activation_checkpointing: bool | None = field(
@@ -99,6 +111,10 @@ class RewardConfig(TrainingArguments):
             # Reentrant checkpointing drops gradients of inputs that do not require them,
             # which breaks LoRA (frozen embeddings); the non-reentrant variant does not.
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend: got {self.attention_backend!r}; expected one of {', '.join(ATTENTION_BACKENDS)}"
+            )
         if self.length_policy not in LENGTH_POLICIES:
             raise ValueError(
                 f"length_policy: got {self.length_policy!r}; expected one of {', '.join(LENGTH_POLICIES)}"

@@ -186,8 +186,9 @@ def reward_head(model: nn.Module) -> nn.Module:
 
 def attention_implementation(model: nn.Module) -> str:
     """The attention kernel the model was loaded with (``sdpa``, ``eager``, ...)."""
-    config = model.config
-    return getattr(config, "_attn_implementation", None) or "eager"
+    from rayreward.core._hf_attention import loaded_attention
+
+    return loaded_attention(model)
 
 
 def text_config(model: nn.Module):

@@ -14,6 +14,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from rayreward.core.attention import build_layout, install, layout_kwargs, resolve_backend
 from rayreward.core.model import attention_implementation, reward_head, text_config, unwrap_model
 from rayreward.data.packing import PackedPairCollator, packed_attention_mask
 
@@ -23,46 +24,68 @@ logger = logging.getLogger(__name__)
 # (mask passed through `create_causal_mask`, RoPE or learned absolute positions);
 # the exactness tests cover each of them. Other causal decoders pack on request only.
 PACKABLE_MODEL_TYPES = ("llama", "gpt2", "mistral", "qwen2", "qwen3")
-_MASKED_ATTENTION = ("sdpa", "eager")
+_MASKED_ATTENTION = ("sdpa", "eager", "rayreward_sdpa")
 
 
-def packed_rewards(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_rewards(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], attention: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of the chosen and rejected sides of a packed batch, in pair order (fp32).
 
-    The model is called through its own ``forward`` with the packed ids, position ids
-    and a 4D mask; a forward hook on the reward head catches its per-token scores,
-    which are read at the last token of each sequence. Going through ``forward`` keeps
-    DDP's gradient hooks, DeepSpeed ZeRO's parameter gathering and PEFT's adapters in
-    play, so the function works unchanged inside the distributed trainer.
+    The model is called through its own ``forward`` with the packed ids and position
+    ids; a forward hook on the reward head catches its per-token scores, which are read
+    at the last token of each sequence. Going through ``forward`` keeps DDP's gradient
+    hooks, DeepSpeed ZeRO's parameter gathering and PEFT's adapters in play, so the
+    function works unchanged inside the distributed trainer.
+
+    Attention sees only what the packed layout allows, by one of the backends of
+    ``rayreward.core.attention``: ``segment``/``varlen``/``flex`` compute only the
+    unmasked blocks; ``dense`` hands the model a 4D mask.
 
     Args:
         model: a causal-decoder sequence-classification model (possibly wrapped by
             DDP, DeepSpeed or PEFT) whose attention is ``sdpa`` or ``eager``.
         batch: the output of ``pack_pairs``, on the model's device.
+        attention: ``auto`` (per device and model, see
+            ``rayreward.core.attention.resolve_backend``) or a backend name.
 
     Returns:
         ``(rewards_chosen, rewards_rejected)``, each of shape ``(pairs,)``.
+
+    Raises:
+        ValueError: ``attention`` names a backend the model or device cannot run.
     """
     inner = unwrap_model(model)
     head = reward_head(inner)
+    ids = batch["packed_input_ids"]
+    backend = resolve_backend(inner, attention, ids.device)
+    if backend == "dense" or "packed_units" not in batch:
+        kwargs = {"attention_mask": _dense_mask(inner, batch)}
+    else:
+        install(inner)
+        kwargs = layout_kwargs(build_layout(batch, backend))
+    caught: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda module, args, output: caught.append(output))
+    try:
+        model(input_ids=ids, position_ids=batch["packed_position_ids"], **kwargs)
+    finally:
+        handle.remove()
+    return read_rewards(caught[-1], batch)
+
+
+def read_rewards(scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's scores at the last token of each chosen and rejected sequence (fp32)."""
+    ci, ri = batch["chosen_index"], batch["rejected_index"]
+    return scores[ci[:, 0], ci[:, 1], 0].float(), scores[ri[:, 0], ri[:, 1], 0].float()
+
+
+def _dense_mask(inner: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     mask = packed_attention_mask(batch["packed_sequence_ids"], batch["packed_branch_ids"])
     if attention_implementation(inner) == "eager":
         # Eager attention adds the mask to the scores; sdpa takes the boolean mask.
         dtype = next(inner.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    caught: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda module, args, output: caught.append(output))
-    try:
-        model(
-            input_ids=batch["packed_input_ids"],
-            attention_mask=mask,
-            position_ids=batch["packed_position_ids"],
-        )
-    finally:
-        handle.remove()
-    scores = caught[-1]
-    ci, ri = batch["chosen_index"], batch["rejected_index"]
-    return scores[ci[:, 0], ci[:, 1], 0].float(), scores[ri[:, 0], ri[:, 1], 0].float()
+    return mask
 
 
 # -- which features a model gets -------------------------------------------------------

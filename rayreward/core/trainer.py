@@ -269,7 +269,7 @@ class RewardTrainer(Trainer):
     def compute_rewards(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards of the chosen and rejected sides of a collated batch (one forward pass)."""
         if is_packed(inputs):
-            return packed_rewards(model, inputs)
+            return packed_rewards(model, inputs, getattr(self.args, "attention_backend", "auto"))
         n = inputs["input_ids_chosen"].shape[0]
         input_ids = torch.cat([inputs["input_ids_chosen"], inputs["input_ids_rejected"]], dim=0)
         attention_mask = torch.cat([inputs["attention_mask_chosen"], inputs["attention_mask_rejected"]], dim=0)

@@ -198,7 +198,9 @@ def pack_pairs(
         reward is read; first, so that ``transformers``' batch-size probe counts pairs),
         ``packed_input_ids``, ``packed_position_ids``, ``packed_sequence_ids`` (the
         pair a token belongs to, -1 for padding), ``packed_branch_ids`` (0 prefix,
-        1 chosen, 2 rejected), ``margin`` when the pairs have one, and ``return_loss``.
+        1 chosen, 2 rejected), ``packed_units`` (pairs x 5: row, start, prefix end, chosen
+        end, end; what the block-sparse attention backends of ``rayreward.core.attention``
+        compute over), ``margin`` when the pairs have one, and ``return_loss``.
     """
     if not features:
         raise ValueError("cannot pack an empty list of pairs")
@@ -235,10 +237,12 @@ def pack_pairs(
     branch = torch.zeros(shape, dtype=torch.long)
     chosen_index = torch.zeros((len(units), 2), dtype=torch.long)
     rejected_index = torch.zeros((len(units), 2), dtype=torch.long)
+    places = torch.zeros((len(units), 5), dtype=torch.long)
     for r, members in enumerate(rows):
         col = 0
         for i in members:
             prefix, cont_c, cont_r = units[i]
+            places[i] = torch.tensor([r, col, col + len(prefix), col + len(prefix) + len(cont_c), col + sizes[i]])
             for part, kind, index in ((prefix, PREFIX, None), (cont_c, CHOSEN, chosen_index),
                                       (cont_r, REJECTED, rejected_index)):
                 n = len(part)
@@ -260,6 +264,7 @@ def pack_pairs(
         "packed_position_ids": pos,
         "packed_sequence_ids": seq,
         "packed_branch_ids": branch,
+        "packed_units": places,
     }
     if "margin" in features[0]:
         batch["margin"] = torch.tensor([float(f["margin"]) for f in features], dtype=torch.float)
