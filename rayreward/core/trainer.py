@@ -1,123 +1,93 @@
-"""``RewardTrainer``: a ``transformers.Trainer`` that trains a scalar reward head."""
+"""``RewardTrainer``: a ``transformers.Trainer`` that trains a scalar reward head.
+
+It takes both API generations: the seed's (``tokenizer=``, ``max_length=`` on the
+trainer, ``RewardDataCollatorWithPadding``, ``input_ids_chosen``/... columns) and TRL
+1.x's (``processing_class=`` optional, a model given by id, ``DataCollatorForPreference``,
+``chosen_ids``/``rejected_ids`` columns, streaming data sets). Only public ``Trainer``
+API is overridden: the two dataloaders, ``evaluate``/``predict`` (to prepare raw data),
+``compute_loss``, ``prediction_step``, ``training_step`` and ``log``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections import defaultdict
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import EvalPrediction
 
-from rayreward.data.collators import RewardDataCollatorWithPadding
 from rayreward.core.config import RewardConfig
-from rayreward.data.formats import (
-    BadRowError,
-    ColumnNames,
-    DataFormatError,
-    LengthStats,
-    PairEncoder,
-    detect_format,
-    row_problem,
-)
 from rayreward.core.loss import pairwise_loss
 from rayreward.core.metrics import reward_metrics
-from rayreward.core.model import ensure_pad_token, load_reward_model, prepare_model, warn_if_pad_is_final_eos
-from rayreward.data.packing import LengthGroupedPairSampler, is_packed, pair_length
+from rayreward.core.model import (
+    ensure_pad_token,
+    load_reward_model,
+    prepare_model,
+    warn_if_low_precision,
+    warn_if_pad_is_final_eos,
+)
 from rayreward.core.packed import packed_rewards, plan_packing
+from rayreward.core.pairs import PairDataset, prepare_hf_dataset, tokenize_pairs
+from rayreward.data.collators import RewardDataCollatorWithPadding
+from rayreward.data.feeding import BatchStream
+from rayreward.data.formats import BadRowError, DataFormatError, LengthStats
+from rayreward.data.packing import is_packed, pair_length
 
 logger = logging.getLogger(__name__)
 
-_ENCODE_CHUNK = 1024
+# Tags on the model card, as TRL tags its own.
+MODEL_TAGS = ["rayreward", "reward-trainer", "trl"]
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """Tokenized pairs held in memory, one dict per pair."""
+class _LengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped sampler, with the mega-batch size set.
 
-    def __init__(self, pairs: list[dict[str, Any]]):
-        self.pairs = pairs
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.pairs[i]
-
-
-def tokenize_pairs(
-    dataset,
-    tokenizer,
-    name: str = "dataset",
-    max_length: int | None = None,
-    length_policy: str = "filter",
-    names: ColumnNames = ColumnNames(),
-    fmt: str | None = None,
-) -> tuple[PairDataset, LengthStats]:
-    """Checks and tokenizes a whole data set in this process.
-
-    Args:
-        dataset: a ``datasets.Dataset`` or a list of dicts, in any format of
-            ``rayreward.data.formats``.
-        tokenizer: the tokenizer of the model.
-        name: how errors name the data set.
-        max_length: see ``RewardConfig.max_length``.
-        length_policy: see ``RewardConfig.length_policy``.
-        names: column names.
-        fmt: the format; detected when None.
-
-    Returns:
-        The tokenized pairs and the counts of the length policy.
-
-    Raises:
-        DataFormatError: the data set lacks the columns of every format, or all pairs
-            were filtered.
-        BadRowError: a row is malformed; the message names the row and the field.
+    transformers' own caps the mega-batch at 50 batches (fewer for small data sets);
+    ``RewardConfig.length_group_batches`` sets it here, so the in-process trainer groups
+    over the same window as the Ray workers' shuffle buffers.
     """
-    columns = list(getattr(dataset, "column_names", None) or (dataset[0].keys() if len(dataset) else []))
-    if len(dataset) == 0:
-        raise DataFormatError(f"{name} is empty; it needs at least one preference pair")
-    first = dataset[0]
-    fmt = fmt or detect_format(columns, first, names, source=name)
-    def relevant(cols):
-        if fmt == "pretokenized":
-            return [c for c in cols if c.startswith(("input_ids_", "attention_mask_")) or c == names.margin]
-        return [c for c in cols if c in (names.chosen, names.rejected, names.prompt, names.margin)]
 
-    required = relevant(columns)
-    encoder = PairEncoder(tokenizer, fmt, names, max_length, length_policy)
-    pairs: list[dict[str, Any]] = []
-    chunk: list[Mapping[str, Any]] = []
-    for i, row in enumerate(dataset):
-        for col in required:
-            if col not in row:
-                raise BadRowError(name, i, col, f"missing; the first row has '{col}', so every row needs it")
-        # A column only some rows have (a margin on a few pairs) would give batches of
-        # different shapes; the first row sets the columns for all.
-        for col in relevant(row):
-            if col not in required:
-                raise BadRowError(
-                    name, i, col, f"present, but the first row has no '{col}'; give it to every row or to none"
-                )
-        problem = row_problem(row, fmt, names)
-        if problem:
-            raise BadRowError(name, i, *problem)
-        chunk.append(row)
-        if len(chunk) == _ENCODE_CHUNK:
-            pairs += [p for p in encoder.encode_rows(chunk) if p is not None]
-            chunk = []
-    if chunk:
-        pairs += [p for p in encoder.encode_rows(chunk) if p is not None]
-    stats = encoder.stats
-    if max_length is not None:
-        logger.info("%s: %s", name, stats.describe(max_length, length_policy))
-    if not pairs:
-        raise DataFormatError(
-            f"{name}: all {stats.pairs} pairs are longer than max_length={max_length} tokens "
-            f"(the longest has {stats.longest}); raise max_length or use length_policy='truncate'"
+    def __init__(self, lengths: list[int], batch_size: int, mega_batch_mult: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.mega_batch_mult = mega_batch_mult
+
+    def __iter__(self):
+        indices = get_length_grouped_indices(self.lengths, self.batch_size, self.mega_batch_mult, self.generator)
+        return iter(indices)
+
+
+def _is_hf_dataset(dataset) -> bool:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency of the bench extra only
+        return False
+    return isinstance(dataset, (datasets.Dataset, datasets.IterableDataset))
+
+
+def _load_chat_template(tokenizer, path: str) -> None:
+    """Sets ``tokenizer.chat_template`` from a Jinja file or from another tokenizer."""
+    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+        with open(path, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+        return
+    from transformers import AutoTokenizer
+
+    source = AutoTokenizer.from_pretrained(path)
+    missing = [t for t in source.all_special_tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        # TRL adds them and resizes the embeddings; here a template must fit the vocabulary as it is.
+        raise ValueError(
+            f"chat_template_path={path!r}: its special tokens {missing} are not in this tokenizer; add them "
+            "(tokenizer.add_special_tokens, model.resize_token_embeddings) or give a .jinja template that uses "
+            "this tokenizer's own tokens"
         )
-    return PairDataset(pairs), stats
+    tokenizer.chat_template = source.chat_template
 
 
 def _prepared_model_init(model_init: Callable, tokenizer, args: RewardConfig) -> Callable:
@@ -143,25 +113,34 @@ class RewardTrainer(Trainer):
     batch, plus the optional centering term (see ``rayreward.core.loss.pairwise_loss``).
 
     Args:
-        model: a model, or a name/path loaded with ``AutoModelForSequenceClassification``
-            (``num_labels=1``).
-        args: a ``RewardConfig``.
-        data_collator: defaults to ``RewardDataCollatorWithPadding(tokenizer)``.
-        train_dataset: pairs as a ``datasets.Dataset`` or a list of dicts (text,
-            conversational or pre-tokenized; optional ``margin``), or a torch
-            ``IterableDataset`` of ready batches (the distributed path).
-        eval_dataset: the same kinds, or a dict of them.
-        tokenizer: the model's tokenizer; ``processing_class`` is accepted as a synonym.
+        model: a model, or a hub id/folder loaded with
+            ``AutoModelForSequenceClassification`` (``num_labels=1``, float32 weights
+            unless ``args.model_init_kwargs`` sets ``dtype``, ``trust_remote_code`` from
+            ``args``).
+        args: a ``RewardConfig``; defaults to one with ``output_dir="<model>-Reward"``.
+        data_collator: defaults to ``RewardDataCollatorWithPadding(tokenizer)``; TRL's
+            ``DataCollatorForPreference`` works too.
+        train_dataset: pairs as a ``datasets.Dataset``, a ``datasets.IterableDataset``
+            (streaming; set ``max_steps``) or a list of dicts (text, conversational or
+            pre-tokenized; optional ``margin``), or a torch ``IterableDataset`` of
+            tokenized rows or ready batches (the distributed path). Required.
+        eval_dataset: the same kinds, or a dict / ``DatasetDict`` of them.
+        tokenizer: the model's tokenizer; ``processing_class`` is its TRL name. When
+            neither is given it is loaded from the model's id.
         model_init, compute_metrics, callbacks, optimizers,
-        preprocess_logits_for_metrics: as for ``transformers.Trainer``. A
-            ``compute_metrics`` of yours is merged with the reward metrics.
+        preprocess_logits_for_metrics, optimizer_cls_and_kwargs: as for
+            ``transformers.Trainer``. A ``compute_metrics`` of yours is merged with the
+            reward metrics.
         max_length: overrides ``args.max_length``.
         peft_config: a PEFT config (e.g. ``LoraConfig``); the model is wrapped for
             sequence classification with the score head trained and saved.
 
+    Raises:
+        ValueError: two different tokenizers, no tokenizer to be found, a model with
+            ``num_labels != 1``, or settings that contradict each other.
+
     Example:
-        >>> trainer = RewardTrainer(model=model, args=RewardConfig(output_dir="out"),
-        ...                         tokenizer=tokenizer, train_dataset=pairs)
+        >>> trainer = RewardTrainer(model="Qwen/Qwen2.5-0.5B", train_dataset=pairs)
         >>> trainer.train()
     """
 
@@ -181,8 +160,11 @@ class RewardTrainer(Trainer):
         max_length: int | None = None,
         peft_config=None,
         processing_class=None,
+        optimizer_cls_and_kwargs: tuple | None = None,
     ):
-        args = args if args is not None else RewardConfig(output_dir="rayreward-output")
+        if args is None:
+            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", "")
+            args = RewardConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1] or 'rayreward'}-Reward")
         if not isinstance(args, RewardConfig):
             raise TypeError(
                 f"args must be a rayreward.RewardConfig, got {type(args).__name__}; "
@@ -191,15 +173,9 @@ class RewardTrainer(Trainer):
         if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
             raise ValueError("pass the tokenizer once, as tokenizer= or processing_class=, not two different ones")
         tokenizer = tokenizer if tokenizer is not None else processing_class
-        if tokenizer is None:
-            raise ValueError("RewardTrainer needs the model's tokenizer: pass tokenizer=... (or processing_class=...)")
         self.max_length = max_length if max_length is not None else args.max_length
 
-        if isinstance(model, str):
-            model = load_reward_model(model)
-        if model is None and model_init is None:
-            raise ValueError("pass a model (or a model name/path) or a model_init")
-        ensure_pad_token(tokenizer, model)
+        model, tokenizer = self._model_and_tokenizer(model, model_init, tokenizer, args)
         if model is not None:
             model = prepare_model(model, args, peft_config)
         elif peft_config is not None:
@@ -207,12 +183,19 @@ class RewardTrainer(Trainer):
         if model_init is not None:
             model_init = _prepared_model_init(model_init, tokenizer, args)
 
+        import weakref
+
+        self._prepared = weakref.WeakSet()
         self.length_stats: dict[str, LengthStats] = {}
-        train_dataset = self._tokenize(train_dataset, tokenizer, args, "train_dataset")
+        if isinstance(train_dataset, torch.utils.data.IterableDataset) and not isinstance(train_dataset, BatchStream):
+            # As TRL: Accelerate must not dispatch a stream's batches from one process.
+            args.accelerator_config.dispatch_batches = False
+        train_dataset = self._prepare_dataset(train_dataset, tokenizer, args, "train_dataset")
         if isinstance(eval_dataset, Mapping):
-            eval_dataset = {k: self._tokenize(v, tokenizer, args, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
+            eval_dataset = {k: self._prepare_dataset(v, tokenizer, args, f"eval_dataset[{k!r}]")
+                            for k, v in eval_dataset.items()}
         else:
-            eval_dataset = self._tokenize(eval_dataset, tokenizer, args, "eval_dataset")
+            eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args, "eval_dataset")
         if isinstance(train_dataset, PairDataset):
             warn_if_pad_is_final_eos(tokenizer, train_dataset.pairs)
 
@@ -225,7 +208,7 @@ class RewardTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or RewardDataCollatorWithPadding(tokenizer),
+            data_collator=data_collator or RewardDataCollatorWithPadding(tokenizer, args.pad_to_multiple_of),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
@@ -233,36 +216,158 @@ class RewardTrainer(Trainer):
             compute_metrics=self._compute_metrics,
             callbacks=callbacks,
             optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(MODEL_TAGS)
 
-    def _tokenize(self, dataset, tokenizer, args: RewardConfig, name: str):
-        if dataset is None or isinstance(dataset, (torch.utils.data.IterableDataset, PairDataset)):
+    @staticmethod
+    def _model_and_tokenizer(model, model_init, tokenizer, args: RewardConfig):
+        """The model (loaded when given by id) and its tokenizer, with TRL's token settings applied."""
+        from transformers import AutoTokenizer, set_seed
+
+        init_kwargs = dict(args.model_init_kwargs or {})
+        if isinstance(model, str):
+            # The new head is initialised at random: seed it, as TRL does.
+            set_seed(args.seed)
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            name = model
+            model = load_reward_model(name, **init_kwargs)
+        elif model is not None:
+            if args.model_init_kwargs:
+                logger.warning("args.model_init_kwargs is ignored: the model is already built")
+            name = getattr(model.config, "name_or_path", None)
+            warn_if_low_precision(model, "the model passed in holds them")
+        elif model_init is None:
+            raise ValueError("pass a model (or a model name/path) or a model_init")
+        if tokenizer is None:
+            if model is None or not name:
+                raise ValueError(
+                    "RewardTrainer needs the model's tokenizer: pass processing_class=... (or tokenizer=...), or "
+                    "give the model by id so that its tokenizer loads from the same id"
+                )
+            from rayreward.data.tokenizer import is_builtin, load_tokenizer
+
+            tokenizer = load_tokenizer(name) if is_builtin(name) else AutoTokenizer.from_pretrained(
+                name, revision=init_kwargs.get("revision"), trust_remote_code=args.trust_remote_code)
+        for field_name in ("eos_token", "pad_token"):
+            token = getattr(args, field_name)
+            if token is not None and token not in tokenizer.get_vocab():
+                raise ValueError(
+                    f"{field_name}={token!r} is not in the vocabulary of the tokenizer {type(tokenizer).__name__}; "
+                    "add it first (tokenizer.add_special_tokens) or pick a token the tokenizer has"
+                )
+        if args.eos_token is not None:
+            tokenizer.eos_token = args.eos_token
+            if model is not None:
+                text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+                text_config.eos_token_id = tokenizer.eos_token_id
+        if args.pad_token is not None:
+            tokenizer.pad_token = args.pad_token
+        if args.chat_template_path is not None:
+            _load_chat_template(tokenizer, args.chat_template_path)
+        ensure_pad_token(tokenizer, model)
+        return model, tokenizer
+
+    def _prepare_dataset(self, dataset, tokenizer, args: RewardConfig, name: str):
+        """Raw pairs -> tokenized ones (see ``rayreward.core.pairs``); prepared data passes through."""
+        if dataset is None or dataset in self._prepared:
             return dataset
-        pairs, stats = tokenize_pairs(dataset, tokenizer, name, self.max_length, args.length_policy)
+        if _is_hf_dataset(dataset):
+            out, stats = prepare_hf_dataset(dataset, tokenizer, name, self.max_length, args.length_policy,
+                                            args.dataset_num_proc)
+        elif isinstance(dataset, (PairDataset, torch.utils.data.IterableDataset)):
+            return dataset
+        else:
+            out, stats = tokenize_pairs(dataset, tokenizer, name, self.max_length, args.length_policy)
         self.length_stats[name] = stats
         if self.max_length is not None and (stats.filtered or stats.truncated):
             logger.warning("%s: %s", name, stats.describe(self.max_length, args.length_policy))
-        return pairs
+        self._prepared.add(out)
+        return out
 
-    def get_train_dataloader(self):
-        # Only pairs held in memory are collated here; a stream brings its own batches.
-        if self._train_collator is None or not isinstance(self.train_dataset, PairDataset):
-            return super().get_train_dataloader()
-        padded, self.data_collator = self.data_collator, self._train_collator
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = padded
+    def _prepare_eval(self, eval_dataset, name: str):
+        if eval_dataset is None or isinstance(eval_dataset, str):
+            return eval_dataset
+        if isinstance(eval_dataset, Mapping):
+            return {k: self._prepare_dataset(v, self.processing_class, self.args, f"{name}[{k!r}]")
+                    for k, v in eval_dataset.items()}
+        return self._prepare_dataset(eval_dataset, self.processing_class, self.args, name)
 
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if not (self.packing.group_by_length and isinstance(dataset, PairDataset)):
-            return super()._get_train_sampler(train_dataset)
-        return LengthGroupedPairSampler(
-            [pair_length(p) for p in dataset.pairs], self._train_batch_size, self.args.length_group_batches,
-            seed=self.args.seed,
-        )
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """``Trainer.evaluate``, also on raw pairs (any kind ``__init__`` takes, or a dict of them)."""
+        eval_dataset = self._prepare_eval(eval_dataset, "eval_dataset")
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """``Trainer.predict`` on raw or tokenized pairs; predictions are ``[r_chosen, r_rejected]`` per pair."""
+        test_dataset = self._prepare_eval(test_dataset, "test_dataset")
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    # -- feeding ------------------------------------------------------------------------
+
+    def get_train_sampler(self, dataset=None) -> torch.utils.data.Sampler | None:
+        """The order of training pairs: length-grouped where ``group_by_length`` resolves on, else random.
+
+        None for a stream (it keeps its own order).
+        """
+        dataset = dataset if dataset is not None else self.train_dataset
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            return None
+        if not self.packing.group_by_length:
+            return torch.utils.data.RandomSampler(dataset)
+        if isinstance(dataset, PairDataset):
+            lengths = [pair_length(p) for p in dataset.pairs]
+        else:
+            lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+        return _LengthGroupedSampler(lengths, self.args.train_batch_size, self.args.length_group_batches)
+
+    def _loader(self, dataset, batch_size: int, collate_fn, sampler) -> torch.utils.data.DataLoader:
+        a = self.args
+        options: dict[str, Any] = {"batch_size": batch_size, "collate_fn": collate_fn, "pin_memory": a.dataloader_pin_memory}
+        if not isinstance(dataset, torch.utils.data.IterableDataset):
+            options.update(sampler=sampler, drop_last=a.dataloader_drop_last)
+        if a.dataloader_num_workers > 0:
+            options.update(num_workers=a.dataloader_num_workers, persistent_workers=a.dataloader_persistent_workers,
+                           prefetch_factor=a.dataloader_prefetch_factor)
+        return self.accelerator.prepare(torch.utils.data.DataLoader(dataset, **options))
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        dataset = self.train_dataset
+        if dataset is None:
+            raise ValueError(
+                "train() needs training pairs: pass train_dataset= to RewardTrainer (a datasets.Dataset, a "
+                "datasets.IterableDataset or a list of dicts); this trainer was built for evaluation only"
+            )
+        if isinstance(dataset, BatchStream):
+            return dataset.loader()
+        # The packing collator is for pairs this trainer tokenized; a collator of the
+        # user's, or rows of a foreign stream, get the padded collator.
+        collate = self._train_collator if self._train_collator is not None else self.data_collator
+        return self._loader(dataset, self.args.train_batch_size, collate, self.get_train_sampler(dataset))
+
+    def get_eval_dataloader(self, eval_dataset=None) -> torch.utils.data.DataLoader:
+        if eval_dataset is None and self.eval_dataset is None:
+            raise ValueError("evaluation needs an eval_dataset")
+        if isinstance(eval_dataset, str):
+            dataset = self.eval_dataset[eval_dataset]
+        else:
+            dataset = self._prepare_eval(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
+        if isinstance(dataset, BatchStream):
+            return dataset.loader()
+        sampler = None if isinstance(dataset, torch.utils.data.IterableDataset) else torch.utils.data.SequentialSampler(dataset)
+        return self._loader(dataset, self.args.eval_batch_size, self.data_collator, sampler)
+
+    def get_test_dataloader(self, test_dataset) -> torch.utils.data.DataLoader:
+        return self.get_eval_dataloader(self._prepare_eval(test_dataset, "test_dataset"))
+
+    def training_step(self, *args, **kwargs):
+        # activation_offloading: tensors saved for backward wait in (pinned) CPU memory.
+        offload = (torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+                   if self.args.activation_offloading else contextlib.nullcontext())
+        with offload:
+            return super().training_step(*args, **kwargs)
 
     # -- loss and metrics -------------------------------------------------------------
 
@@ -270,6 +375,11 @@ class RewardTrainer(Trainer):
         """Rewards of the chosen and rejected sides of a collated batch (one forward pass)."""
         if is_packed(inputs):
             return packed_rewards(model, inputs, getattr(self.args, "attention_backend", "auto"))
+        if "input_ids_chosen" not in inputs:
+            # TRL 1.x's DataCollatorForPreference: one batch, the chosen rows first.
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            chosen, rejected = logits[:, 0].float().chunk(2)
+            return chosen, rejected
         n = inputs["input_ids_chosen"].shape[0]
         input_ids = torch.cat([inputs["input_ids_chosen"], inputs["input_ids_rejected"]], dim=0)
         attention_mask = torch.cat([inputs["attention_mask_chosen"], inputs["attention_mask_rejected"]], dim=0)
@@ -290,7 +400,10 @@ class RewardTrainer(Trainer):
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
+        # The prepared eval dataloader already puts batches on the device; a batch handed
+        # in directly (tests, user code) may still be on the CPU.
+        device = self.args.device
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         with torch.no_grad():
             loss, out = self.compute_loss(model, inputs, return_outputs=True)
         loss = loss.detach()
@@ -337,11 +450,10 @@ class RewardTrainer(Trainer):
             raise ValueError("visualize_samples needs eval data: pass eval_dataset to the trainer or dataset=...")
         if isinstance(dataset, Mapping):
             dataset = next(iter(dataset.values()))
-        if not isinstance(dataset, (PairDataset, torch.utils.data.IterableDataset)):
-            dataset, _ = tokenize_pairs(dataset, self.processing_class, "dataset", self.max_length, self.args.length_policy)
+        dataset = self._prepare_eval(dataset, "dataset")
         table = score_samples(self, dataset, num_print_samples)
         print(format_table(table))
         return table
 
 
-__all__ = ["RewardTrainer", "PairDataset", "tokenize_pairs", "BadRowError", "DataFormatError"]
+__all__ = ["RewardTrainer", "PairDataset", "tokenize_pairs", "BadRowError", "DataFormatError", "MODEL_TAGS"]

@@ -15,7 +15,7 @@ __all__ = [
     "DataSourceError",
     "resolve_source",
     "iter_pair_batches",
-    "PairBatchStream",
+    "BatchStream",
     "plan_steps",
     "StepPlan",
 ]
@@ -27,7 +27,7 @@ _LAZY = {
     "DataSourceError": "sources",
     "resolve_source": "sources",
     "iter_pair_batches": "feeding",
-    "PairBatchStream": "feeding",
+    "BatchStream": "feeding",
     "plan_steps": "feeding",
     "StepPlan": "feeding",
 }

@@ -27,6 +27,13 @@ class _PadSpec:
     padding_side: str = "right"
 
 
+def _pad_spec(tokenizer_or_pad_id: Any, padding_side: str | None) -> _PadSpec:
+    if isinstance(tokenizer_or_pad_id, int):
+        return _PadSpec(tokenizer_or_pad_id, padding_side or "right")
+    tok = tokenizer_or_pad_id
+    return _PadSpec(tok.pad_token_id, padding_side or getattr(tok, "padding_side", "right"))
+
+
 def iter_pair_batches(
     shard,
     tokenizer_or_pad_id: Any,
@@ -77,11 +84,7 @@ def iter_pair_batches(
     """
     if shuffle not in ("local", "global", "none"):
         raise ValueError(f"shuffle must be 'local', 'global' or 'none', got {shuffle!r}")
-    if isinstance(tokenizer_or_pad_id, int):
-        pad = _PadSpec(tokenizer_or_pad_id, padding_side or "right")
-    else:
-        tok = tokenizer_or_pad_id
-        pad = _PadSpec(tok.pad_token_id, padding_side or getattr(tok, "padding_side", "right"))
+    pad = _pad_spec(tokenizer_or_pad_id, padding_side)
     collate = packing.collator(pad.pad_token_id, pad_to_multiple_of) if packing is not None else None
     collate = collate or RewardDataCollatorWithPadding(pad, pad_to_multiple_of=pad_to_multiple_of)
     group = packing is not None and packing.group_by_length
@@ -108,21 +111,139 @@ def iter_pair_batches(
             yield collate(chunk)
 
 
-class PairBatchStream(torch.utils.data.IterableDataset):
-    """``iter_pair_batches`` as an ``IterableDataset`` that moves to the next epoch on
-    each pass, for a ``transformers.Trainer`` fed already-collated batches.
+class BatchStream(torch.utils.data.IterableDataset):
+    """A worker's Ray Data shard as ready (collated) batches, epoch after epoch.
+
+    ``RewardTrainer`` recognises it and loads it through ``loader()``: a pass-through
+    ``DataLoader`` (``batch_size=None``) that neither re-batches nor lets Accelerate
+    shard or dispatch what Ray already split among the workers. Epochs are chained
+    (``epochs=None`` never ends; the Trainer stops at ``max_steps``) so that on resume
+    the Trainer's skip of ``global_step`` batches lands on the same position of the
+    same epoch, even past the first one.
+
+    Args:
+        shard: a Ray ``DataIterator`` (``ray.train.get_dataset_shard("train")``).
+        tokenizer_or_pad_id: the tokenizer (or its pad token id) used to pad.
+        batch_size: pairs per batch.
+        epochs: passes over the shard; None for an endless stream.
+        **options: the keyword arguments of ``iter_pair_batches``.
 
     Example:
-        >>> stream = PairBatchStream(ray.train.get_dataset_shard("train"), tokenizer, batch_size=8)
+        >>> stream = BatchStream(ray.train.get_dataset_shard("train"), tokenizer, 8, epochs=None)
     """
 
-    def __init__(self, shard, tokenizer_or_pad_id: Any, batch_size: int, **options: Any):
-        self.shard, self.pad, self.batch_size, self.options = shard, tokenizer_or_pad_id, batch_size, options
-        self.epoch = 0
+    def __init__(self, shard, tokenizer_or_pad_id: Any, batch_size: int, epochs: int | None = None, **options: Any):
+        self.shard, self.pad, self.batch_size = shard, tokenizer_or_pad_id, batch_size
+        self.epochs, self.options = epochs, options
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        yield from iter_pair_batches(self.shard, self.pad, self.batch_size, epoch=epoch, **self.options)
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            yield from iter_pair_batches(self.shard, self.pad, self.batch_size, epoch=epoch, **self.options)
+            epoch += 1
+
+    def loader(self) -> torch.utils.data.DataLoader:
+        """A ``DataLoader`` that hands the stream's batches through unchanged."""
+        return torch.utils.data.DataLoader(self, batch_size=None)
+
+
+class GlobalBatchStream(BatchStream):
+    """Elastic training's feed: this rank's part of each global batch, in one order for all world sizes.
+
+    Every worker reads the whole training set (not a shard) in the same seeded order,
+    epoch after epoch with no gap, cut into global batches of ``global_batch`` pairs.
+    Worker ``rank`` of ``world_size`` takes its contiguous slice of each global batch
+    (``numpy.array_split``: slices differ by at most one pair) and splits it into
+    ``accumulation_steps(global_batch, batch_size, world_size)`` micro-batches, one
+    optimizer step per global batch. Step ``k`` therefore always trains on pairs
+    ``[k * global_batch, (k + 1) * global_batch)`` of the stream, whatever the world
+    size was before: after a resize, the Trainer's skip of ``global_step`` steps of
+    micro-batches lands exactly where the last checkpoint stopped, with no pair skipped
+    or seen twice. The price: each worker reads every pair (and drops the others'
+    slices), so the read cost grows with the worker count.
+
+    Length grouping does not apply here (it would reorder pairs across slices); a
+    packing collator does (each micro-batch is packed as it is).
+
+    Args:
+        dataset: a Ray ``DataIterator`` over the whole (unsplit, order-preserving)
+            training set.
+        tokenizer_or_pad_id: the tokenizer (or its pad token id) used to pad.
+        batch_size: the most pairs per micro-batch (``per_device_train_batch_size``);
+            a slice may put one pair more into a micro-batch when it does not divide.
+        global_batch: pairs per optimizer step, the same at every world size.
+        rank: this worker's rank.
+        world_size: workers now.
+        shuffle: ``local``/``global`` (seeded buffer, ``seed + epoch``) or ``none``.
+        shuffle_buffer_size: pairs in the shuffle buffer.
+        seed: base seed of the buffer.
+        packing: a ``PackingPlan`` whose collator packs micro-batches, or None.
+        pad_to_multiple_of: round padded lengths up to a multiple of this.
+
+    Example:
+        >>> stream = GlobalBatchStream(ray.train.get_dataset_shard("train"), tokenizer, 8,
+        ...                            global_batch=32, rank=0, world_size=2)
+    """
+
+    def __init__(self, dataset, tokenizer_or_pad_id: Any, batch_size: int, *, global_batch: int, rank: int,
+                 world_size: int, shuffle: str = "local", shuffle_buffer_size: int = 1000, seed: int = 42,
+                 packing: Any = None, pad_to_multiple_of: int | None = None):
+        super().__init__(dataset, tokenizer_or_pad_id, batch_size, epochs=None)
+        if not 0 <= rank < world_size <= global_batch:
+            raise ValueError(f"rank {rank} of {world_size} workers cannot share global batches of {global_batch}")
+        self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
+        self.shuffle, self.shuffle_buffer_size, self.seed = shuffle, shuffle_buffer_size, seed
+        self.accumulation = accumulation_steps(global_batch, batch_size, world_size)
+        pad = _pad_spec(tokenizer_or_pad_id, None)
+        collate = packing.collator(pad.pad_token_id, pad_to_multiple_of) if packing is not None else None
+        self.collate = collate or RewardDataCollatorWithPadding(pad, pad_to_multiple_of=pad_to_multiple_of)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        import numpy as np
+
+        for pairs in self.global_batches():
+            mine = np.array_split(np.arange(len(pairs)), self.world_size)[self.rank]
+            for part in np.array_split(mine, self.accumulation):
+                yield self.collate([pairs[i] for i in part])
+
+    def global_batches(self) -> Iterator[list[dict]]:
+        """The stream's global batches as lists of pairs (the same on every worker)."""
+        pending: list[dict] = []
+        epoch = 0
+        while True:
+            options: dict[str, Any] = {}
+            if self.shuffle != "none" and self.shuffle_buffer_size > 1:
+                options = {"local_shuffle_buffer_size": self.shuffle_buffer_size,
+                           "local_shuffle_seed": self.seed + epoch}
+            seen = 0
+            # A fixed read batch (not one that depends on the world size) keeps the
+            # shuffle buffer's order the same at every world size.
+            for batch in self.shard.iter_batches(batch_size=self.global_batch, batch_format="numpy", **options):
+                columns = [c for c in (*PAIR_COLUMNS, "margin") if c in batch]
+                count = len(batch["input_ids_chosen"])
+                pending += [{c: batch[c][i] for c in columns} for i in range(count)]
+                seen += count
+                while len(pending) >= self.global_batch:
+                    yield pending[:self.global_batch]
+                    pending = pending[self.global_batch:]
+            if seen == 0:
+                return
+            epoch += 1
+
+
+def accumulation_steps(global_batch: int, batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimizer step that keep ``global_batch`` pairs per step on ``world_size`` workers.
+
+    Each worker's slice (``global_batch / world_size`` pairs, rounded either way) is cut
+    into this many micro-batches of at most ``batch_size`` pairs (one more where the
+    slice does not divide), never more micro-batches than the smaller slice has pairs.
+
+    Example:
+        >>> accumulation_steps(32, 8, 2), accumulation_steps(32, 8, 1)
+        (2, 4)
+    """
+    largest, smallest = -(-global_batch // world_size), global_batch // world_size
+    return max(1, min(-(-largest // batch_size), smallest))
 
 
 @dataclass(frozen=True)
@@ -149,12 +270,16 @@ def plan_steps(
     num_epochs: float = 1.0,
     max_steps: int | None = None,
     drop_last: bool = False,
+    global_batches: bool = False,
 ) -> StepPlan:
     """Turns the data size and epochs into optimizer steps (derived, never written back).
 
     Ray Train splits the data set into ``num_workers`` equal shards, dropping the
     remainder (``streaming_split(equal=True)``), so each worker sees
-    ``num_pairs // num_workers`` pairs per epoch.
+    ``num_pairs // num_workers`` pairs per epoch. With ``global_batches`` (elastic
+    training, ``GlobalBatchStream``) nothing is dropped: every step takes the next
+    ``num_workers * per_worker_batch_size * gradient_accumulation_steps`` pairs of one
+    endless stream, so an epoch is ``num_pairs / global batch`` steps.
 
     Args:
         num_pairs: training pairs (``PreparedData.num_train_pairs``); None for a stream.
@@ -164,6 +289,8 @@ def plan_steps(
         num_epochs: passes over the data (fractions allowed).
         max_steps: when set (> 0), wins over ``num_epochs``.
         drop_last: whether a last partial batch is dropped.
+        global_batches: plan for ``GlobalBatchStream`` (``num_workers`` is then the
+            most workers, the world size the global batch is sized for).
 
     Raises:
         ValueError: a stream without ``max_steps``, or fewer pairs than workers.
@@ -176,6 +303,13 @@ def plan_steps(
                 "be turned into steps; set train.max_steps"
             )
         return StepPlan(explicit, None, None)
+    if global_batches:
+        global_batch = num_workers * per_worker_batch_size * gradient_accumulation_steps
+        if num_pairs < global_batch:
+            raise ValueError(f"{num_pairs} training pairs are fewer than one global batch of {global_batch}; add data")
+        steps_per_epoch = math.ceil(num_pairs / global_batch)
+        total = explicit if explicit is not None else max(1, math.ceil(num_epochs * num_pairs / global_batch))
+        return StepPlan(total, steps_per_epoch, None)
     per_worker = num_pairs // num_workers
     if per_worker == 0:
         raise ValueError(f"{num_pairs} training pairs cannot be shared among {num_workers} workers; add data")

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from ray.data.iterator import _IterableFromIterator
 
 from rayreward.runtime import storage as _storage
 from rayreward.job.config import (
@@ -60,7 +59,7 @@ class RunOutcome:
     result: Any
 
 
-def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
+def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None) -> RunOutcome:
     """Trains, checkpoints and exports a reward model on the Ray cluster this process is connected to.
 
     Args:
@@ -68,6 +67,8 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
         callbacks: extra ``transformers.TrainerCallback`` instances, pickled to every
             worker (each runs on all ranks).
         print_fn: where the driver's progress lines go.
+        progress: a ``ray.util.queue.Queue`` that rank 0 also puts its progress events
+            into (``rayreward.run.callbacks.Progress``), for a console on the driver.
 
     Returns:
         A ``RunOutcome``.
@@ -93,7 +94,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
     prepared = build_datasets(job.data, job.model.name_or_path)
     plan = step_plan(job, prepared.num_train_pairs)
     print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training pairs, "
-             f"{job.scaling.num_workers} workers, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+             f"{_describe_workers(job.scaling)} workers, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
              f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
 
     # 3. Trainer: one TorchTrainer, the worker loop below.
@@ -101,7 +102,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
     trainer = build_trainer(job, prepared, name, storage, callbacks)
 
     # 4. Fit.
-    result = trainer.fit()
+    result = _fit_interruptibly(trainer)
 
     # 5. Export the final (or best) checkpoint and the metrics.
     checkpoint = _final_checkpoint(result, job)
@@ -124,7 +125,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print) -> RunOutcome:
 
 
 def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: Sequence = (),
-                  run_callbacks: Sequence = ()):
+                  run_callbacks: Sequence = (), progress=None):
     """The ``TorchTrainer`` of a job on its prepared data, checkpointing under ``<storage>/<name>``.
 
     ``fit`` builds one per run; a Tune trial (``rayreward.tune.sweep``) builds one per trial,
@@ -137,6 +138,7 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         storage: a local path or URI (``storage_uri(job)`` for a plain run).
         callbacks: ``transformers.TrainerCallback`` instances, pickled to every worker.
         run_callbacks: Ray Train callbacks for ``RunConfig(callbacks=...)``.
+        progress: a queue for rank 0's progress events (see ``fit``).
 
     Returns:
         The ``TorchTrainer``, not yet fitted.
@@ -145,6 +147,8 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
     from ray.train.torch import TorchTrainer
 
     from rayreward.job.deepspeed import deepspeed_config_for
+    from rayreward.run.loopback import loopback_torch_config
+    from rayreward.runtime.ray_session import on_loopback
 
     s = job.scaling
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
@@ -155,8 +159,15 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
     return TorchTrainer(
         train_loop,
         train_loop_config={"job": to_dict(job), "deepspeed": ds_config, "max_steps": plan.max_steps,
-                           "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks)},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+                           "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks),
+                           "progress": progress},
+        # All nodes on 127.0.0.1 (embedded Ray, test clusters): the rendezvous listens there too.
+        torch_config=loopback_torch_config() if on_loopback() else None,
+        scaling_config=ScalingConfig(
+            num_workers=tuple(s.num_workers) if s.elastic else s.num_workers, use_gpu=s.use_gpu,
+            resources_per_worker=resources, placement_strategy=s.placement_strategy,
+            elastic_resize_monitor_interval_s=s.resize_check_s,
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -171,7 +182,21 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
             callbacks=list(run_callbacks),
         ),
         datasets=prepared.datasets(),
+        dataset_config=_data_config(s.elastic),
     )
+
+
+def _data_config(elastic: bool):
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    if not elastic:
+        return DataConfig()
+    # Elastic: every worker reads the whole training set in one repeatable order and
+    # takes its slice of each global batch (GlobalBatchStream); eval is still split.
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(datasets_to_split=["eval"], execution_options={"train": options})
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -182,19 +207,30 @@ def train_loop(config: dict[str, Any]) -> None:
             "steps_per_epoch": int, "callbacks": [TrainerCallback]}`` from ``fit``.
     """
     import ray.train
-    from ray.train.huggingface.transformers import prepare_trainer
     from transformers.trainer_callback import PrinterCallback
 
     from rayreward.run.callbacks import Progress, ReportCheckpoints
     from rayreward.core.config import RewardConfig
     from rayreward.core.model import load_base_model, peft_config_for
+    from rayreward.data.feeding import BatchStream, GlobalBatchStream, accumulation_steps
     from rayreward.data.tokenizer import load_tokenizer
     from rayreward.core.packed import plan_packing
     from rayreward.data.tokenizer import is_builtin
     from rayreward.core.trainer import RewardTrainer
 
     job = job_from_dict(config["job"], check=False)
-    output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{ray.train.get_context().get_world_rank()}-")
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{rank}-")
+    kwargs = reward_config_kwargs(job, output_dir, config["max_steps"], config["deepspeed"])
+    global_batch = None
+    if job.scaling.elastic:
+        # The global batch stays the one planned for max workers: fewer workers each
+        # accumulate more micro-batches per step (GlobalBatchStream).
+        global_batch = (job.scaling.max_workers * kwargs["per_device_train_batch_size"]
+                        * kwargs["gradient_accumulation_steps"])
+        kwargs["gradient_accumulation_steps"] = accumulation_steps(
+            global_batch, kwargs["per_device_train_batch_size"], world_size)
 
     # 1. Model, arguments, tokenizer. A model loaded from files is loaded after the
     # arguments: under ZeRO-3 it is then partitioned as it loads (zero.Init). A built-in
@@ -202,7 +238,7 @@ def train_loop(config: dict[str, Any]) -> None:
     # the one `rayreward export` rebuilds as the base of a LoRA checkpoint.
     builtin = is_builtin(job.model.name_or_path)
     model = load_base_model(job.model) if builtin else None
-    args = RewardConfig(**reward_config_kwargs(job, output_dir, config["max_steps"], config["deepspeed"]))
+    args = RewardConfig(**kwargs)
     if config["deepspeed"]:
         import deepspeed
 
@@ -212,24 +248,29 @@ def train_loop(config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(job.model.name_or_path)
     # 2. Data: this worker's shards, as collated batches; packed (decoders) or
     # length-grouped (encoders) as the speed switches of `train` resolve for this model.
-    train = ShardStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
-                        shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
-                        seed=job.data.seed, epochs=None, packing=plan_packing(model, args),
-                        length_group_batches=args.length_group_batches)
+    if global_batch is None:
+        train = BatchStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
+                            shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
+                            seed=job.data.seed, epochs=None, packing=plan_packing(model, args),
+                            length_group_batches=args.length_group_batches)
+    else:
+        train = GlobalBatchStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
+                                  global_batch=global_batch, rank=rank, world_size=world_size,
+                                  shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
+                                  seed=job.data.seed, packing=plan_packing(model, args))
     evaluation = None
     if job.data.eval or job.data.eval_split:
-        evaluation = ShardStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
+        evaluation = BatchStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
                                  shuffle="none", epochs=1)
-    # 3. Trainer, fed by Ray Data through prepare_trainer.
+    # 3. Trainer, fed by Ray Data: it loads a BatchStream as it comes (see BatchStream).
     trainer = RewardTrainer(
         model=model, args=args, tokenizer=tokenizer, train_dataset=train, eval_dataset=evaluation,
         peft_config=peft_config_for(job.lora),
-        callbacks=[ReportCheckpoints(config["job"], config["steps_per_epoch"]),
-                   Progress(config["steps_per_epoch"]), *config["callbacks"]],
+        callbacks=[ReportCheckpoints(config["job"], config["steps_per_epoch"], job.storage.checkpoint_upload),
+                   Progress(config["steps_per_epoch"], sink=config.get("progress")), *config["callbacks"]],
     )
     # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
     trainer.remove_callback(PrinterCallback)
-    trainer = prepare_trainer(trainer)
     # 4. Train, from the run's latest checkpoint when there is one.
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -239,27 +280,34 @@ def train_loop(config: dict[str, Any]) -> None:
             trainer.train(resume_from_checkpoint=folder)
 
 
-class ShardStream(_IterableFromIterator, torch.utils.data.IterableDataset):
-    """A worker's Ray Data shard as collated batches, epoch after epoch in one stream.
+def _fit_interruptibly(trainer):
+    # Ray Train installs its own SIGINT handler when fit() runs on the main thread; it
+    # ends the process with SystemExit(0) or exit status 1 and no word on resuming. On
+    # a thread, Ctrl-C stays a KeyboardInterrupt here, and the command stops the
+    # session and says how to resume (rayreward.commands.train).
+    import threading
 
-    Being a torch ``IterableDataset``, ``RewardTrainer`` takes it unchanged; being
-    Ray's ``_IterableFromIterator``, ``prepare_trainer`` feeds it through a pass-through
-    ``DataLoader`` instead of re-batching it and letting Accelerate shard or dispatch it.
-    Epochs are chained (``epochs=None`` never ends; the Trainer stops at ``max_steps``)
-    so that on resume the Trainer's skip of ``global_step`` batches lands on the same
-    position of the same epoch, even past the first one.
-    """
+    outcome: dict = {}
 
-    def __init__(self, shard, tokenizer, batch_size: int, epochs: int | None, **options):
-        from rayreward.data import iter_pair_batches
+    def run():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            outcome["error"] = exc
 
-        def batches():
-            epoch = 0
-            while epochs is None or epoch < epochs:
-                yield from iter_pair_batches(shard, tokenizer, batch_size, epoch=epoch, **options)
-                epoch += 1
+    thread = threading.Thread(target=run, name="rayreward-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
-        super().__init__(batches)
+
+def _describe_workers(scaling) -> str:
+    if scaling.elastic:
+        return f"{scaling.min_workers}-{scaling.max_workers} (elastic)"
+    return str(scaling.num_workers)
 
 
 def _final_checkpoint(result, job: JobConfig):
