@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -332,7 +333,10 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
 
     # 4. Fit: every trial to its end, its early stop or its error.
     grid = tuner.fit()
-    trials = {trial.trial_id: trial for trial in grid._experiment_analysis.trials}
+    # Every trial with its status and config (a trial that never reported has no config
+    # in its Result), from the experiment state Tune saved at the end or interrupt.
+    analysis = tune.ExperimentAnalysis(os.path.join(storage_path, name) if fs else run_dir, storage_filesystem=fs)
+    trials = {trial.trial_id: trial for trial in analysis.trials}
     # Interrupted: a trial not ended, or one the search had yet to create.
     interrupted = (len(trials) < expected_trials(job)
                    or any(trial.status not in ("TERMINATED", "ERROR") for trial in trials.values()))
