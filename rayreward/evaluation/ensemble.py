@@ -64,11 +64,17 @@ def write_ensemble(path: str | os.PathLike, members: Sequence[str], source: str 
     """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
+    target = root / MANIFEST
+    target.write_text(manifest_text(members, source, scores), encoding="utf-8")
+    return target
+
+
+def manifest_text(members: Sequence[str], source: str | None = None, scores: Sequence[float | None] | None = None
+                  ) -> str:
+    """The JSON text of an ``ensemble.json`` (for writers to object storage)."""
     manifest: dict[str, Any] = {"members": [str(m) for m in members]}
     if source is not None:
         manifest["source"] = source
     if scores is not None:
         manifest["scores"] = list(scores)
-    target = root / MANIFEST
-    target.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return target
+    return json.dumps(manifest, indent=2) + "\n"

@@ -92,6 +92,10 @@ class TuneSection:
                           "(choice enumerated as well). Continuous distributions are sampled either way."},
     )
     seed: int | None = field(default=None, metadata={"help": "Seed of the sampling; null draws differently each sweep."})
+    ensemble_top_k: int = field(
+        default=0, metadata={"help": "Also export the best k trials' models as an ensemble folder "
+                                     "(<sweep>/ensemble) that `rayreward serve --model` takes; 0: none."}
+    )
     search_space: dict = field(
         default_factory=_default_search_space,
         metadata={"help": "Dotted config key -> {distribution: args}; distributions: "
@@ -111,6 +115,8 @@ class TuneSection:
             value = getattr(self, name)
             if is_int(value) and value < 1:
                 problems.append(f"tune.{name}: got {value}; expected a positive integer")
+        if is_int(self.ensemble_top_k) and self.ensemble_top_k < 0:
+            problems.append(f"tune.ensemble_top_k: got {self.ensemble_top_k}; expected 0 (none) or a positive integer")
         if self.search_alg not in SEARCH_ALGS:
             problems.append(f"tune.search_alg: got {self.search_alg!r}; expected one of {', '.join(SEARCH_ALGS)}")
         if isinstance(self.search_space, dict):

@@ -11,7 +11,8 @@ Routes (under the route prefix, ``/<name>`` by default):
     max length, normalization, versions), ``GET /stats`` (this replica's batch sizes).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: FastAPI reads the route parameters'
+# annotations (``request: Request``) at class creation, and strings would not resolve.
 
 import asyncio
 import collections
@@ -32,6 +33,14 @@ logger = logging.getLogger(__name__)
 
 _http = FastAPI(title="rayreward reward model server")
 _RECENT = 256
+
+
+class _TokenBudgetNote(logging.Filter):
+    """Drops Serve's warning that ``max_batch_size`` exceeds ``max_ongoing_requests``: here
+    the batch size counts tokens (``batch_size_fn``), not requests, so it does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("`max_batch_size`")
 
 
 def _batch_tokens(items: list[tuple[list[int], ...]]) -> int:
@@ -59,6 +68,7 @@ class RewardServer:
         c = self.config
         self.engine = RewardEngine(members, c.max_length, c.truncation, c.batch.forward_tokens, c.conservative_k,
                                    num_threads=max(1, int(c.scaling.cpus_per_replica)))
+        logging.getLogger("ray.serve").addFilter(_TokenBudgetNote())
         self._forward.set_max_batch_size(c.batch.max_tokens)
         self._forward.set_batch_wait_timeout_s(c.batch.wait_ms / 1000)
         self.batches = 0
@@ -225,3 +235,15 @@ def launch(config: ServeConfig) -> Served:
     handle = serve.run(app, name=config.app_name, route_prefix=config.prefix, blocking=False)
     return Served(handle, f"http://{config.host}:{config.port}{config.prefix}", config.app_name)
 
+
+
+def app_builder(args: dict[str, Any]):
+    """Entry point for a Serve config file or a KubeRay RayService
+    (``import_path: rayreward.serve.app:app_builder``); ``args`` is a ``serve:`` section.
+
+    Raises:
+        ConfigError: the section has problems (every one listed).
+    """
+    from rayreward.serve.config import serve_config
+
+    return build_app(serve_config({"serve": dict(args or {})}))

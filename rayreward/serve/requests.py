@@ -169,6 +169,9 @@ def _checked(layout: Layout, rows: list[dict[str, Any]], fields: list[str], norm
             column, text = problem
             text = text.replace("every chosen and rejected answer", "every answer").replace(
                 "every row needs a chosen and a rejected answer", "every item needs one")
-            sub = "" if layout.kind == "single" and column in ("text",) else f".{column}"
-            raise RequestError(f"{where}{sub}", text)
+            if layout.kind == "pairs":
+                where = f"{where}.{column}"
+            elif column == layout.names.prompt:
+                where = where.replace("responses[", "prompts[")
+            raise RequestError(where, text)
     return ParsedRequest(layout, rows, fields, normalize)

@@ -113,7 +113,13 @@ def write_report(job: JobConfig, base: dict, rows: list[dict], run_dir: str, key
                "best_step": best["best_step"], "best_params": best["params"],
                "best_checkpoint": best["best_checkpoint"], "storage": storage_uri(job),
                "trials": [{k: v for k, v in r.items() if k != "history"} for r in rows], **files}
+    if job.tune.ensemble_top_k:
+        files["ensemble"] = _storage.join(run_dir, "ensemble")
+        summary["ensemble"] = export_ensemble(rows, metric, mode, job.tune.ensemble_top_k, files["ensemble"])
     _storage.write_text(files["summary"], json.dumps(summary, indent=1, default=str) + "\n")
+    if "ensemble" in files:
+        print_fn(f"[rayreward] {'ensemble:':13s}{files['ensemble']} ({len(summary['ensemble'])} trials; "
+                 f"rayreward serve --model {files['ensemble']})")
     print_fn(f"[rayreward] best trial {best['trial']}: {metric} {best[metric]:.4f} at step {best['best_step']} "
              f"with {', '.join(f'{k}={_cell(v)}' for k, v in best['params'].items())}")
     for label, key in (("best config", "best_config"), ("model", "model_dir"), ("plot", "plot"),
@@ -121,6 +127,31 @@ def write_report(job: JobConfig, base: dict, rows: list[dict], run_dir: str, key
         print_fn(f"[rayreward] {label + ':':13s}{files[key]}")
     print_fn(f"[rayreward] {'checkpoint:':13s}{best['best_checkpoint']}")
     return best, files
+
+
+def export_ensemble(rows: list[dict], metric: str, mode: str, k: int, dest: str) -> list[str]:
+    """Exports the best ``k`` trials' best checkpoints as an ensemble folder.
+
+    Each becomes a Hugging Face model folder ``dest/member-<rank>-<trial>``, and
+    ``dest/ensemble.json`` lists them (``rayreward.evaluation.ensemble``), so
+    ``rayreward serve --model dest`` serves their mean, std and conservative reward.
+
+    Returns:
+        The trial ids exported, best first (fewer than ``k`` when fewer trials have a
+        checkpoint).
+    """
+    from rayreward.core.checkpoint import export_checkpoint
+    from rayreward.evaluation.ensemble import MANIFEST, manifest_text
+
+    sign = 1 if mode == "max" else -1
+    ranked = sorted((r for r in rows if r[metric] is not None and r["best_checkpoint"]),
+                    key=lambda r: -sign * r[metric])[:k]
+    names = [f"member-{rank}-{r['trial']}" for rank, r in enumerate(ranked)]
+    for name, row in zip(names, ranked):
+        export_checkpoint(row["best_checkpoint"], _storage.join(dest, name))
+    source = f"top {len(ranked)} trials by {metric} ({mode})"
+    _storage.write_text(_storage.join(dest, MANIFEST), manifest_text(names, source, [r[metric] for r in ranked]))
+    return [r["trial"] for r in ranked]
 
 
 def _table(rows: list[dict], keys: list[str], metric: str) -> tuple[list[str], list[list]]:
