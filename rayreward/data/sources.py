@@ -15,7 +15,6 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 # File kinds by name ending. ``.json`` holding one object per line (what
 # ``datasets.Dataset.to_json`` writes) is read as JSON Lines.
@@ -191,37 +190,12 @@ def _filesystem_for(uri: str, field: str):
     scheme = uri.split("://", 1)[0].lower()
     try:
         if scheme in ("s3", "s3a"):
-            return _s3_filesystem(), uri.split("://", 1)[1]
+            from rayreward.runtime.storage import s3_filesystem
+
+            return s3_filesystem(), uri.split("://", 1)[1]
         return pafs.FileSystem.from_uri(uri)
     except (OSError, ValueError, ImportError) as exc:
         raise DataSourceError(f"{field}: cannot open {uri!r}: {exc}") from None
-
-
-def _s3_filesystem():
-    """An ``S3FileSystem`` built from the environment, credentials included.
-
-    Endpoint and keys are set explicitly (not left to the AWS SDK of each process) so
-    that the pickled filesystem reads the same store inside Ray workers, whose
-    environment may differ from the driver's.
-    """
-    from pyarrow import fs as pafs
-
-    env = os.environ
-    kwargs: dict[str, Any] = {}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
-        kwargs["scheme"] = parsed.scheme
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ("us-east-1" if endpoint else None)
-    if region:
-        kwargs["region"] = region
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        kwargs["access_key"] = env["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = env["AWS_SECRET_ACCESS_KEY"]
-        if env.get("AWS_SESSION_TOKEN"):
-            kwargs["session_token"] = env["AWS_SESSION_TOKEN"]
-    return pafs.S3FileSystem(**kwargs)
 
 
 def _file_info(filesystem, path, spec, field):

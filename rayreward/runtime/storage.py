@@ -25,20 +25,37 @@ def filesystem(uri: str):
     if not is_uri(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
     parsed = urlparse(uri)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if parsed.scheme == "s3" and endpoint:
-        ep = urlparse(endpoint)
-        fs = pafs.S3FileSystem(
-            endpoint_override=ep.netloc or ep.path,
-            scheme=ep.scheme or "https",
-            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            session_token=os.environ.get("AWS_SESSION_TOKEN"),
-            region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
-            allow_bucket_creation=True,
-        )
-        return fs, (parsed.netloc + parsed.path).rstrip("/")
+    if parsed.scheme in ("s3", "s3a"):
+        return s3_filesystem(), (parsed.netloc + parsed.path).rstrip("/")
     return pafs.FileSystem.from_uri(uri)
+
+
+def s3_filesystem():
+    """An ``S3FileSystem`` built from the environment, endpoint and keys spelled out.
+
+    Endpoint and keys are set explicitly (not left to the AWS SDK of each process) so
+    that the pickled filesystem reaches the same store inside Ray workers, whose
+    environment may differ from the driver's. An unreachable endpoint fails within
+    seconds (``connect_timeout``), not after the SDK's retries.
+    """
+    from pyarrow import fs as pafs
+
+    env = os.environ
+    kwargs: dict = {"connect_timeout": 5.0, "allow_bucket_creation": True}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        ep = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = ep.netloc + ep.path.rstrip("/")
+        kwargs["scheme"] = ep.scheme
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ("us-east-1" if endpoint else None)
+    if region:
+        kwargs["region"] = region
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        kwargs["access_key"] = env["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = env["AWS_SECRET_ACCESS_KEY"]
+        if env.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = env["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
 
 
 def join(base: str, *parts: str) -> str:
