@@ -147,10 +147,16 @@ def _resolve_folder(spec, field, filesystem, path, scheme, role) -> Source:
             )
         return _resolve_folder(f"{spec.rstrip('/')}/{chosen}", field, filesystem, f"{path}/{chosen}", scheme, role)
     if exists("state.json"):
-        state = json.loads(_read_bytes(filesystem, f"{path}/state.json"))
-        files = [f"{path}/{d['filename']}" for d in state.get("_data_files", [])]
+        # A datasets save_to_disk folder: its Arrow files, in order. Locally datasets
+        # itself opens it (and names them); in an object store, the folder listing does.
+        if scheme == "":
+            from datasets import load_from_disk
+
+            files = [f["filename"] for f in load_from_disk(path).cache_files]
+        else:
+            files = [p for p in _list_files(filesystem, path, spec, field) if p.endswith(".arrow")]
         if not files:
-            raise DataSourceError(f"{field}: {spec!r} looks like a datasets save_to_disk folder but lists no data files")
+            raise DataSourceError(f"{field}: {spec!r} looks like a datasets save_to_disk folder but holds no data files")
         return _make_source(spec, field, filesystem, files, path, scheme)
     files = [
         p
