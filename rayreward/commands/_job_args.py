@@ -33,19 +33,36 @@ def start_ray(address: str | None, embedded_cpus: int, log_to_driver: bool = Tru
                  _node_ip_address="127.0.0.1", logging_level="WARNING", log_to_driver=log_to_driver)
 
 
+def preflight_job(args, job, full_pass: bool = True) -> None:
+    """Checks the job's data, model and storage before Ray starts (``rayreward.job.preflight``);
+    prints what the user should know (skipped rows, identical pairs, no eval data).
+
+    Raises:
+        PreflightError: every problem found, one per line.
+    """
+    from rayreward.job.preflight import check_job
+
+    found = check_job(job, full_pass=full_pass)
+    if not (job.data.eval or job.data.eval_split):
+        found.notes.append("no eval data: accuracy will not be measured; set data.eval=FILE or data.eval_split=0.05 "
+                           "to measure it")
+    for note in found.notes:
+        print(f"[rayreward] note: {note}", file=sys.stderr)
+    found.raise_if_any(f"the inputs of {args.config or 'the job'}")
+
+
 def load_job(args, extra_sections: tuple[str, ...] = ()):
-    """``(JobConfig, {extra section: value})``, or ``(None, {})`` after printing every problem.
+    """``(JobConfig, {extra section: value})``.
 
     Sections named in ``extra_sections`` (``tune`` for a sweep file) are taken out of
     the file before the job part is validated, and returned for their own checks.
+
+    Raises:
+        ConfigError: every problem of the config (the command line prints it, exit 2).
     """
     from rayreward.job.tree import load_yaml
-    from rayreward.job.config import ConfigError, apply_overrides, job_from_dict
+    from rayreward.job.config import apply_overrides, job_from_dict
 
-    try:
-        raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.overrides)
-        extras = {name: raw.pop(name) for name in extra_sections if name in raw}
-        return job_from_dict(raw, source=args.config), extras
-    except ConfigError as exc:
-        print(f"rayreward {args.command}: {exc}", file=sys.stderr)
-        return None, {}
+    raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.overrides)
+    extras = {name: raw.pop(name) for name in extra_sections if name in raw}
+    return job_from_dict(raw, source=args.config), extras

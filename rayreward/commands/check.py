@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from rayreward.commands._job_args import add_job_arguments, load_job
+from rayreward.commands._job_args import add_job_arguments, load_job, preflight_job
 
-HELP = "Check a job config (and overrides) and print the resolved config; starts no cluster."
+HELP = ("Check a job config (and overrides), its data, model and storage, and print the resolved config; "
+        "starts no cluster.")
 
 
 def add_arguments(parser) -> None:
@@ -19,21 +20,20 @@ def run(args) -> int:
     from rayreward.job.config import step_plan, to_dict
 
     job, extras = load_job(args, extra_sections=("tune",))
-    if job is None:
-        return 2
     if "tune" in extras:
         problems = _tune_problems(extras["tune"], job)
         if problems:
             print(f"rayreward check: {len(problems)} problem(s) in the tune section:\n"
                   + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
             return 2
+    preflight_job(args, job)
     resolved = to_dict(job)
     # The tune section was taken out before the job was built: show the file's own, or none.
     resolved.pop("tune", None)
     if "tune" in extras:
         resolved["tune"] = extras["tune"]
     print(yaml.safe_dump(resolved, sort_keys=False), end="")
-    if job.train.get("max_steps", -1) > 0:
+    if job.train["max_steps"] > 0:
         print(f"# {step_plan(job, None).max_steps} steps (train.max_steps)")
     print(f"# {args.config or 'defaults'}: OK")
     return 0

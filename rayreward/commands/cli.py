@@ -3,6 +3,10 @@
 Each subcommand lives in ``rayreward/commands/<name>.py`` and exposes
 ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Running
 ``rayreward`` with no arguments runs the demo: ``rayreward train`` on the defaults.
+
+Exit codes: 0 done, 2 a problem with the user's input (config, data, model, storage,
+arguments), 1 an internal error, 130 interrupted. User errors print one message and
+no traceback; ``--debug`` (anywhere on the line) or ``RAYREWARD_DEBUG=1`` adds it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 
 SUBCOMMANDS = ("train", "check", "export", "tune", "evaluate", "score", "serve")
 
@@ -37,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("RAYREWARD_DEBUG", "").lower() in ("1", "true", "yes")
+    argv = [a for a in argv if a != "--debug"]
     if "RAY_ADDRESS" not in os.environ and not any(a.startswith("--address") for a in argv):
         # The command will start an embedded Ray: keep it on loopback. Without this Ray
         # swaps 127.0.0.1 for the machine's routable address. Ray reads it at import,
@@ -45,13 +52,53 @@ def main(argv: list[str] | None = None) -> int:
         # must not have it (it would register as 127.0.0.1).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of any error (also RAYREWARD_DEBUG=1)")
     if not argv:
         argv = ["train"]
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"\nrayreward {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place every error becomes an exit code
+        user = user_error(exc)
+        if debug:
+            traceback.print_exc()
+        if user is not None:
+            print(f"rayreward {args.command}: {user}", file=sys.stderr)
+            return 2
+        print(f"rayreward {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+              "  (a bug in rayreward or a library it uses: run again with --debug or RAYREWARD_DEBUG=1 for the "
+              "traceback, and report it)", file=sys.stderr)
+        return 1
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user's error behind ``exc`` (itself, or the cause a Ray error wraps), else None.
+
+    User errors are the ones rayreward raises about its input, each naming the field,
+    file or row and what was expected.
+    """
+    from rayreward.data.formats import BadRowError, DataFormatError
+    from rayreward.data.sources import DataSourceError
+    from rayreward.job.preflight import PreflightError
+    from rayreward.job.tree import ConfigError
+
+    kinds = (ConfigError, PreflightError, DataSourceError, DataFormatError, BadRowError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kinds):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
 
 
 if __name__ == "__main__":

@@ -34,11 +34,14 @@ def run(args) -> int:
     from rayreward.core.metrics import format_headline
     from rayreward.core.samples import format_table
     from rayreward.evaluation.score import ray_session
+    from rayreward.job.preflight import check_scoring
 
     # 1. check what can be checked before Ray starts
     if args.show < 0:
-        print("rayreward evaluate: --show: expected a number >= 0", file=sys.stderr)
+        print(f"rayreward evaluate: --show: got {args.show}; expected a number >= 0", file=sys.stderr)
         return 2
+    check_scoring(args.model, args.data, pairs_only=True, prompt_column=args.prompt_column).raise_if_any(
+        "the evaluation's inputs")
     # 2. score and measure
     try:
         with ray_session(args.address):
@@ -50,7 +53,7 @@ def run(args) -> int:
             )
     except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
         print(f"rayreward evaluate: {exc}", file=sys.stderr)
-        return 1
+        return 2
     # 3. report
     m = result.metrics
     if result.samples is not None:

@@ -20,16 +20,22 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import os
     import sys
 
     from rayreward.data.sources import DataSourceError
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.evaluation.score import OUTPUT_SUFFIXES, ray_session, score
+    from rayreward.job.preflight import check_scoring, check_storage
 
     # 1. check what can be checked before Ray starts
     if not args.out.endswith(OUTPUT_SUFFIXES):
-        print(f"rayreward score: --out {args.out}: expected a .parquet or .jsonl file", file=sys.stderr)
+        print(f"rayreward score: --out: got {args.out!r}; expected a .parquet or .jsonl file", file=sys.stderr)
         return 2
+    found = check_scoring(args.model, args.data, pairs_only=False, text_column=args.text_column,
+                          prompt_column=args.prompt_column)
+    found.problems += check_storage(os.path.dirname(os.path.abspath(args.out)), "--out")
+    found.raise_if_any("the scoring's inputs")
     # 2. score
     try:
         with ray_session(args.address):
@@ -40,7 +46,7 @@ def run(args) -> int:
             )
     except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
         print(f"rayreward score: {exc}", file=sys.stderr)
-        return 1
+        return 2
     # 3. report
     what = ", ".join(result.layout.reward_columns)
     print(f"wrote {result.rows} rows with {what} to {result.path}")

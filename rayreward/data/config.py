@@ -14,6 +14,7 @@ from rayreward.data.formats import FORMATS, LENGTH_POLICIES, ColumnNames
 FORMAT_CHOICES = ("auto",) + FORMATS
 BAD_ROW_POLICIES = ("error", "skip")
 SHUFFLE_MODES = ("local", "global", "none")
+IDENTICAL_PAIR_POLICIES = ("warn", "error")
 
 
 @dataclass
@@ -82,6 +83,13 @@ class DataConfig:
             "'error' stops with its file and row, 'skip' drops it, counts it and shows the first few."
         },
     )
+    identical_pairs: str = field(
+        default="warn",
+        metadata={
+            "help": "Pairs whose chosen equals rejected carry no preference: 'warn' counts them and trains on "
+            "them (their loss is constant), 'error' refuses the data set, naming the first one."
+        },
+    )
     shuffle: str = field(
         default="local",
         metadata={
@@ -146,6 +154,8 @@ class DataConfig:
             bad("length_policy", self.length_policy, f"one of {', '.join(LENGTH_POLICIES)}")
         if self.on_bad_rows not in BAD_ROW_POLICIES:
             bad("on_bad_rows", self.on_bad_rows, f"one of {', '.join(BAD_ROW_POLICIES)}")
+        if self.identical_pairs not in IDENTICAL_PAIR_POLICIES:
+            bad("identical_pairs", self.identical_pairs, f"one of {', '.join(IDENTICAL_PAIR_POLICIES)}")
         if self.shuffle not in SHUFFLE_MODES:
             bad("shuffle", self.shuffle, f"one of {', '.join(SHUFFLE_MODES)}")
         for name in ("shuffle_buffer_size", "tokenize_actors", "tokenize_batch_size"):

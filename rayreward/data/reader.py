@@ -209,6 +209,14 @@ def canonical_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], 
     # A margin is checked wherever it appears (as the trainer does), but carried only
     # when the data set's first row has one: a column is the data set's, not a row's.
     checked = {c: raw[c] for c in (*mapping.values(), plan.names.margin) if c in raw}
+    margin = checked.get(plan.names.margin)
+    if plan.source.kind == "csv" and isinstance(margin, str):
+        # CSV has no types: one non-number in the column makes every margin text, so
+        # each is read as a number here and only the row that is not one is blamed.
+        try:
+            checked[plan.names.margin] = raw[plan.names.margin] = float(margin)
+        except ValueError:
+            pass
     problem = row_problem(checked, plan.fmt, plan.names)
     if problem:
         return {}, problem
