@@ -85,16 +85,16 @@ def save_normalization(model_dir: str | os.PathLike, mean: float, std: float, so
     Example:
         >>> save_normalization("runs/rm/model", mean=0.41, std=1.73, source="eval.jsonl, 400 pairs")
     """
+    from transformers import AutoConfig
+
     stats = RewardNormalization(float(mean), float(std), source)
     path = _config_path(model_dir)
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config[MEAN_KEY], config[STD_KEY] = stats.mean, stats.std
-    if source is not None:
-        config[SOURCE_KEY] = source
-    else:
-        config.pop(SOURCE_KEY, None)
-    # Same layout as transformers' own to_json_file.
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    config = AutoConfig.from_pretrained(path.parent)
+    setattr(config, MEAN_KEY, stats.mean)
+    setattr(config, STD_KEY, stats.std)
+    setattr(config, SOURCE_KEY, source)
+    # What save_pretrained writes, but atomically: a reader never sees half a config.
+    text = config.to_json_string(use_diff=True)
     fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

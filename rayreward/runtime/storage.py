@@ -94,12 +94,38 @@ def download_dir(src: str, local_dir: str, located=None) -> str:
     return local_dir
 
 
-def write_text(dest: str, text: str) -> None:
+def write_bytes(dest: str, data: bytes) -> None:
+    """Writes ``data`` to ``dest`` (a local path, parents created, or a URI)."""
     if not is_uri(dest):
         os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-        with open(dest, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(dest, "wb") as f:
+            f.write(data)
         return
     fs, path = filesystem(dest)
     with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
+        f.write(data)
+
+
+def write_text(dest: str, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``dest``, a local path or a URI."""
+    write_bytes(dest, text.encode("utf-8"))
+
+
+def read_bytes(src: str) -> bytes:
+    """The content of ``src`` (a local path or a URI); raises ``OSError`` when missing."""
+    if not is_uri(src):
+        with open(src, "rb") as f:
+            return f.read()
+    fs, path = filesystem(src)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def is_dir(path: str) -> bool:
+    """Whether ``path`` (a local path or a URI) is a folder."""
+    if not is_uri(path):
+        return os.path.isdir(path)
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type == pafs.FileType.Directory

@@ -33,7 +33,7 @@ def trial_rows(grid, trials: dict, keys: list[str], metric: str, mode: str, stor
     for result in grid:
         trial_id = os.path.basename(result.path.rstrip("/")).removeprefix("trial_")
         history = _history(result.metrics_dataframe, metric, storage)
-        kept = [h for h in history if h["value"] is not None and h["checkpoint"] and _exists(h["checkpoint"])]
+        kept = [h for h in history if h["value"] is not None and h["checkpoint"] and _storage.is_dir(h["checkpoint"])]
         best = max(kept, key=lambda h: sign * h["value"]) if kept else None
         last_step = history[-1]["step"] if history else None
         plan = _read_json(_storage.join(_uri(result.path, storage), "plan.json"))
@@ -89,7 +89,7 @@ def write_report(job: JobConfig, base: dict, rows: list[dict], run_dir: str, key
         + ["| " + " | ".join(str(c) for c in line) + " |" for line in table]) + "\n")
 
     # 2. Plot: the metric against each swept value, and over steps.
-    _write_bytes(files["plot"], _plot(rows, keys, job.tune.search_space, metric, best))
+    _storage.write_bytes(files["plot"], _plot(rows, keys, job.tune.search_space, metric, best))
     if best is None:
         print_fn(f"[rayreward] no trial reported {metric} with a checkpoint: no best config or model")
         files = {k: v for k, v in files.items() if k in ("results_csv", "results_md", "plot")}
@@ -192,36 +192,11 @@ def _uri(path: str, storage: str) -> str:
     return storage.split("://", 1)[0] + "://" + path.lstrip("/")
 
 
-def _exists(path: str) -> bool:
-    if not _storage.is_uri(path):
-        return os.path.isdir(path)
-    import pyarrow.fs as pafs
-
-    fs, inner = _storage.filesystem(path)
-    return fs.get_file_info(inner).type == pafs.FileType.Directory
-
-
 def _read_json(path: str) -> dict:
     try:
-        if not _storage.is_uri(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        fs, inner = _storage.filesystem(path)
-        with fs.open_input_stream(inner) as f:
-            return json.loads(f.read())
+        return json.loads(_storage.read_bytes(path))
     except (OSError, ValueError):
         return {}
-
-
-def _write_bytes(dest: str, data: bytes) -> None:
-    if not _storage.is_uri(dest):
-        os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-        with open(dest, "wb") as f:
-            f.write(data)
-        return
-    fs, inner = _storage.filesystem(dest)
-    with fs.open_output_stream(inner) as f:
-        f.write(data)
 
 
 def _plot(rows: list[dict], keys: list[str], space: dict, metric: str, best: dict | None) -> bytes:
