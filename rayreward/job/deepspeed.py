@@ -69,7 +69,3 @@ def deepspeed_config_for(job) -> dict[str, Any]:
     """``build_deepspeed_config`` for a ``JobConfig``."""
     ds = job.deepspeed
     return build_deepspeed_config(ds.stage, ds.offload_optimizer, ds.offload_param, ds.config, job.scaling.use_gpu)
-
-
-def zero_stage(config: dict[str, Any]) -> int:
-    return int(config.get("zero_optimization", {}).get("stage", 0))
