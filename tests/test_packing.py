@@ -12,6 +12,7 @@ import random
 
 import pytest
 import torch
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from rayreward import RewardConfig
 
@@ -321,7 +322,7 @@ def trainer_for(model, tokenizer, pairs, tmp_path, **overrides):
 
 def test_trainer_packs_training_batches_and_pads_evaluation_batches(tokenizer, hh_pairs, tmp_path):
     trainer = trainer_for(decoder("llama", tokenizer), tokenizer, hh_pairs, tmp_path)
-    assert not isinstance(trainer._get_train_sampler(), LengthGroupedPairSampler)
+    assert not isinstance(trainer.get_train_sampler(), LengthGroupedSampler)
     train_batch = next(iter(trainer.get_train_dataloader()))
     assert "packed_input_ids" in train_batch and train_batch["chosen_index"].shape == (4, 2)
     eval_batch = next(iter(trainer.get_eval_dataloader()))
@@ -329,7 +330,7 @@ def test_trainer_packs_training_batches_and_pads_evaluation_batches(tokenizer, h
 
     encoder = tiny.build_model("tiny-bert", tokenizer, hidden_size=32, num_layers=1)
     trainer = trainer_for(encoder, tokenizer, hh_pairs, tmp_path)
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedPairSampler)
+    assert isinstance(trainer.get_train_sampler(), LengthGroupedSampler)
     assert "input_ids_chosen" in next(iter(trainer.get_train_dataloader()))
 
 

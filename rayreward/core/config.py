@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -21,10 +23,62 @@ class RewardConfig(TrainingArguments):
     alias ``gradient_checkpointing`` are on; ``remove_unused_columns`` is off because
     the pairs are not model inputs).
 
+    Every field of TRL 1.16's ``RewardConfig`` is here with its meaning and default
+    (``model_init_kwargs``, ``trust_remote_code``, ``chat_template_path``,
+    ``disable_dropout``, ``dataset_num_proc``, ``eos_token``, ``pad_token`` (deprecated
+    there too), ``max_length``, ``pad_to_multiple_of``, ``center_rewards_coefficient``,
+    ``activation_offloading``). TRL's changed ``TrainingArguments`` defaults
+    (``learning_rate`` 1e-4, ``logging_steps`` 10, ``bf16`` on) are not taken: see
+    "Coming from TRL" in the README.
+
     Example:
         >>> args = RewardConfig(output_dir="out", max_length=512, learning_rate=1e-5)
     """
 
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments of AutoModelForSequenceClassification.from_pretrained when the model is "
+            "given by name (its 'revision' is used for the tokenizer too). The weights load in float32 unless "
+            "'dtype' says otherwise; bf16/fp16 compute comes from the bf16/fp16 flags."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run model and tokenizer code shipped with a hub checkpoint (model given by name)."},
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat template to render conversations with: a .jinja/.j2 file, or a tokenizer folder/name "
+            "whose template is copied (its special tokens must already be in this tokenizer)."
+        },
+    )
+    dataset_num_proc: int | None = field(
+        default=None,
+        metadata={"help": "Processes tokenizing a datasets.Dataset (datasets.Dataset.map's num_proc)."},
+    )
+    eos_token: str | None = field(
+        default=None,
+        metadata={"help": "Token ending a text answer (appended when missing); None: the tokenizer's EOS."},
+    )
+    pad_token: str | None = field(
+        default=None,
+        metadata={"help": "Deprecated (as in TRL): set tokenizer.pad_token instead. None: pad, else EOS."},
+    )
+    pad_to_multiple_of: int | str | None = field(
+        default="auto",
+        metadata={
+            "help": "Pad batches to a multiple of this length. 'auto': 128 on Neuron devices, which compile per "
+            "shape, no rounding elsewhere."
+        },
+    )
+    activation_offloading: bool = field(
+        default=False,
+        metadata={"help": "Keep the activations saved for the backward pass in CPU memory."},
+    )
     max_length: int | None = field(
         default=1024,
         metadata={"help": "Longest sequence (prompt + answer, in tokens) used; None keeps all pairs."},
@@ -111,6 +165,31 @@ class RewardConfig(TrainingArguments):
             # Reentrant checkpointing drops gradients of inputs that do not require them,
             # which breaks LoRA (frozen embeddings); the non-reentrant variant does not.
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
+        if isinstance(self.pad_to_multiple_of, str) and self.pad_to_multiple_of != "auto":
+            # The command line hands every value over as a string.
+            text = self.pad_to_multiple_of.strip().lower()
+            self.pad_to_multiple_of = None if text in ("none", "null", "") else int(text)
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of != "auto" and (
+            not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of < 1
+        ):
+            raise ValueError(
+                f"pad_to_multiple_of: got {self.pad_to_multiple_of!r}; expected a positive integer, 'auto' or None"
+            )
+        for name in ("eos_token", "pad_token"):
+            # TrainingArguments.to_dict() hides every "*_token" field behind "<NAME>" (it
+            # means hub tokens); a copy made with RewardConfig(**args.to_dict()) must not
+            # take that placeholder for a token.
+            if getattr(self, name) == f"<{name.upper()}>":
+                setattr(self, name, None)
+        if self.pad_token is not None:
+            warnings.warn(
+                "RewardConfig.pad_token is deprecated (as in TRL 1.x): set tokenizer.pad_token and pass the "
+                "tokenizer as processing_class instead",
+                FutureWarning,
+                stacklevel=3,
+            )
+        if self.dataset_num_proc is not None and (not isinstance(self.dataset_num_proc, int) or self.dataset_num_proc < 1):
+            raise ValueError(f"dataset_num_proc: got {self.dataset_num_proc!r}; expected a positive integer or None")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention_backend: got {self.attention_backend!r}; expected one of {', '.join(ATTENTION_BACKENDS)}"
@@ -126,3 +205,10 @@ class RewardConfig(TrainingArguments):
                 f"length_group_batches: got {self.length_group_batches!r}; expected a positive integer"
             )
         super().__post_init__()
+        if self.pad_to_multiple_of == "auto":
+            # Neuron compiles one graph per input shape; rounding bounds how many. Asking
+            # for `self.device` here would set up the distributed state too early (a Ray
+            # worker adopts its process group after building the arguments).
+            import importlib.util
+
+            self.pad_to_multiple_of = 128 if importlib.util.find_spec("torch_neuronx") else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from typing import Any
 
 from torch import nn
@@ -16,7 +17,19 @@ HEAD_NAMES = ("score", "classifier")
 
 
 def load_reward_model(name_or_path: str, **kwargs):
-    """Loads a sequence-classification model with one output, or builds a built-in one."""
+    """Loads a sequence-classification model with one output, or builds a built-in one.
+
+    The weights load in float32 whatever the checkpoint's dtype: they are the master
+    weights the optimizer updates, and bf16 weights silently lose updates smaller than
+    their resolution. bf16/fp16 compute comes from ``RewardConfig(bf16=True)`` (autocast)
+    or DeepSpeed's mixed precision. ``dtype`` in ``kwargs`` ("bfloat16", "auto", a
+    ``torch.dtype``) is honoured, with a warning when it leaves the weights in low precision.
+
+    Args:
+        name_or_path: a hub id, a folder, or ``builtin:tiny-llama`` and the like.
+        **kwargs: ``from_pretrained`` keyword arguments (``num_labels`` is always 1).
+    """
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     from rayreward.core import tiny
@@ -24,7 +37,70 @@ def load_reward_model(name_or_path: str, **kwargs):
 
     if is_builtin(name_or_path):
         return tiny.build_model(name_or_path, load_tokenizer(name_or_path))
-    return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **kwargs)
+    kwargs = dict(kwargs)
+    if "torch_dtype" in kwargs and "dtype" not in kwargs:
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
+    dtype = kwargs.get("dtype")
+    asked = dtype is not None
+    if dtype is None:
+        kwargs["dtype"] = torch.float32
+    elif isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype: got {dtype!r}; expected 'auto', 'float32', 'bfloat16', 'float16' or a torch.dtype")
+        kwargs["dtype"] = getattr(torch, dtype)
+    kwargs["num_labels"] = 1
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+    if asked and warn_if_low_precision(model, f"dtype={dtype!r} was asked for when loading {name_or_path}"):
+        _LOW_PRECISION_ASKED.add(model)
+    return model
+
+
+# Models whose low-precision weights were asked for explicitly (and warned about):
+# `keep_fp32_master_weights` leaves them as they are.
+_LOW_PRECISION_ASKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def keep_fp32_master_weights(model: nn.Module) -> nn.Module:
+    """Casts a bf16/fp16 model to float32 so that the optimizer updates float32 weights.
+
+    Left alone: models whose low precision was asked for (``load_reward_model`` with a
+    ``dtype``, warned there), quantized models, and ZeRO-3 partitioned parameters
+    (DeepSpeed's own mixed precision keeps float32 master partitions).
+    """
+    import torch
+
+    if model in _LOW_PRECISION_ASKED or getattr(model, "is_quantized", False):
+        return model
+    params = list(model.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        return model
+    low = {p.dtype for p in params if p.dtype in (torch.bfloat16, torch.float16)}
+    if low:
+        logger.warning(
+            "the model's weights are %s; training keeps float32 master weights (bf16/fp16 compute comes from "
+            "RewardConfig(bf16=True) / fp16=True)", ", ".join(sorted(str(d).removeprefix("torch.") for d in low)),
+        )
+        model.to(torch.float32)
+    return model
+
+
+LOW_PRECISION_RISK = (
+    "the optimizer then updates {dtype} weights directly, and an update smaller than about 1/256 of a "
+    "weight (bf16) or 1/2048 (fp16) rounds to nothing: parameters can silently stop learning (norms and "
+    "biases first). Load float32 weights (leave dtype unset) and get {dtype} compute from bf16=True/fp16=True."
+)
+
+
+def warn_if_low_precision(model: nn.Module, why: str) -> bool:
+    """Warns, naming the risk, when trainable weights of ``model`` are bf16/fp16. Returns True when it warned."""
+    import torch
+
+    low = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)}
+    if not low:
+        return False
+    dtype = str(sorted(low, key=str)[0]).removeprefix("torch.")
+    warnings.warn(f"pure {dtype} weights ({why}): " + LOW_PRECISION_RISK.format(dtype=dtype), stacklevel=3)
+    return True
 
 
 def ensure_pad_token(tokenizer, model=None) -> None:
@@ -120,12 +196,14 @@ def wrap_peft(model: nn.Module, peft_config):
 
 
 def prepare_model(model: nn.Module, args, peft_config=None):
-    """Applies the config's model settings (dropout, cache, PEFT, checkpointing hooks)."""
+    """Applies the config's model settings (fp32 master weights, dropout, cache, PEFT, checkpointing hooks)."""
     if getattr(model.config, "num_labels", 1) != 1:
         raise ValueError(
-            f"a reward model has one output, but the model has num_labels={model.config.num_labels}; "
-            "load it with AutoModelForSequenceClassification.from_pretrained(..., num_labels=1)"
+            f"The model has num_labels={model.config.num_labels}, but reward models require num_labels=1 "
+            "(one scalar reward per sequence); load it with "
+            "AutoModelForSequenceClassification.from_pretrained(..., num_labels=1) or pass its name as a string"
         )
+    keep_fp32_master_weights(model)
     if args.disable_dropout:
         disable_dropout(model)
     if hasattr(model.config, "use_cache"):
@@ -138,19 +216,20 @@ def prepare_model(model: nn.Module, args, peft_config=None):
 
 
 def load_base_model(model_section):
-    """The model a job trains, from its ``model`` section (object or dict)."""
+    """The model a job trains, from its ``model`` section (object or dict).
+
+    ``dtype: auto`` (the default) loads float32 master weights whatever the checkpoint
+    holds; an explicit ``bfloat16``/``float16`` is honoured with a warning naming the risk.
+    """
     section = model_section if isinstance(model_section, dict) else vars(model_section)
     kwargs: dict[str, Any] = {}
     if section.get("dtype", "auto") != "auto":
-        import torch
-
-        kwargs["dtype"] = getattr(torch, section["dtype"])
+        kwargs["dtype"] = section["dtype"]
     if section.get("attn_implementation"):
         kwargs["attn_implementation"] = section["attn_implementation"]
     if section.get("trust_remote_code"):
         kwargs["trust_remote_code"] = True
     return load_reward_model(section["name_or_path"], **kwargs)
-
 
 
 def peft_config_for(lora_section):
@@ -165,10 +244,11 @@ def peft_config_for(lora_section):
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The ``transformers`` model inside DDP / DeepSpeed (``.module``) and PEFT wrappers."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
+    """The ``transformers`` model inside DDP / DeepSpeed / compile and PEFT wrappers."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
+    if hasattr(model, "get_base_model"):  # PEFT
         model = model.get_base_model()
     return model
 

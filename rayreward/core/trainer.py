@@ -29,7 +29,6 @@ from rayreward.core.model import (
     ensure_pad_token,
     load_reward_model,
     prepare_model,
-    warn_if_low_precision,
     warn_if_pad_is_final_eos,
 )
 from rayreward.core.packed import packed_rewards, plan_packing
@@ -238,7 +237,6 @@ class RewardTrainer(Trainer):
             if args.model_init_kwargs:
                 logger.warning("args.model_init_kwargs is ignored: the model is already built")
             name = getattr(model.config, "name_or_path", None)
-            warn_if_low_precision(model, "the model passed in holds them")
         elif model_init is None:
             raise ValueError("pass a model (or a model name/path) or a model_init")
         if tokenizer is None:

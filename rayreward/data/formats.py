@@ -352,7 +352,7 @@ class PairEncoder:
                     out.append(None)
                     continue
                 self.stats.truncated += 1
-                c_ids, r_ids = self._truncate(c_ids), self._truncate(r_ids)
+                c_ids, r_ids = self.truncate(c_ids), self.truncate(r_ids)
             pair = {
                 "input_ids_chosen": c_ids,
                 "attention_mask_chosen": [1] * len(c_ids),
@@ -380,7 +380,7 @@ class PairEncoder:
                     out.append(None)
                     continue
                 self.stats.truncated += 1
-                ids = self._truncate(ids)
+                ids = self.truncate(ids)
             out.append(ids)
         return out
 
@@ -417,7 +417,8 @@ class PairEncoder:
             texts.append(text)
         return [list(ids) for ids in tok(texts)["input_ids"]]
 
-    def _truncate(self, ids: list[int]) -> list[int]:
+    def truncate(self, ids: list[int]) -> list[int]:
+        """The last max_length tokens of ids (keeping a leading special token such as BOS or CLS)."""
         n = self.max_length
         if len(ids) <= n:
             return ids
