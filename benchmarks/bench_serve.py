@@ -109,7 +109,7 @@ def main() -> None:
 
     from rayreward.core import tiny
     from rayreward.data.tokenizer import builtin_tokenizer
-    from rayreward.evaluation.score import ActorPool, ray_session, score
+    from rayreward.evaluation.score import ActorPool, score, scoring_session
     from rayreward.serve.app import launch
     from rayreward.serve.config import serve_config
 
@@ -158,7 +158,7 @@ def main() -> None:
         src, out = tmp / "texts.jsonl", tmp / "scored.parquet"
         src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
         start = time.perf_counter()
-        with ray_session():
+        with scoring_session():
             score(model_dir, str(src), out, pool=ActorPool(cpus_per_actor=args.cpus))
         wall = time.perf_counter() - start
         results["score offline"] = {"texts_per_s": len(texts) / wall, "p50_ms": None, "p99_ms": None}

@@ -49,7 +49,8 @@ def over_handle(name: str, address: str) -> None:
     import ray
     from ray import serve
 
-    ray.init(address=address)
+    if not ray.is_initialized():
+        ray.init(address=address)
     handle = serve.get_app_handle(name)
     # The handle methods take the bodies of the HTTP routes and return the same answers.
     print("get_reward:", handle.get_reward.remote({"query": TEXTS}).result())

@@ -115,16 +115,18 @@ def _offline(tmp_path, model, rows, **kwargs):
     """``rayreward score`` (its Python API, on the module's Ray) over ``rows``."""
     import pyarrow.parquet as pq
 
-    from rayreward.evaluation.score import ActorPool, ray_session, score
+    from rayreward.evaluation.score import ActorPool, score, scoring_session
 
     src, out = tmp_path / f"in-{len(os.listdir(tmp_path))}.jsonl", tmp_path / f"out-{len(os.listdir(tmp_path))}.parquet"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with ray_session():
+    with scoring_session():
         score(model, str(src), out, pool=ActorPool(cpus_per_actor=0.5), **kwargs)
     return pq.read_table(out).column("reward").to_numpy()
 
 
-@pytest.mark.timeout(300)
+# The module's Ray and Serve start inside this test's timeout (about a minute on two idle
+# cores; several on a machine loaded ten times over).
+@pytest.mark.timeout(900)
 def test_rewards_equal_rayreward_score_normalized_and_not(served, models, tmp_path):
     url = served["rm"].url
     texts = _offline(tmp_path, models["a"], [{"text": t} for t in TEXTS])
@@ -156,10 +158,10 @@ def test_rewards_equal_rayreward_score_normalized_and_not(served, models, tmp_pa
 @pytest.mark.timeout(300)
 def test_pairs_give_evaluate_accuracy(served, models):
     from rayreward.evaluation.evaluate import evaluate
-    from rayreward.evaluation.score import ActorPool, ray_session
+    from rayreward.evaluation.score import ActorPool, scoring_session
 
     pairs = [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in read_jsonl(SHARED_DATA / "test.jsonl", 48)]
-    with ray_session():
+    with scoring_session():
         result = evaluate(models["a"], _pairs_file(pairs), pool=ActorPool(cpus_per_actor=0.5))
     got = _post(f"{served['rm'].url}/score", {"pairs": pairs}).json()
     np.testing.assert_allclose(got["reward_chosen"], result.rewards_chosen, atol=1e-5)
@@ -219,6 +221,21 @@ def _stats(url: str, replicas: int = 2) -> dict[str, dict]:
         if len(seen) >= replicas:
             break
     return seen
+
+
+@pytest.mark.timeout(120)
+def test_client_example_runs_over_http_and_the_handle(served, capsys):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "serve_client.py")
+    spec = importlib.util.spec_from_file_location("example_serve_client", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.over_http(served["rm"].url)
+    module.over_handle("rm", "unused: Ray is running")
+    out = capsys.readouterr().out
+    assert out.count("'rewards': [") >= 4 and out.count("'p_chosen': [") == 2
+    assert "'status': 422" in out and "texts[1]" in out
 
 
 BAD = [
