@@ -1,0 +1,143 @@
+"""A quiet console: rayreward's own lines on the terminal, everything else in a log file.
+
+Inside ``Console(log_path)`` the process's stdout and stderr (file descriptors 1 and 2,
+so Ray's C++ core, forwarded worker output, DeepSpeed, transformers, tqdm bars and
+Python warnings alike) are written to the log file, and ``Console.say`` writes to the
+terminal (and to the log, so that it reads in order). Progress events from the
+training workers (``rayreward.run.callbacks.Progress`` with a sink) are shown as a
+live bar on a terminal and as periodic lines otherwise. With ``verbose`` nothing is
+redirected: the terminal shows everything, as Ray prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+
+def add_console_arguments(parser) -> None:
+    """``-v/--verbose``: show Ray's, DeepSpeed's and transformers' output on the terminal."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the output of Ray, DeepSpeed and transformers here instead of only in the log file")
+
+
+class Console:
+    """The terminal for one command; use as a context manager.
+
+    Args:
+        log_path: the log file for everything that is not rayreward's own line
+            (appended to; its folder is created). None: nothing is redirected.
+        verbose: show everything on the terminal (nothing is redirected).
+
+    Example:
+        >>> with Console("runs/r1/rayreward.log") as console:
+        ...     console.say("[rayreward] starting")
+    """
+
+    def __init__(self, log_path: str | None, verbose: bool = False):
+        self.log_path = None if verbose else log_path
+        self._out = sys.stdout
+        self._log = None
+        self._saved: tuple[int, int] | None = None
+        self._bar = False
+        self._lock = threading.Lock()
+
+    @property
+    def redirected(self) -> bool:
+        return self._saved is not None
+
+    def __enter__(self) -> "Console":
+        if self.log_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+            self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self._saved = (os.dup(1), os.dup(2))
+            self._out = os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+            os.dup2(self._log.fileno(), 1)
+            os.dup2(self._log.fileno(), 2)
+            self.say(f"[rayreward] log of Ray, DeepSpeed and transformers: {self.log_path} (-v shows it here)")
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self._end_bar()
+        if self._saved is None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._saved = None
+        if kind is not None and not issubclass(kind, KeyboardInterrupt):
+            self._out.write(f"[rayreward] stopped; the full log is {self.log_path}\n")
+        self._out.close()
+        self._out = sys.stdout
+        self._log.close()
+
+    def say(self, line: str) -> None:
+        """Writes one of rayreward's lines to the terminal (and to the log)."""
+        with self._lock:
+            self._end_bar()
+            self._out.write(line + "\n")
+            self._out.flush()
+            if self._log is not None and self._saved is not None:
+                self._log.write(line + "\n")
+
+    def progress(self, event: dict) -> None:
+        """Shows a progress event: a live bar on a terminal for training steps, else a line."""
+        if event.get("kind") != "train" or not self._out.isatty():
+            self.say(event["line"])
+            return
+        done, total = event.get("step", 0), max(event.get("total", 0), 1)
+        width = 24
+        filled = min(width, int(width * done / total))
+        detail = event["line"].split(" | ", 1)[-1] if " | " in event["line"] else ""
+        with self._lock:
+            self._out.write(f"\r\033[K[rayreward] [{'#' * filled}{'.' * (width - filled)}] {done}/{total} | {detail}")
+            self._out.flush()
+            self._bar = True
+            if self._log is not None and self._saved is not None:
+                self._log.write(event["line"] + "\n")
+
+    def follow(self, queue) -> "_Follower":
+        """A context manager that shows the events put into ``queue`` (a ``ray.util.queue.Queue``) until it exits."""
+        return _Follower(self, queue)
+
+    def _end_bar(self) -> None:
+        if self._bar:
+            self._out.write("\n")
+            self._bar = False
+
+
+class _Follower:
+    def __init__(self, console: Console, queue):
+        self.console, self.queue = console, queue
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rayreward-progress", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        # Polls rather than blocks on get(): a blocking get's timeout comes back wrapped
+        # in a Ray task error, and the queue's actor goes away with Ray on an interrupt.
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                pending = self.queue.size()
+                events = self.queue.get_nowait_batch(pending) if pending else []
+            except Exception:  # noqa: BLE001 - the queue is gone (Ray shut down)
+                return
+            for event in events:
+                self.console.progress(event)
+            if stopping:
+                return
+            self._stop.wait(0.5)

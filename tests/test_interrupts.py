@@ -1,0 +1,99 @@
+"""Ctrl-C and a killed driver: nothing of the run's Ray is left, and the run resumes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from process_helpers import RAYREWARD, Watcher, command_env, start, wait_until_gone
+
+# The demo, shortened: checkpoints every 4 steps, more steps than the test waits for.
+SHORT = ["train.save_steps=4", "train.logging_steps=4", "train.eval_steps=1000", "train.max_steps=400",
+         "data.eval_split=0"]
+
+
+def test_last_checkpoint_is_the_latest_complete_one(tmp_path):
+    from rayreward.commands.train import last_checkpoint
+
+    assert last_checkpoint(str(tmp_path / "missing")) is None
+    for step, complete in ((4, True), (12, True), (16, False)):
+        folder = tmp_path / f"checkpoint-{step:06d}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-notes").mkdir()
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-000012")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ctrl_c_exits_130_says_how_to_resume_leaves_nothing_and_resumes(tmp_path):
+    storage = tmp_path / "runs"
+    env = command_env(RAY_ADDRESS="")
+    proc = start([*RAYREWARD, "train", f"storage.path={storage}", *SHORT], env)
+    with Watcher(proc.pid) as watcher:
+        deadline = time.monotonic() + 600
+        while not list(storage.glob("*/checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(1)
+        assert list(storage.glob("*/checkpoint-*/trainer_state.json")), "no checkpoint within 10 minutes"
+        # Ctrl-C on a terminal: SIGINT to the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    checkpoint = re.search(r"the last checkpoint is (\S+)", err)
+    resume = re.search(r"resume with: (.+)", err)
+    assert checkpoint and resume, err[-3000:]
+    assert Path(checkpoint.group(1), "trainer_state.json").is_file()
+    left = wait_until_gone(watcher, timeout_s=10)
+    assert not left, f"processes left after Ctrl-C: {left}"
+    # The printed command resumes the same run at its last checkpoint (a few steps more).
+    step = int(checkpoint.group(1).rsplit("-", 1)[1])
+    command = shlex.split(resume.group(1))
+    assert command[:2] == ["rayreward", "train"] and any(a.startswith("storage.name=") for a in command)
+    again = start([*RAYREWARD, *command[1:], f"train.max_steps={step + 4}"], env)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    assert f"resumed at step {step}/{step + 4}" in out, out
+
+
+_DRIVER = """
+import sys, time
+import ray
+from rayreward.runtime.ray_session import ray_session
+
+with ray_session(num_cpus=2):
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def pid(self):
+            import os
+            return os.getpid()
+
+    holder = Holder.remote()
+    ray.get(holder.pid.remote())
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_killed_driver_leaves_nothing_of_its_ray_after_30_s(tmp_path):
+    proc = start([sys.executable, "-c", _DRIVER], command_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
+    with Watcher(proc.pid) as watcher:
+        assert proc.stdout.readline().strip() == "ready", proc.communicate()[1][-3000:]
+        time.sleep(2)  # a few samples of the whole tree, agents and actor included
+    names = " ".join(watcher.alive())
+    assert "raylet" in names and "gcs_server" in names, names
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = wait_until_gone(watcher, timeout_s=30)
+    assert not left, f"left 30 s after the driver was killed: {left}"
