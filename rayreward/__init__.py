@@ -12,6 +12,7 @@ _PUBLIC = {
     "RewardConfig": "rayreward.core.config",
     "RewardTrainer": "rayreward.core.trainer",
     "RewardDataCollatorWithPadding": "rayreward.data.collators",
+    "DataCollatorForPreference": "rayreward.data.collators",
     "pairwise_loss": "rayreward.core.loss",
     "reward_metrics": "rayreward.core.metrics",
     "BadRowError": "rayreward.data.formats",
