@@ -112,7 +112,11 @@ def test_cross_field_rules(tmp_path):
             "or offload_param=false") in problems
     assert ("train.save_steps: got 30 with train.eval_steps=20; expected a multiple of eval_steps so each "
             "checkpoint's eval_accuracy is current") in problems
-    no_eval = problems_of(tmp_path, "data:\n  train: my.jsonl\n")
+    # One training file and nothing else trains, without evaluation (issue 13's friction);
+    # asking for evaluation without eval data is still refused.
+    (tmp_path / "my.yaml").write_text("data:\n  train: my.jsonl\n")
+    assert load_job_config(str(tmp_path / "my.yaml")).train["eval_strategy"] == "no"
+    no_eval = problems_of(tmp_path, "data:\n  train: my.jsonl\n", ["train.eval_strategy=steps"])
     assert no_eval == ["train.eval_strategy: got 'steps' but there is no eval data; expected data.eval or "
                        "data.eval_split to be set, or train.eval_strategy=no"]
     streaming = problems_of(tmp_path, "", ["data.materialize=false"])
@@ -149,7 +153,8 @@ def test_shipped_examples_pass_check(path, monkeypatch, capsys):
     from rayreward.commands.cli import main
 
     monkeypatch.chdir(ROOT)
-    assert main(["check", "--config", str(path)]) == 0
+    # The configs name data and models of the machines they are written for: the config alone.
+    assert main(["check", "--config-only", "--config", str(path)]) == 0
     assert "OK" in capsys.readouterr().out
 
 
@@ -168,3 +173,32 @@ def test_help_is_generated_from_field_docs(capsys):
     out = capsys.readouterr().out
     assert "deepspeed.offload_optimizer = False" in out and "Keep optimizer state in CPU memory" in out
     assert "data.max_length = 1024" in out and "train.learning_rate = 0.002" in out
+
+
+def test_train_section_is_typed_from_reward_config():
+    """Every train key's default is RewardConfig's own unless the demo sets it; iterating
+    gives only the keys that are set (what RewardConfig(**train) receives)."""
+    import dataclasses
+
+    from rayreward.core.config import RewardConfig
+    from rayreward.job.train_section import TRAIN_DEFAULTS, TrainSection
+
+    own = {f.name: f.default for f in dataclasses.fields(RewardConfig) if f.init}
+    train = TrainSection({"learning_rate": 1e-5})
+    assert train["max_steps"] == own["max_steps"] == -1 and train.gradient_accumulation_steps == 1
+    assert train["learning_rate"] == 1e-5 and train["per_device_train_batch_size"] == TRAIN_DEFAULTS[
+        "per_device_train_batch_size"]
+    assert set(train) == set(TRAIN_DEFAULTS) | {"learning_rate"}
+    assert TrainSection({"max_steps": -1}).validate() == [] and TrainSection({"max_steps": 10}).validate() == []
+    assert TrainSection({"max_steps": 0}).validate() == [
+        "train.max_steps: got 0; expected a positive integer, or -1 to count steps from num_train_epochs"]
+    with pytest.raises(KeyError):
+        train["no_such_field"]
+
+
+def test_yaml_reads_1_2_scalars():
+    from rayreward.job.tree import parse_scalar
+
+    assert parse_scalar("2e-5") == 2e-5 and parse_scalar("no") == "no" and parse_scalar("yes") == "yes"
+    assert parse_scalar("true") is True and parse_scalar("null") is None and parse_scalar("12") == 12
+    assert parse_scalar("[1, 2]") == [1, 2] and parse_scalar("{a: 1}") == {"a": 1}

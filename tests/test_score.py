@@ -276,15 +276,18 @@ def test_score_errors_on_ray(ray_local, model_dir, tmp_path, capsys):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": None}) + "\n")
-    assert main(["score", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 1
+    # User errors: exit 2, named by file and row before any scoring (the preflight's full pass).
+    assert main(["score", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert "bad.jsonl" in err and "field 'text': missing value" in err
+    assert "bad.jsonl, row 2" in err and "field 'text': missing value" in err
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": 3}) + "\n")
-    assert main(["score", "--model", str(model_dir), "--data", str(mixed), "--out", str(tmp_path / "o.jsonl")]) == 1
-    assert "cannot read the data" in capsys.readouterr().err
+    assert main(["score", "--model", str(model_dir), "--data", str(mixed), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "mixed.jsonl, row 2: field 'text': expected a string" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
-    assert main(["score", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "o.jsonl"),
-                 "--normalize"]) == 1
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"text": "fine"}) + "\n")
+    assert main(["score", "--model", str(model_dir), "--data", str(good), "--out", str(tmp_path / "o.jsonl"),
+                 "--normalize"]) == 2
     assert "has no reward statistics" in capsys.readouterr().err
     assert main(["score", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "o.csv")]) == 2

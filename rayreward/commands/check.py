@@ -12,6 +12,9 @@ HELP = ("Check a job config (and overrides), its data, model and storage, and pr
 
 def add_arguments(parser) -> None:
     add_job_arguments(parser)
+    parser.add_argument("--config-only", action="store_true",
+                        help="check the config alone, without opening its data, model or storage "
+                             "(for a config written for another machine)")
 
 
 def run(args) -> int:
@@ -26,7 +29,8 @@ def run(args) -> int:
             print(f"rayreward check: {len(problems)} problem(s) in the tune section:\n"
                   + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
             return 2
-    preflight_job(args, job)
+    if not args.config_only:
+        preflight_job(args, job)
     resolved = to_dict(job)
     # The tune section was taken out before the job was built: show the file's own, or none.
     resolved.pop("tune", None)
