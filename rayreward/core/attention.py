@@ -85,6 +85,15 @@ class PackedLayout:
             )
         return self._cache["block_mask"]
 
+    def row_units(self, row: int) -> list[tuple[int, int, int, int]]:
+        """The units of one row, left to right, without the row number."""
+        if "rows" not in self._cache:
+            by_row: list[list[tuple[int, int, int, int]]] = [[] for _ in range(self.rows)]
+            for r, *cols in sorted(self.units):
+                by_row[r].append(tuple(cols))
+            self._cache["rows"] = by_row
+        return self._cache["rows"][row]
+
     def varlen_spans(self):
         """Flat token indices and cumulative lengths of the two span kinds (on device)."""
         if "varlen" not in self._cache:
@@ -199,31 +208,35 @@ def _segment(layout: PackedLayout, q, k, v, scale, dropout):
     sdpa = torch.nn.functional.scaled_dot_product_attention
     gqa = q.shape[1] != k.shape[1]
     heads, dim = q.shape[1], v.shape[-1]
-    by_row: list[list[tuple[int, int, int, int]]] = [[] for _ in range(layout.rows)]
-    for row, *cols in layout.units:
-        by_row[row].append(tuple(cols))
     out_rows = []
-    for row, units in enumerate(by_row):
-        qr, kr, vr = q[row : row + 1], k[row : row + 1], v[row : row + 1]
-        pieces, col = [], 0
-        for start, prefix_end, chosen_end, end in sorted(units):
-            if start > col:
-                pieces.append(q.new_zeros(1, heads, start - col, dim))
-            # prefix + chosen: plain causal attention over a contiguous span
-            pieces.append(sdpa(qr[:, :, start:chosen_end], kr[:, :, start:chosen_end], vr[:, :, start:chosen_end],
-                               dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa))
-            # rejected: sees the whole prefix and itself causally (lower-right aligned)
-            n_prefix, n_rej = prefix_end - start, end - chosen_end
-            keys = torch.cat([kr[:, :, start:prefix_end], kr[:, :, chosen_end:end]], dim=2)
-            values = torch.cat([vr[:, :, start:prefix_end], vr[:, :, chosen_end:end]], dim=2)
-            mask = torch.ones(n_rej, n_prefix + n_rej, dtype=torch.bool, device=q.device).tril(n_prefix)
-            pieces.append(sdpa(qr[:, :, chosen_end:end], keys, values, attn_mask=mask, dropout_p=dropout,
-                               scale=scale, enable_gqa=gqa))
+    # unbind/split rather than indexing: their backward is one stack/cat, where every
+    # slice's backward would fill a zero tensor of the whole batch.
+    for row, (qr, kr, vr) in enumerate(zip(q.unbind(0), k.unbind(0), v.unbind(0))):
+        units, sizes, col = layout.row_units(row), [], 0
+        for start, prefix_end, chosen_end, end in units:
+            sizes += [start - col, prefix_end - start, chosen_end - prefix_end, end - chosen_end]
             col = end
-        if col < layout.length:
-            pieces.append(q.new_zeros(1, heads, layout.length - col, dim))
-        out_rows.append(torch.cat(pieces, dim=2))
-    return torch.cat(out_rows, dim=0).transpose(1, 2).contiguous()
+        sizes.append(layout.length - col)
+        qs, ks, vs = (t.split(sizes, dim=1) for t in (qr, kr, vr))
+        pieces = []
+        for u, (start, prefix_end, chosen_end, end) in enumerate(units):
+            if sizes[4 * u]:
+                pieces.append(qr.new_zeros(heads, sizes[4 * u], dim))
+            # prefix + chosen: plain causal attention over a contiguous span (no mask: the
+            # flash kernel, which skips the upper triangle)
+            pc = [torch.cat([t[4 * u + 1], t[4 * u + 2]], dim=1) for t in (qs, ks, vs)]
+            pieces.append(sdpa(*pc, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa))
+            # rejected: sees the whole prefix and itself causally (lower-right aligned)
+            n_prefix, n_rej = sizes[4 * u + 1], sizes[4 * u + 3]
+            keys = torch.cat([ks[4 * u + 1], ks[4 * u + 3]], dim=1)
+            values = torch.cat([vs[4 * u + 1], vs[4 * u + 3]], dim=1)
+            mask = torch.ones(n_rej, n_prefix + n_rej, dtype=torch.bool, device=q.device).tril(n_prefix)
+            pieces.append(sdpa(qs[4 * u + 3], keys, values, attn_mask=mask, dropout_p=dropout, scale=scale,
+                               enable_gqa=gqa))
+        if sizes[-1]:
+            pieces.append(qr.new_zeros(heads, sizes[-1], dim))
+        out_rows.append(torch.cat(pieces, dim=1))
+    return torch.stack(out_rows).transpose(1, 2).contiguous()
 
 
 def _flex(layout: PackedLayout, q, k, v, scale, dropout):
