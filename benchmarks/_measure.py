@@ -46,19 +46,29 @@ def machine() -> dict:
     }
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> dict:
-    """The best rate of an ``n x n`` matrix product on this process's threads.
+def matmul_peak_flops(n: int = 2048, repeats: int = 5, dtype: str = "float32", device: str = "cpu") -> dict:
+    """The best rate of an ``n x n`` matrix product on this process's threads (or a GPU).
 
     The denominator of the model FLOP utilization: what this machine reaches on the
     operation the models spend their time in, measured in the same run. Returns FLOPs
     per wall second and per CPU second of the process (all its threads); the second
-    holds still when other processes share the cores.
+    holds still when other processes share the cores. On a GPU both are the GPU's rate.
     """
     import torch
 
-    a = torch.randn(n, n, dtype=getattr(torch, dtype))
-    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
+    b = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
     torch.matmul(a, b)  # warm-up: thread pool, kernels
+    if device != "cpu":
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(10):
+                torch.matmul(a, b)
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - start) / 10)
+        return {"wall": 2 * n**3 / best, "cpu": 2 * n**3 / best}
     wall = cpu = float("inf")
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()

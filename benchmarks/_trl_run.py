@@ -57,9 +57,28 @@ def build_model(name: str, tok, seed: int):
             tie_word_embeddings=False, num_labels=1, attn_implementation="sdpa",
         )
         return AutoModelForSequenceClassification.from_config(config)
+    if name in DECODER_CONFIGS:  # gpu_check.py's decoders, built from a config
+        from transformers import Qwen2Config
+
+        config = Qwen2Config(
+            vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id, num_labels=1, attn_implementation="sdpa", tie_word_embeddings=False,
+            max_position_embeddings=4096, **DECODER_CONFIGS[name],
+        )
+        return AutoModelForSequenceClassification.from_config(config)
     if name == "minilm":
         return AutoModelForSequenceClassification.from_pretrained(str(minilm_dir()), num_labels=1)
     raise ValueError(f"unknown model {name!r}; expected llama or minilm")
+
+
+# Qwen2-shaped decoders (grouped-query attention); "qwen-0.5b" has Qwen2.5-0.5B's body
+# (the embedding follows the benchmark tokenizer's vocabulary, so ~0.36B parameters).
+DECODER_CONFIGS = {
+    "qwen-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                      num_key_value_heads=2),
+    "qwen-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2),
+}
 
 
 def read_rows(split: str, n: int) -> list[dict]:
