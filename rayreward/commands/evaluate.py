@@ -34,14 +34,16 @@ def run(args) -> int:
     from rayreward.core.metrics import format_headline
     from rayreward.core.samples import format_table
     from rayreward.evaluation.score import ray_session
-    from rayreward.job.preflight import check_scoring
+    from rayreward.job.preflight import check_scoring, check_storage
 
     # 1. check what can be checked before Ray starts
     if args.show < 0:
         print(f"rayreward evaluate: --show: got {args.show}; expected a number >= 0", file=sys.stderr)
         return 2
-    check_scoring(args.model, args.data, pairs_only=True, prompt_column=args.prompt_column).raise_if_any(
-        "the evaluation's inputs")
+    found = check_scoring(args.model, args.data, pairs_only=True, prompt_column=args.prompt_column)
+    if args.out:
+        found.problems += check_storage(args.out, "--out")
+    found.raise_if_any("the evaluation's inputs")
     # 2. score and measure
     try:
         with ray_session(args.address):

@@ -34,7 +34,8 @@ def run(args) -> int:
         return 2
     found = check_scoring(args.model, args.data, pairs_only=False, text_column=args.text_column,
                           prompt_column=args.prompt_column)
-    found.problems += check_storage(os.path.dirname(os.path.abspath(args.out)), "--out")
+    found.problems += check_storage(args.out if "://" in args.out else os.path.dirname(os.path.abspath(args.out)),
+                                    "--out")
     found.raise_if_any("the scoring's inputs")
     # 2. score
     try:
