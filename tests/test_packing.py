@@ -26,7 +26,6 @@ from rayreward.data.tokenizer import builtin_tokenizer
 from rayreward.data.collators import RewardDataCollatorWithPadding
 from rayreward.core.model import disable_dropout
 from rayreward.data.packing import (
-    LengthGroupedPairSampler,
     PackedPairCollator,
     length_grouped_batches,
     pack_pairs,
@@ -140,32 +139,6 @@ def test_length_grouped_batches_measure_pairs_by_their_longer_side():
     (a, b) = length_grouped_batches(pairs, 2, rng=3)
     assert {pair_length(p) for p in a} | {pair_length(p) for p in b} == {5, 8, 9}
     assert sorted(map(pair_length, a)) in ([5, 8], [9, 9])
-
-
-def test_sampler_groups_within_buffers_and_reshuffles_each_epoch():
-    lengths = [(i * 7919) % 300 + 1 for i in range(100)]
-    sampler = LengthGroupedPairSampler(lengths, batch_size=8, buffer_batches=4, seed=0)
-    first = list(sampler)
-    second = list(sampler)
-    assert sorted(first) == list(range(100)) and sorted(second) == list(range(100))
-    assert first != second
-    sampler.set_epoch(0)
-    assert list(sampler) == first
-    batches = [first[k:k + 8] for k in range(0, 100, 8)]
-    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
-    shuffled = list(range(100))
-    random.Random(0).shuffle(shuffled)
-    random_spread = sum(
-        max(lengths[i] for i in shuffled[k:k + 8]) - min(lengths[i] for i in shuffled[k:k + 8])
-        for k in range(0, 100, 8)
-    ) / len(batches)
-    assert spread < random_spread / 3
-    # buffers of 32 pairs: a batch never mixes pairs of two buffers
-    buffers = [set(first[k:k + 32]) for k in range(0, 100, 32)]
-    assert all(any(set(b) <= buf for buf in buffers) for b in batches)
-
-
-# -- packing layout --------------------------------------------------------------------
 
 
 def test_pack_pairs_layout_by_hand():

@@ -8,9 +8,10 @@ Length grouping
     Pairs are sorted by length inside a shuffle buffer and cut into batches; the
     batches of a buffer are then shuffled, and the buffers come in random order, so
     training order stays random at the scale of a buffer. ``length_grouped_batches``
-    does it for one buffer (the Ray worker iterator calls it); ``LengthGroupedPairSampler``
-    does it for a whole in-memory data set (the in-process trainer). On by default
-    where batches are padded (encoders); packed rows need it not.
+    does it for one buffer of a streamed Ray shard: transformers' ``LengthGroupedSampler``
+    (which the in-process trainer uses) needs every length up front, which a stream
+    does not have. On by default where batches are padded (encoders); packed rows need
+    it not.
 
 Shared-prefix packing (causal decoders)
     Chosen and rejected usually start with the same tokens (the dialogue so far). A
@@ -101,48 +102,6 @@ def length_grouped_batches(
     rng.shuffle(full)
     batches = full + ([order[split : split + rest]] if rest else [])
     return [[items[i] for i in b] for b in batches]
-
-
-class LengthGroupedPairSampler(torch.utils.data.Sampler[int]):
-    """Indices of an in-memory data set, in batches of similar length.
-
-    Each epoch shuffles the data set, splits it into buffers of
-    ``batch_size * buffer_batches`` pairs and groups each buffer with
-    ``length_grouped_batches``. A ``DataLoader`` with the same ``batch_size`` then
-    yields length-grouped batches; only the very last batch of an epoch can be short,
-    so batch boundaries never drift. Every rank draws the same order (seed + epoch),
-    which lets accelerate's batch sharding give each rank its own batches.
-
-    Args:
-        lengths: one length per pair (``pair_length``).
-        batch_size: the DataLoader's batch size (per device).
-        buffer_batches: how many batches' worth of pairs are grouped together.
-        seed: base seed; epoch ``e`` uses ``seed`` and ``e``.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, buffer_batches: int = 50, seed: int = 0):
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.buffer_batches = buffer_batches
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        rng = random.Random(f"{self.seed}:{self.epoch}")
-        self.epoch += 1
-        perm = list(range(len(self.lengths)))
-        rng.shuffle(perm)
-        buffer = self.batch_size * self.buffer_batches
-        for start in range(0, len(perm), buffer):
-            idx = perm[start : start + buffer]
-            for batch in length_grouped_batches(idx, self.batch_size, [self.lengths[i] for i in idx], rng):
-                yield from batch
 
 
 # -- packing ---------------------------------------------------------------------------
@@ -309,7 +268,6 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 __all__ = [
-    "LengthGroupedPairSampler",
     "PackedPairCollator",
     "length_grouped_batches",
     "pack_pairs",
