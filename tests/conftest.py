@@ -17,6 +17,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray replaces a loopback node address with the machine's routable one unless told
 # that this is a single-machine cluster; must be set before ray is imported.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# The tests' Ray is their own, never a cluster named in the environment.
+os.environ.pop("RAY_ADDRESS", None)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless"
@@ -88,15 +90,11 @@ def ray_local():
     """
     import ray
 
+    from rayreward.runtime.ray_session import ray_session
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
-    )
-    yield ray
-    ray.shutdown()
+    # The commands' own session: embedded on 127.0.0.1, every process stopped at the end
+    # (or by its watchdog if pytest is killed).
+    with ray_session(num_cpus=4, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}):
+        yield ray

@@ -19,20 +19,6 @@ def add_address_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")
 
 
-def start_ray(address: str | None, embedded_cpus: int, log_to_driver: bool = True) -> None:
-    """Joins ``address`` (or ``$RAY_ADDRESS``), else starts a Ray in this process bound to loopback."""
-    import os
-
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=log_to_driver)
-    else:
-        ray.init(address="local", num_cpus=embedded_cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level="WARNING", log_to_driver=log_to_driver)
-
-
 def preflight_job(args, job, full_pass: bool = True) -> None:
     """Checks the job's data, model and storage before Ray starts (``rayreward.job.preflight``);
     prints what the user should know (skipped rows, identical pairs, no eval data).

@@ -17,6 +17,8 @@ import os
 import sys
 import traceback
 
+from rayreward.runtime.ray_session import prepare_environment
+
 SUBCOMMANDS = ("train", "check", "export", "tune", "evaluate", "score", "serve")
 
 
@@ -45,12 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("RAYREWARD_DEBUG", "").lower() in ("1", "true", "yes")
     argv = [a for a in argv if a != "--debug"]
-    if "RAY_ADDRESS" not in os.environ and not any(a.startswith("--address") for a in argv):
-        # The command will start an embedded Ray: keep it on loopback. Without this Ray
-        # swaps 127.0.0.1 for the machine's routable address. Ray reads it at import,
-        # so it is set before anything imports ray; a driver joining a real cluster
-        # must not have it (it would register as 127.0.0.1).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Before anything imports ray: an empty RAY_ADDRESS means unset, an embedded Ray stays on loopback.
+    prepare_environment(argv)
     parser = build_parser()
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of any error (also RAYREWARD_DEBUG=1)")

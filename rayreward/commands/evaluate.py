@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rayreward.runtime.console import add_console_arguments
 from rayreward.commands._scoring_args import actor_pool, add_inference, add_model_and_data, positive_int
 
 HELP = ("Evaluate a reward model on preference pairs: accuracy, rewards, margin, calibration (ECE), "
@@ -23,17 +24,21 @@ def add_arguments(parser) -> None:
                         help="store the mean and std of the rewards in the model's config.json "
                              "(used by `rayreward score --normalize`)")
     add_inference(parser)
+    add_console_arguments(parser)
 
 
 def run(args) -> int:
+    import os
     import sys
+    import tempfile
 
     from rayreward.data.sources import DataSourceError
     from rayreward.evaluation.evaluate import evaluate
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.core.metrics import format_headline
     from rayreward.core.samples import format_table
-    from rayreward.evaluation.score import ray_session
+    from rayreward.runtime.console import Console
+    from rayreward.evaluation.score import scoring_session
     from rayreward.job.preflight import check_scoring, check_storage
 
     # 1. check what can be checked before Ray starts
@@ -46,7 +51,10 @@ def run(args) -> int:
     found.raise_if_any("the evaluation's inputs")
     # 2. score and measure
     try:
-        with ray_session(args.address):
+        # Ray's and Ray Data's output goes to a log file (-v: here).
+        log = os.path.join(args.out or tempfile.gettempdir(), "rayreward.log" if args.out
+                           else f"rayreward-evaluate-{os.getpid()}.log")
+        with Console(log, verbose=args.verbose), scoring_session(args.address):
             result = evaluate(
                 args.model, args.data, out_dir=args.out, show=args.show, group_column=args.group_column,
                 batch_tokens=args.batch_tokens, max_length=args.max_length, n_bins=args.bins,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rayreward.runtime.console import add_console_arguments
 from rayreward.commands._scoring_args import actor_pool, add_inference, add_model_and_data
 
 HELP = ("Score texts, prompt/response rows, conversations or preference pairs with a reward model; "
@@ -17,6 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-column", metavar="COL", default=None,
                         help="the answer column of single answers when it is not text/response/completion/messages")
     add_inference(parser)
+    add_console_arguments(parser)
 
 
 def run(args) -> int:
@@ -25,7 +27,8 @@ def run(args) -> int:
 
     from rayreward.data.sources import DataSourceError
     from rayreward.data.formats import BadRowError, DataFormatError
-    from rayreward.evaluation.score import OUTPUT_SUFFIXES, ray_session, score
+    from rayreward.runtime.console import Console
+    from rayreward.evaluation.score import OUTPUT_SUFFIXES, scoring_session, score
     from rayreward.job.preflight import check_scoring, check_storage
 
     # 1. check what can be checked before Ray starts
@@ -39,7 +42,8 @@ def run(args) -> int:
     found.raise_if_any("the scoring's inputs")
     # 2. score
     try:
-        with ray_session(args.address):
+        # Ray's and Ray Data's output goes to a log file (-v: here).
+        with Console(args.out + ".log", verbose=args.verbose), scoring_session(args.address):
             result = score(
                 args.model, args.data, args.out, normalize=args.normalize, batch_tokens=args.batch_tokens,
                 max_length=args.max_length, text_column=args.text_column, prompt_column=args.prompt_column,

@@ -5,40 +5,119 @@ from __future__ import annotations
 import math
 import os
 
-from rayreward.commands._job_args import add_address_argument, add_job_arguments, load_job, start_ray
+from rayreward.commands._job_args import add_address_argument, add_job_arguments, load_job, preflight_job
 
 HELP = ("Train a reward model with Ray Train + DeepSpeed; with no arguments, the demo "
         "(tiny model, bundled data, 2 CPU workers, ZeRO-2).")
 
 
 def add_arguments(parser) -> None:
+    from rayreward.runtime.console import add_console_arguments
+
     add_job_arguments(parser)
     add_address_argument(parser)
+    add_console_arguments(parser)
 
 
 def run(args) -> int:
-    import ray
+    import dataclasses
 
+    from rayreward.job.config import run_name, storage_uri
     from rayreward.run.fit import fit
+    from rayreward.runtime import storage as _storage
+    from rayreward.runtime.console import Console
+    from rayreward.runtime.ray_session import ray_session
 
     # 1. Config, validated before anything starts.
     job, _ = load_job(args)
-    if job is None:
-        return 2
-    # 2. Ray: the given cluster, or one embedded in this process bound to loopback.
-    start_ray(args.address, embedded_cpus(job))
-    _quiet_ray_data()
-    # 3. Fit and export.
+    preflight_job(args, job)
+    # The run's name is fixed now, so that an interrupted run can be resumed by name.
+    name = run_name(job)
+    job = dataclasses.replace(job, storage=dataclasses.replace(job.storage, name=name))
+    run_dir = _storage.join(storage_uri(job), name)
+    # 2. Console and Ray: the given cluster, or one embedded in this process bound to
+    # loopback; Ray's, DeepSpeed's and transformers' output goes to the run's log.
+    console = Console(_log_path(run_dir, name), verbose=args.verbose)
     try:
-        outcome = fit(job)
-    finally:
-        ray.shutdown()
+        with console, ray_session(args.address, num_cpus=embedded_cpus(job)):
+            _quiet_ray_data()
+            # 3. Fit and export.
+            if console.redirected:
+                from ray.util.queue import Queue
+
+                events = Queue(actor_options={"num_cpus": 0})
+                with console.follow(events):
+                    outcome = fit(job, print_fn=console.say, progress=events)
+            else:
+                outcome = fit(job)
+    except KeyboardInterrupt:
+        _say_how_to_resume(args, job, run_dir)
+        return 130
     metrics = outcome.metrics
     shown = {k: metrics[k] for k in ("step", "eval_accuracy", "eval_loss", "loss") if k in metrics}
     print("[rayreward] done: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     print(f"[rayreward] model:   {outcome.model_dir}")
     print(f"[rayreward] metrics: {outcome.metrics_path}")
     return 0
+
+
+def _log_path(run_dir: str, name: str) -> str:
+    from rayreward.runtime import storage as _storage
+
+    if _storage.is_uri(run_dir):  # an object store: the log stays on this machine
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), f"rayreward-{name}.log")
+    return os.path.join(run_dir, "rayreward.log")
+
+
+def _say_how_to_resume(args, job, run_dir: str) -> None:
+    import shlex
+    import sys
+
+    last = last_checkpoint(run_dir)
+    where = f"the last checkpoint is {last}" if last else "no checkpoint was saved yet"
+    command = ["rayreward", "train"] + (["--config", args.config] if args.config else []) + list(args.overrides)
+    if args.address:
+        command += ["--address", args.address]
+    if not any(o.startswith("storage.name=") for o in args.overrides) and not _named_in_file(args.config):
+        command.append(f"storage.name={job.storage.name}")
+    print(f"\n[rayreward] interrupted: {where}", file=sys.stderr)
+    print(f"[rayreward] resume with: {shlex.join(command)}", file=sys.stderr)
+
+
+def _named_in_file(config: str | None) -> bool:
+    if not config:
+        return False
+    from rayreward.job.tree import load_yaml
+
+    return bool((load_yaml(config) or {}).get("storage", {}).get("name"))
+
+
+def last_checkpoint(run_dir: str) -> str | None:
+    """The latest complete ``checkpoint-NNNNNN`` folder of a run (local path or URI), or None.
+
+    Complete means the Trainer's state file is there: a checkpoint cut short by an
+    interrupt is not one to resume from (Ray's own record skips it too).
+    """
+    from rayreward.runtime import storage as _storage
+
+    if _storage.is_uri(run_dir):
+        from pyarrow import fs as pafs
+
+        filesystem, path = _storage.filesystem(run_dir)
+        try:
+            infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
+        except (FileNotFoundError, OSError):
+            return None
+        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+        exists = lambda n: filesystem.get_file_info(f"{path}/{n}/trainer_state.json").type == pafs.FileType.File  # noqa: E731
+    else:
+        names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+        exists = lambda n: os.path.isfile(os.path.join(run_dir, n, "trainer_state.json"))  # noqa: E731
+    done = sorted((n for n in names if n.startswith("checkpoint-") and n[11:].isdigit() and exists(n)),
+                  key=lambda n: int(n[11:]))
+    return _storage.join(run_dir, done[-1]) if done else None
 
 
 def embedded_cpus(job) -> int:
@@ -51,7 +130,7 @@ def embedded_cpus(job) -> int:
     pins each worker's torch threads to its cpus_per_worker, so the extra logical CPUs
     do not oversubscribe the cores with compute.
     """
-    workers = math.ceil(job.scaling.num_workers * job.scaling.cpus_per_worker)
+    workers = math.ceil(job.scaling.max_workers * job.scaling.cpus_per_worker)
     tokenizers = math.ceil(job.data.tokenize_actors * job.data.tokenize_num_cpus)
     return max(os.cpu_count() or 1, workers + max(tokenizers, 2))
 

@@ -6,7 +6,7 @@ import math
 import os
 import sys
 
-from rayreward.commands._job_args import add_address_argument, add_job_arguments, load_job, start_ray
+from rayreward.commands._job_args import add_address_argument, add_job_arguments, load_job, preflight_job
 
 HELP = ("Sweep hyperparameters with Ray Tune (ASHA early stopping): each trial is a `rayreward train` "
         "run with sampled overrides; prints and writes the results, the best config, a plot and the best model. "
@@ -19,28 +19,23 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import ray
-
+    from rayreward.runtime.ray_session import ray_session
     from rayreward.tune.sweep import run_sweep, sweep_problems
 
     # 1. Config and search space, checked before anything starts.
     job, _ = load_job(args)
-    if job is None:
-        return 2
     problems = sweep_problems(job)
     if problems:
         print(f"rayreward tune: {len(problems)} problem(s) in the sweep" + (f" {args.config}" if args.config else "")
               + ":\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return 2
+    preflight_job(args, job)
     # 2. Ray: the given cluster, or one embedded in this process bound to loopback. The
     # trials' worker logs stay on the cluster (each trial's folder has them); the driver
     # shows Tune's trial table and one line per trial event.
-    start_ray(args.address, embedded_cpus(job), log_to_driver=False)
-    # 3. Sweep, report, export.
-    try:
+    # 3. Sweep, report, export; an embedded Ray is stopped with every process it started.
+    with ray_session(args.address, num_cpus=embedded_cpus(job), log_to_driver=False):
         outcome = run_sweep(job)
-    finally:
-        ray.shutdown()
     return 130 if outcome.interrupted else 0
 
 
@@ -54,7 +49,7 @@ def embedded_cpus(job) -> int:
     not oversubscribe them with compute.
     """
     s, d = job.scaling, job.data
-    per_trial = math.ceil(s.num_workers * s.cpus_per_worker) + math.ceil(d.tokenize_actors * d.tokenize_num_cpus)
+    per_trial = math.ceil(s.max_workers * s.cpus_per_worker) + math.ceil(d.tokenize_actors * d.tokenize_num_cpus)
     return max(os.cpu_count() or 1, job.tune.max_concurrent_trials * per_trial + 1)
 
 

@@ -71,7 +71,7 @@ def evaluate(
 ) -> EvalResult:
     """Scores preference pairs with a model and measures how good its rewards are.
 
-    Call inside a Ray session (``rayreward.evaluation.score.ray_session``).
+    Call inside a Ray session (``rayreward.evaluation.score.scoring_session``).
 
     Args:
         model: a model directory or checkpoint (``scorer.resolve_model_dir``).

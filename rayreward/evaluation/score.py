@@ -153,21 +153,23 @@ def score_dataset(ds, model_dir, layout: Layout, pool: ActorPool = ActorPool(), 
 
 
 @contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
-    """Uses the running Ray, else joins ``address`` (or ``RAY_ADDRESS``), else starts a local one."""
+def scoring_session(address: str | None = None) -> Iterator[None]:
+    """Ray for scoring (``rayreward.runtime.ray_session``: the running one, ``address`` or
+    ``RAY_ADDRESS``, else an embedded one on loopback), with Ray Data keeping row order
+    and a bad row's own error reaching the caller."""
+    from rayreward.runtime.ray_session import ray_session
+
+    with ray_session(address), _scoring_context():
+        yield
+
+
+@contextmanager
+def _scoring_context() -> Iterator[None]:
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, logging_level="WARNING")
-        else:
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
-        started = True
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.raise_original_map_exception
     try:
-        ctx = ray.data.DataContext.get_current()
-        saved = ctx.execution_options.preserve_order, ctx.raise_original_map_exception
         ctx.execution_options.preserve_order = True  # output rows follow input rows
         ctx.raise_original_map_exception = True  # a bad row reaches the driver as BadRowError
         try:
@@ -188,8 +190,6 @@ def ray_session(address: str | None = None) -> Iterator[None]:
             raise
     finally:
         ctx.execution_options.preserve_order, ctx.raise_original_map_exception = saved
-        if started:
-            ray.shutdown()
 
 
 def write_rows(ds, out: str | os.PathLike, drop: tuple[str, ...] = ()) -> tuple[int, int]:
@@ -242,7 +242,7 @@ def score(
 
     Pairs get ``reward_chosen`` and ``reward_rejected``; single answers (text,
     prompt + response, conversation) get ``reward``. Call inside a Ray session
-    (``ray_session``).
+    (``scoring_session``).
 
     Args:
         model: a model directory or checkpoint (``resolve_model_dir``).
@@ -261,7 +261,7 @@ def score(
         BadRowError: a row is malformed.
 
     Example:
-        >>> with ray_session():
+        >>> with scoring_session():
         ...     score("runs/rm/model", "prompts.jsonl", "scored.parquet")
     """
     from rayreward.evaluation.normalization import load_normalization

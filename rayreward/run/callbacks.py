@@ -35,10 +35,16 @@ def latest_metrics(log_history: list[dict], step: int, steps_per_epoch: int | No
 
 class ReportCheckpoints(TrainerCallback):
     """After each save, every rank reports its checkpoint files (merged by Ray) and
-    rank 0's metrics; the job config goes into the checkpoint for ``rayreward export``."""
+    rank 0's metrics; the job config goes into the checkpoint for ``rayreward export``.
 
-    def __init__(self, job: dict, steps_per_epoch: int | None):
-        self.job, self.steps_per_epoch = job, steps_per_epoch
+    With ``upload="async"`` Ray copies the files to storage in a background thread and
+    training goes on at once (``CheckpointUploadMode.ASYNC``); the local copy is
+    deleted once uploaded, and a checkpoint counts (for resume and export) only when
+    every rank's upload has finished.
+    """
+
+    def __init__(self, job: dict, steps_per_epoch: int | None, upload: str = "sync"):
+        self.job, self.steps_per_epoch, self.upload = job, steps_per_epoch, upload
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train
@@ -49,26 +55,36 @@ class ReportCheckpoints(TrainerCallback):
                 json.dump(self.job, f, indent=1)
         has_files = os.path.isdir(folder) and bool(os.listdir(folder))
         checkpoint = ray.train.Checkpoint.from_directory(folder) if has_files else None
+        metrics = latest_metrics(state.log_history, state.global_step, self.steps_per_epoch)
+        metrics["world_size"] = ray.train.get_context().get_world_size()
+        mode = ray.train.CheckpointUploadMode.ASYNC if self.upload == "async" else ray.train.CheckpointUploadMode.SYNC
         # Every rank calls report (it is a barrier); Ray keeps rank 0's metrics.
         ray.train.report(
-            latest_metrics(state.log_history, state.global_step, self.steps_per_epoch),
+            metrics,
             checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoint-{state.global_step:06d}",
+            checkpoint_upload_mode=mode,
             delete_local_checkpoint_after_upload=has_files,
         )
 
 
 class Progress(TrainerCallback):
-    """Rank 0 prints one line per log: step, loss, accuracy, rate and ETA."""
+    """Rank 0 reports each log: step, loss, accuracy, rate and ETA.
 
-    def __init__(self, steps_per_epoch: int | None, print_fn=None):
-        self.steps_per_epoch, self.print = steps_per_epoch, print_fn or _write_line
+    The line goes to the worker's stdout (the run's log); with a ``sink`` (a
+    ``ray.util.queue.Queue`` from the driver) the same event also goes there, for the
+    driver's console to show as a line or a live bar (``rayreward.runtime.console``).
+    """
+
+    def __init__(self, steps_per_epoch: int | None, print_fn=None, sink=None):
+        self.steps_per_epoch, self.print, self.sink = steps_per_epoch, print_fn or _write_line, sink
         self.start_time = self.start_step = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start_time, self.start_step = time.monotonic(), state.global_step
         if state.is_world_process_zero and state.global_step:
-            self.print(f"[rayreward] resumed at step {state.global_step}/{state.max_steps}")
+            self._emit(f"[rayreward] resumed at step {state.global_step}/{state.max_steps}",
+                       state.global_step, state.max_steps, "resume")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or self.start_time is None:
@@ -80,15 +96,27 @@ class Progress(TrainerCallback):
         parts = [f"step {step}/{total}"]
         if self.steps_per_epoch:
             parts.append(f"epoch {step / self.steps_per_epoch:.2f}")
-        for key, label in (("loss", "loss"), ("accuracy", "acc"), ("eval_loss", "eval_loss"),
-                           ("eval_accuracy", "eval_acc")):
-            if key in logs and isinstance(logs[key], (int, float)) and math.isfinite(logs[key]):
-                parts.append(f"{label} {logs[key]:.4f}")
+        metrics = [f"{label} {logs[key]:.4f}" for key, label in (("loss", "loss"), ("accuracy", "acc"),
+                                                                  ("eval_loss", "eval_loss"),
+                                                                  ("eval_accuracy", "eval_acc"))
+                   if key in logs and isinstance(logs[key], (int, float)) and math.isfinite(logs[key])]
+        if not metrics:
+            return  # the Trainer's closing summary (runtime, mean loss): nothing new to show
+        parts += metrics
         if rate:
             eta = (total - step) / rate
             parts.append(f"{rate:.2f} steps/s")
             parts.append(f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-        self.print("[rayreward] " + " | ".join(parts))
+        kind = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        self._emit("[rayreward] " + " | ".join(parts), step, total, kind)
+
+    def _emit(self, line: str, step: int, total: int, kind: str) -> None:
+        self.print(line)
+        if self.sink is not None:
+            try:
+                self.sink.put_nowait({"line": line, "step": step, "total": total, "kind": kind})
+            except Exception:  # noqa: BLE001 - the console is a view: training goes on without it
+                self.sink = None
 
 
 def _write_line(line: str) -> None:

@@ -86,8 +86,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, log_to_
         ray.init(address=address, **options)
     else:
         os.environ.setdefault(_LOOPBACK_FLAG, "0")
-        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                           _node_ip_address="127.0.0.1", **options)
+        context = _start_embedded(num_cpus, options)
         session_dir = context.address_info["session_dir"]
         reaper = _start_reaper(session_dir)
     try:
@@ -104,6 +103,21 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, log_to_
                 reaper.terminate()
                 reaper.wait()
             _restore_sigint(previous)
+
+
+def _start_embedded(num_cpus: int | None, options: dict):
+    import ray
+
+    for attempt in (1, 2):
+        try:
+            return ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                            _node_ip_address="127.0.0.1", **options)
+        except Exception as exc:  # noqa: BLE001 - only Ray's start-up timeout is retried
+            # Ray 2.60 gives its raylet a fixed 30 s to register; on a machine busy with
+            # other work that can pass while nothing is wrong. One more try, then the error.
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
 
 
 def session_processes(session_dir: str) -> list:
