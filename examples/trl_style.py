@@ -31,6 +31,7 @@ training_args = RewardConfig(
     logging_steps=2,
     save_strategy="no",
     report_to="none",
+    bf16=False,  # float32 compute, so that the example also runs on a CPU (TRL turns bf16 on by default)
 )
 trainer = RewardTrainer(model=model_id, args=training_args, train_dataset=dataset)
 
