@@ -70,6 +70,7 @@ def check_cluster_spec(spec: dict, where: str, pvc_name: str) -> None:
             volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
             claim = volumes[mounts[SHARED_MOUNT]].get("persistentVolumeClaim", {}).get("claimName")
             assert claim == pvc_name, f"{where}/{name}: mounts claim {claim!r}, not the PVC {pvc_name!r}"
+    gpu_groups = 0
     for group in spec["workerGroupSpecs"]:
         where_g = f"{where}/{group['groupName']}"
         for key in ("replicas", "minReplicas", "maxReplicas"):
@@ -77,11 +78,47 @@ def check_cluster_spec(spec: dict, where: str, pvc_name: str) -> None:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], where_g
         assert isinstance(group["rayStartParams"], dict), where_g
         worker = containers(group["template"])[0]
-        assert "nvidia.com/gpu" in worker["resources"]["limits"], f"{where_g}: not a GPU group"
         tolerations = group["template"]["spec"].get("tolerations", [])
-        assert any(t.get("key") == "nvidia.com/gpu" for t in tolerations), f"{where_g}: no GPU toleration"
+        if "nvidia.com/gpu" in worker["resources"]["limits"]:
+            gpu_groups += 1
+            assert any(t.get("key") == "nvidia.com/gpu" for t in tolerations), f"{where_g}: no GPU toleration"
+        check_object_store_fits_shm(group, where_g)
+        if group["replicas"] == 0 and group["maxReplicas"] > 0:
+            assert spec.get("enableInTreeAutoscaling") is True, f"{where_g}: starts at 0 pods with no autoscaler"
+    assert gpu_groups, f"{where}: no GPU worker group"
+    for name, group in groups:
+        assert group["template"]["spec"].get("securityContext", {}).get("fsGroup") == RAY_GID, \
+            f"{where}/{name}: the shared volume is not writable by the Ray user's group"
     assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: token authentication is off"
     assert str(spec.get("rayVersion", "")).startswith("2."), f"{where}: rayVersion not set"
+
+
+RAY_GID = 100  # the image's `ray` user is uid 1000, group users (cluster/docker/Dockerfile)
+
+
+def memory_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for unit, factor in units.items():
+        if str(quantity).endswith(unit):
+            return int(float(str(quantity)[:-2]) * factor)
+    return int(quantity)
+
+
+def check_object_store_fits_shm(group: dict, where: str) -> None:
+    """Ray's object store lives in /dev/shm: set explicitly, below the memory volume's size.
+
+    Left to Ray it is 30% of the pod's memory, more than a typical /dev/shm volume.
+    """
+    template = group["template"]["spec"]
+    store = group["rayStartParams"].get("object-store-memory")
+    assert store, f"{where}: object-store-memory not set (Ray's default is 30% of the pod's memory)"
+    mounts = {m["mountPath"]: m["name"] for m in containers(group["template"])[0].get("volumeMounts", [])}
+    assert "/dev/shm" in mounts, f"{where}: no /dev/shm volume"
+    shm = {v["name"]: v for v in template.get("volumes", [])}[mounts["/dev/shm"]]["emptyDir"]
+    assert shm.get("medium") == "Memory"
+    assert int(store) < memory_bytes(shm["sizeLimit"]), f"{where}: object store {store} >= /dev/shm {shm['sizeLimit']}"
+    limits = containers(group["template"])[0]["resources"]["limits"]
+    assert memory_bytes(shm["sizeLimit"]) < memory_bytes(limits["memory"]), f"{where}: /dev/shm counts in the pod's memory"
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +149,69 @@ def test_rayjob_manifest(name, command, pvc_name):
     spec = doc["spec"]
     argv = shlex.split(spec["entrypoint"])
     assert argv[:2] == ["rayreward", command] and "--config" in argv, spec["entrypoint"]
-    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert runtime_env["env_vars"]["HF_HOME"].startswith(SHARED_MOUNT)
     check_cluster_spec(spec["rayClusterSpec"], name, pvc_name)
+
+
+def test_rayjob_train_submits_from_a_sidecar_and_has_a_cpu_data_group():
+    spec = load(KUBERAY / "rayjob-train.yaml")["spec"]
+    assert spec["submissionMode"] == "SidecarMode"
+    groups = {g["groupName"]: g for g in spec["rayClusterSpec"]["workerGroupSpecs"]}
+    cpu = [g for g in groups.values() if "nvidia.com/gpu" not in containers(g["template"])[0]["resources"]["limits"]]
+    assert cpu and not cpu[0]["template"]["spec"].get("tolerations")
+    # The head prepares the shared volume's folders for the Ray user before anything runs.
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    init = head["initContainers"][0]
+    assert init["securityContext"]["runAsUser"] == 0 and "chown 1000:100" in init["command"][-1]
+    # No path in the manifest installs rayreward from PyPI (it is not published there).
+    assert "rayreward==" not in (KUBERAY / "rayjob-train.yaml").read_text()
+
+
+# -- the released KubeRay CRDs, unknown fields rejected as the API server's strict validation does
+
+CRDS = ROOT.parent / "shared" / "kuberay-crds"
+
+
+def strict_schema(schema):
+    """A CRD's openAPIV3Schema as JSON Schema that rejects fields the CRD does not declare."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items() if not k.startswith("x-kubernetes-") and k != "nullable"}
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if schema.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if (out.get("type") == "object" and "properties" in out and "additionalProperties" not in out
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_validator(kind: str, version: str):
+    import jsonschema
+
+    crd = load(CRDS / f"{kind}-{version}.yaml")
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return jsonschema.Draft7Validator(strict_schema(served["schema"]["openAPIV3Schema"]))
+
+
+@pytest.mark.parametrize("version", ["v1.5.1", "v1.7.0"])
+@pytest.mark.parametrize("manifest, kind", [("raycluster.yaml", "rayclusters"), ("rayjob-train.yaml", "rayjobs"),
+                                            ("rayjob-tune.yaml", "rayjobs")])
+def test_manifest_validates_against_the_released_crd(manifest, kind, version):
+    validator = crd_validator(kind, version)
+    doc = load(KUBERAY / manifest)
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+    assert not errors, errors
+    # The check has teeth: a misspelt field is rejected.
+    broken = load(KUBERAY / manifest)
+    (broken["spec"].get("rayClusterSpec") or broken["spec"])["headGroupSpec"]["rayStartParam"] = {}
+    assert any("rayStartParam" in e.message for e in validator.iter_errors(broken))
 
 
 def entrypoint_check_args(manifest: str) -> list[str]:
@@ -131,7 +227,8 @@ def entrypoint_check_args(manifest: str) -> list[str]:
 
 @pytest.mark.parametrize("manifest", ["rayjob-train.yaml", "rayjob-tune.yaml"])
 def test_entrypoint_passes_check(manifest):
-    result = rayreward("check", *entrypoint_check_args(manifest))
+    # --config-only: the config names the cluster's model and volume, which this machine lacks.
+    result = rayreward("check", "--config-only", *entrypoint_check_args(manifest))
     assert result.returncode == 0, result.stderr + result.stdout
 
 

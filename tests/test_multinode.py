@@ -156,7 +156,7 @@ def job_for(storage: str, name: str, *overrides: str):
 
     return load_job_config(None, [
         "train.save_steps=4", "train.eval_strategy=no", "train.logging_steps=2",
-        "scaling.cpus_per_worker=1", "data.tokenize_actors=2", "data.tokenize_num_cpus=0.5",
+        "scaling.cpus_per_worker=1", "data.tokenize_actors=2", "data.tokenize_num_cpus=0.5", "data.eval=null",
         f"storage.path={storage}", f"storage.name={name}", *overrides,
     ])
 
@@ -249,7 +249,7 @@ def test_global_batches_are_exact_when_the_world_size_changes(cluster):
 # -- whole runs on two nodes ----------------------------------------------------------
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_spread_places_a_worker_on_each_node_and_both_ranks_checkpoint_to_s3(two_nodes, tmp_path, moto_s3):
     from rayreward.run.fit import fit
 
@@ -272,7 +272,7 @@ def test_spread_places_a_worker_on_each_node_and_both_ranks_checkpoint_to_s3(two
     assert_loads(str(tmp_path / "exported"))
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_fixed_size_run_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path):
     starts, runs = tmp_path / "starts.txt", tmp_path / "runs"
     job = job_for(str(runs), "lost", "train.max_steps=8", "scaling.num_workers=2",
@@ -294,7 +294,7 @@ def test_fixed_size_run_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path):
     assert_loads(outcome.model_dir)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_elastic_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_path):
     starts, runs = tmp_path / "starts.txt", tmp_path / "runs"
     job = job_for(str(runs), "elastic", "train.max_steps=12", "scaling.num_workers=[1, 2]",
