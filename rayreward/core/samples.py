@@ -21,7 +21,7 @@ def score_samples(trainer, dataset, num_samples: int = 4):
     try:
         with torch.no_grad():
             for batch in loader:
-                batch = trainer._prepare_inputs(batch)
+                batch = {k: v.to(trainer.args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 chosen, rejected = trainer.compute_rewards(model, batch)
                 for i in range(chosen.shape[0]):
                     c_ids = batch["input_ids_chosen"][i][batch["attention_mask_chosen"][i].bool()]
