@@ -1,0 +1,117 @@
+"""The package's shape holds: stages import only earlier stages, no framework internals,
+a cheap top-level import, and every public name resolves."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rayreward"
+
+# The pipeline order: a module may import its own stage or an earlier one.
+STAGES = ["runtime", "data", "core", "evaluation", "job", "run", "tune", "serve", "commands"]
+
+# Modules allowed to touch a framework's private names, each saying why in its docstring.
+ADAPTERS = {"rayreward.core._hf_attention"}
+FRAMEWORKS = ("ray", "transformers", "datasets", "peft", "yaml", "accelerate", "deepspeed")
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(rel.parts).removesuffix(".__init__")
+        yield name, ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def _imports(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+
+
+def test_every_module_lives_in_a_stage():
+    loose = [m for m, _ in _modules() if _stage(m) is None and m not in ("rayreward", "rayreward.__main__")
+             and not m.startswith("rayreward.sample_data")]
+    assert loose == [], f"modules outside the stage subpackages: {loose}"
+
+
+def test_no_stage_imports_a_later_one():
+    bad = []
+    for module, tree in _modules():
+        own = _stage(module)
+        if own is None:
+            continue
+        for target, _ in _imports(tree):
+            other = _stage(target) if target.startswith("rayreward.") else None
+            if other is not None and STAGES.index(other) > STAGES.index(own):
+                bad.append(f"{module} imports {target}")
+    assert bad == [], "lower stages import higher ones:\n" + "\n".join(bad)
+
+
+def _own_private_names() -> set[str]:
+    """Private names rayreward defines itself (attributes, functions, keywords)."""
+    names = set()
+    for _, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.keyword) and node.arg:
+                names.add(node.arg)
+    return {n for n in names if n.startswith("_")}
+
+
+def test_no_private_framework_names_outside_the_adapters():
+    own = _own_private_names()
+    bad = []
+    for module, tree in _modules():
+        if module in ADAPTERS:
+            continue
+        for target, names in _imports(tree):
+            if target.split(".")[0] not in FRAMEWORKS:
+                continue
+            private = [p for p in target.split(".")[1:] if p.startswith("_")]
+            private += [n for n in names if n.startswith("_")]
+            if private:
+                bad.append(f"{module}: from {target} import {', '.join(names)}")
+        for node in ast.walk(tree):
+            # attribute reads such as config._attn_implementation or grid._experiment_analysis
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and node.attr not in own):
+                bad.append(f"{module}:{node.lineno}: .{node.attr}")
+    assert bad == [], "private names used outside the adapter modules:\n" + "\n".join(bad)
+
+
+def test_import_rayreward_is_cheap_and_public_names_resolve():
+    code = (
+        "import sys, rayreward\n"
+        "heavy = [m for m in ('torch', 'ray', 'transformers', 'deepspeed', 'peft') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "missing = [n for n in rayreward.__all__ if getattr(rayreward, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_names_its_public_surface(stage):
+    init = PACKAGE / stage / "__init__.py"
+    assert init.exists(), f"rayreward/{stage} has no __init__.py"
+    assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"rayreward/{stage}/__init__.py says nothing"
