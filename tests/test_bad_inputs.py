@@ -214,6 +214,8 @@ CASES = [
     ("evaluate_missing_data", ["evaluate", "--model", "{model_dir}", "--data", "nope.jsonl"], 2, ["--data", "nope.jsonl"]),
     ("evaluate_negative_show", ["evaluate", "--model", "{model_dir}", "--data", "{good}", "--show", "-1"], 2,
      ["--show: got -1; expected a number >= 0"]),
+    ("evaluate_out_unwritable", ["evaluate", "--model", "{model_dir}", "--data", "{good}", "--out", "/proc/rr/eval"], 2,
+     ["--out", "cannot write"]),
     # -- score -------------------------------------------------------------------------
     ("score_out_suffix", ["score", "--model", "{model_dir}", "--data", "{good}", "--out", "x.txt"], 2,
      ["--out: got 'x.txt'; expected a .parquet or .jsonl file"]),
