@@ -209,6 +209,23 @@ def test_accumulation_keeps_the_global_batch():
     assert accumulation_steps(3, 1, 2) == 1
 
 
+def test_elastic_and_placement_are_checked_at_config_time():
+    from rayreward.job.config import ConfigError, load_job_config, step_plan
+
+    with pytest.raises(ConfigError) as err:
+        load_job_config(None, ["scaling.num_workers=[1, 2]", "deepspeed.stage=2", "scaling.placement_strategy=EVEN"])
+    text = str(err.value)
+    assert "ZeRO-2 checkpoints hold one shard per rank" in text and "scaling.placement_strategy: got 'EVEN'" in text
+    with pytest.raises(ConfigError, match=r"1 <= min <= max"):
+        load_job_config(None, ["scaling.num_workers=[2, 1]", "deepspeed.stage=0"])
+    job = load_job_config(None, ["scaling.num_workers=[1, 2]", "deepspeed.stage=0", "train.per_device_train_batch_size=4",
+                                 "train.num_train_epochs=1", "storage.checkpoint_upload=async"])
+    assert (job.scaling.min_workers, job.scaling.max_workers) == (1, 2)
+    # Global batches of 2 x 4 pairs over one endless stream: 100 pairs are 12.5 steps.
+    plan = step_plan(job, 100)
+    assert (plan.max_steps, plan.steps_per_epoch) == (13, 13)
+
+
 @pytest.mark.timeout(180)
 def test_global_batches_are_exact_when_the_world_size_changes(cluster):
     import ray
