@@ -79,14 +79,28 @@ def start_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
-    })
-    nodes = {n: cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1") for n in ("a", "b")}
+    cluster = Cluster()
+    with_retries(lambda: cluster.add_node(
+        num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=False,
+        _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3}))
+    nodes = {n: add_worker_node(cluster) for n in ("a", "b")}
     ray.init(address=cluster.address, logging_level="WARNING",
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     return cluster, nodes
+
+
+def with_retries(start, attempts: int = 3):
+    # Ray gives a starting node 30 s to register; a loaded 2-core machine may need more.
+    for attempt in range(attempts):
+        try:
+            return start()
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
+                raise
+
+
+def add_worker_node(cluster):
+    return with_retries(lambda: cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1"))
 
 
 def start_moto():
@@ -143,12 +157,12 @@ def fit_until_killed(cluster, nodes, the_job, log: Path, kill_after_step: int, r
     cluster.remove_node(nodes.pop("b"), allow_graceful=False)
     if rejoin_s is not None:
         time.sleep(rejoin_s)
-        nodes["b"] = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+        nodes["b"] = add_worker_node(cluster)
     thread.join()
     if "outcome" not in box:
         raise RuntimeError("the run failed")
     if "b" not in nodes:
-        nodes["b"] = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+        nodes["b"] = add_worker_node(cluster)
     events = read_log(log)
     before = max(s for e, s, _, t in events if e == "end" and t <= killed_at)
     restarts = [(s, w, t) for e, s, w, t in events if e == "start" and t > killed_at]

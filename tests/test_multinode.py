@@ -37,21 +37,30 @@ def _ship_this_module_by_value():
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+def with_retries(start, attempts: int = 3):
+    """Ray gives a starting node 30 s to register; on a loaded 2-core machine it may need more."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
+                raise
+
+
 class TwoNodeCluster:
     """A head with no CPUs and worker nodes ``a`` and ``b`` (custom resources name them)."""
 
     def __init__(self):
         from ray.cluster_utils import Cluster
 
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-            "_system_config": FAST_HEALTH_CHECKS,
-        })
+        self.cluster = Cluster()
+        with_retries(lambda: self.cluster.add_node(num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=False,
+                                                   _system_config=FAST_HEALTH_CHECKS))
         self.nodes = {name: self.add(name) for name in ("a", "b")}
 
     def add(self, name: str):
-        node = self.cluster.add_node(num_cpus=NODE_CPUS, resources={f"node_{name}": 1},
-                                     node_ip_address="127.0.0.1")
+        node = with_retries(lambda: self.cluster.add_node(num_cpus=NODE_CPUS, resources={f"node_{name}": 1},
+                                                          node_ip_address="127.0.0.1"))
         self.nodes = {**getattr(self, "nodes", {}), name: node}
         return node
 
