@@ -131,8 +131,10 @@ def test_rewards_equal_rayreward_score_normalized_and_not(served, models, tmp_pa
     url = served["rm"].url
     texts = _offline(tmp_path, models["a"], [{"text": t} for t in TEXTS])
     normalized = _offline(tmp_path, models["a"], [{"text": t} for t in TEXTS], normalize=True)
-    answers = _offline(tmp_path, models["a"], [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)])
-    chats = _offline(tmp_path, models["a"], [{"messages": m} for m in CONVERSATIONS])
+    # Prompt + response and chat rows: the scorer class `rayreward score`'s actors run, here
+    # in-process (two more Ray Data runs would add a minute to the suite).
+    answers = _in_process(models["a"], [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)])
+    chats = _in_process(models["a"], [{"messages": m} for m in CONVERSATIONS])
     np.testing.assert_allclose(normalized, (texts - MEAN) / STD, atol=1e-6)
 
     got = _post(f"{url}/get_reward", {"query": TEXTS, "prompts": ["x"] * len(TEXTS)}).json()
@@ -153,6 +155,13 @@ def test_rewards_equal_rayreward_score_normalized_and_not(served, models, tmp_pa
     assert info["name"] == "rm" and info["members"][0]["normalization"]["mean"] == MEAN
     assert info["max_length"] > 0 and info["members"][0]["version"]
     assert requests.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+
+
+def _in_process(model, rows):
+    from rayreward.evaluation.scorer import RewardScorer, detect_layout
+
+    layout = detect_layout(list(rows[0]), rows[0])
+    return np.asarray(RewardScorer(model, layout).score_rows(rows)[0]["reward"])
 
 
 @pytest.mark.timeout(300)
