@@ -32,8 +32,10 @@ def add_model_and_data(parser: argparse.ArgumentParser, model_help: str) -> None
 
 
 def add_inference(parser: argparse.ArgumentParser) -> None:
+    from rayreward.evaluation.scorer import DEFAULT_BATCH_TOKENS
+
     group = parser.add_argument_group("inference")
-    group.add_argument("--batch-tokens", type=positive_int, default=16384, metavar="N",
+    group.add_argument("--batch-tokens", type=positive_int, default=DEFAULT_BATCH_TOKENS, metavar="N",
                        help="most tokens (rows x longest row) in one forward pass (default: %(default)s)")
     group.add_argument("--max-length", type=positive_int, default=None, metavar="N",
                        help="texts longer than N tokens keep their last N (default: the model's limit)")

@@ -20,6 +20,7 @@ from rayreward.data.formats import DataFormatError
 from rayreward.core.metrics import DEFAULT_BINS, evaluation_metrics, headline_metrics, preference_probability
 from rayreward.evaluation.score import ActorPool, read_with_layout, score_dataset
 from rayreward.evaluation.scorer import (
+    DEFAULT_BATCH_TOKENS,
     TOKENS_COLUMN,
     TRUNCATED_COLUMN,
     is_temporary_export,
@@ -62,7 +63,7 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     show: int = 0,
     group_column: str | None = None,
-    batch_tokens: int = 16384,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     max_length: int | None = None,
     n_bins: int = DEFAULT_BINS,
     save_normalization: bool = False,

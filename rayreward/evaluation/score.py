@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rayreward.evaluation.scorer import (
+    DEFAULT_BATCH_TOKENS,
 
     TOKENS_COLUMN,
 
@@ -232,7 +233,7 @@ def score(
     data: str,
     out: str | os.PathLike,
     normalize: bool = False,
-    batch_tokens: int = 16384,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     max_length: int | None = None,
     text_column: str | None = None,
     prompt_column: str = "prompt",

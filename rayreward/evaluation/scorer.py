@@ -26,6 +26,8 @@ from rayreward.data.formats import (
 
 logger = logging.getLogger(__name__)
 
+# Most tokens (rows x longest row) in one forward pass: the one default of score, evaluate and the CLI.
+DEFAULT_BATCH_TOKENS = 16384
 TOKENS_COLUMN = "_rayreward_tokens"
 TRUNCATED_COLUMN = "_rayreward_truncated"
 # Single answers reuse the pair checks with both sides naming the answer column; no
@@ -146,7 +148,7 @@ class RewardScorer:
         self,
         model_dir: str | os.PathLike,
         layout: Layout,
-        batch_tokens: int = 16384,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_length: int | None = None,
         normalize: bool = False,
         keep_columns: Sequence[str] | None = None,
