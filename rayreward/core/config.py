@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from rayreward.data.config import DEFAULT_LENGTH_POLICY, DEFAULT_MAX_LENGTH
 from rayreward.data.formats import LENGTH_POLICIES
 
 # rayreward.core.attention.BACKENDS, repeated here so the config imports no torch code.
@@ -80,11 +81,11 @@ class RewardConfig(TrainingArguments):
         metadata={"help": "Keep the activations saved for the backward pass in CPU memory."},
     )
     max_length: int | None = field(
-        default=1024,
+        default=DEFAULT_MAX_LENGTH,
         metadata={"help": "Longest sequence (prompt + answer, in tokens) used; None keeps all pairs."},
     )
     length_policy: str = field(
-        default="filter",
+        default=DEFAULT_LENGTH_POLICY,
         metadata={
             "help": "What happens to a pair with a side longer than max_length: 'filter' drops it "
             "(as TRL does), 'truncate' keeps its last max_length tokens. The count is logged either way."

@@ -15,6 +15,9 @@ FORMAT_CHOICES = ("auto",) + FORMATS
 BAD_ROW_POLICIES = ("error", "skip")
 SHUFFLE_MODES = ("local", "global", "none")
 IDENTICAL_PAIR_POLICIES = ("warn", "error")
+# The length limit and policy of a pair, shared by this section and core.RewardConfig (one default each).
+DEFAULT_MAX_LENGTH = 1024
+DEFAULT_LENGTH_POLICY = "filter"
 
 
 @dataclass
@@ -67,10 +70,10 @@ class DataConfig:
     )
     columns: ColumnsConfig = field(default_factory=ColumnsConfig, metadata={"help": "Column names."})
     max_length: int = field(
-        default=1024, metadata={"help": "Longest sequence (prompt + answer, in tokens) kept per side of a pair."}
+        default=DEFAULT_MAX_LENGTH, metadata={"help": "Longest sequence (prompt + answer, in tokens) kept per side of a pair."}
     )
     length_policy: str = field(
-        default="filter",
+        default=DEFAULT_LENGTH_POLICY,
         metadata={
             "help": "A pair with a side longer than max_length: 'filter' drops it (as TRL does), 'truncate' "
             "keeps its last max_length tokens. Counted and logged either way."
