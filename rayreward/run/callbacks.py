@@ -115,7 +115,8 @@ class Progress(TrainerCallback):
         if self.sink is not None:
             try:
                 self.sink.put_nowait({"line": line, "step": step, "total": total, "kind": kind})
-            except Exception:  # noqa: BLE001 - the console is a view: training goes on without it
+            except Exception as exc:  # noqa: BLE001 - the console is a view: training goes on without it
+                self.print(f"[rayreward] progress lines stop reaching the console: {exc!r}")
                 self.sink = None
 
 

@@ -99,7 +99,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
 
     # 3. Trainer: one TorchTrainer, the worker loop below.
     s = job.scaling
-    trainer = build_trainer(job, prepared, name, storage, callbacks)
+    trainer = build_trainer(job, prepared, name, storage, callbacks, progress=progress)
 
     # 4. Fit.
     result = _fit_interruptibly(trainer)

@@ -134,7 +134,8 @@ class _Follower:
             try:
                 pending = self.queue.size()
                 events = self.queue.get_nowait_batch(pending) if pending else []
-            except Exception:  # noqa: BLE001 - the queue is gone (Ray shut down)
+            except Exception as exc:  # noqa: BLE001 - the queue is gone (Ray shut down)
+                print(f"[rayreward] progress display stopped: {exc!r}", file=sys.stderr)  # to the log
                 return
             for event in events:
                 self.console.progress(event)

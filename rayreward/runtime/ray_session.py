@@ -108,14 +108,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, log_to_
 def _start_embedded(num_cpus: int | None, options: dict):
     import ray
 
-    for attempt in (1, 2):
+    for attempt in (1, 2, 3):
         try:
             return ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                             _node_ip_address="127.0.0.1", **options)
         except Exception as exc:  # noqa: BLE001 - only Ray's start-up timeout is retried
             # Ray 2.60 gives its raylet a fixed 30 s to register; on a machine busy with
-            # other work that can pass while nothing is wrong. One more try, then the error.
-            if attempt == 2 or "timed out during startup" not in str(exc):
+            # other work that can pass (or its raylet trips a check) while nothing is wrong
+            # with the input. Two more tries, then the error.
+            if attempt == 3 or "timed out during startup" not in str(exc):
                 raise
             ray.shutdown()
 
