@@ -298,3 +298,41 @@ def test_bf16_checkpoint_trains_every_parameter_through_rayreward_train(ray_loca
     assert len(shared) >= 20
     # Compared in float32: a change below bf16's resolution must still count as a change.
     assert [k for k in shared if trained[k].float().equal(initial[k].float())] == []
+
+
+# -- config and collator: TRL 1.16's, field by field -------------------------------------
+
+
+def test_reward_config_has_every_trl_field_with_its_default(tmp_path):
+    import dataclasses
+
+    import trl
+    from transformers import TrainingArguments
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    trl_own = {f.name for f in dataclasses.fields(trl.RewardConfig)} - base
+    assert trl_own >= {"model_init_kwargs", "chat_template_path", "activation_offloading", "pad_to_multiple_of"}
+    ours = RewardConfig(output_dir=str(tmp_path), report_to=[])
+    theirs = trl.RewardConfig(output_dir=str(tmp_path), report_to=[], bf16=False)
+    for name in sorted(trl_own):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    parsed = RewardConfig(output_dir=str(tmp_path), report_to=[], model_init_kwargs='{"dtype": "float32"}',
+                          pad_to_multiple_of="8")
+    assert parsed.model_init_kwargs == {"dtype": "float32"} and parsed.pad_to_multiple_of == 8
+    # A copy through to_dict() (which masks every "*_token" field) keeps eos/pad unset.
+    assert RewardConfig(**ours.to_dict()).eos_token is None
+
+
+def test_data_collator_for_preference_matches_trl():
+    from trl.trainer.reward_trainer import DataCollatorForPreference as TRLCollator
+
+    examples = [{"chosen_ids": [1, 2, 3], "rejected_ids": [4, 5], "margin": 0.5},
+                {"chosen_ids": [6, 7], "rejected_ids": [8], "margin": 0.0}]
+    for multiple in (None, 4):
+        ours = DataCollatorForPreference(pad_token_id=0, pad_to_multiple_of=multiple)(examples)
+        theirs = TRLCollator(pad_token_id=0, pad_to_multiple_of=multiple)(examples)
+        assert ours.keys() == theirs.keys() == {"input_ids", "attention_mask", "margin"}
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), key
+    assert DataCollatorForPreference(pad_token_id=9)(examples)["input_ids"].tolist() == [
+        [1, 2, 3], [6, 7, 9], [4, 5, 9], [8, 9, 9]]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections import defaultdict
 from typing import Any, Callable, Mapping
 
@@ -25,12 +24,8 @@ from transformers.trainer_utils import EvalPrediction
 from rayreward.core.config import RewardConfig
 from rayreward.core.loss import pairwise_loss
 from rayreward.core.metrics import reward_metrics
-from rayreward.core.model import (
-    ensure_pad_token,
-    load_reward_model,
-    prepare_model,
-    warn_if_pad_is_final_eos,
-)
+from rayreward.core.loading import model_and_tokenizer, prepared_model_init
+from rayreward.core.model import prepare_model, warn_if_pad_is_final_eos
 from rayreward.core.packed import packed_rewards, plan_packing
 from rayreward.core.pairs import PairDataset, prepare_hf_dataset, tokenize_pairs
 from rayreward.data.collators import RewardDataCollatorWithPadding
@@ -69,41 +64,6 @@ def _is_hf_dataset(dataset) -> bool:
     return isinstance(dataset, (datasets.Dataset, datasets.IterableDataset))
 
 
-def _load_chat_template(tokenizer, path: str) -> None:
-    """Sets ``tokenizer.chat_template`` from a Jinja file or from another tokenizer."""
-    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
-        with open(path, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
-        return
-    from transformers import AutoTokenizer
-
-    source = AutoTokenizer.from_pretrained(path)
-    missing = [t for t in source.all_special_tokens if t not in tokenizer.get_vocab()]
-    if missing:
-        # TRL adds them and resizes the embeddings; here a template must fit the vocabulary as it is.
-        raise ValueError(
-            f"chat_template_path={path!r}: its special tokens {missing} are not in this tokenizer; add them "
-            "(tokenizer.add_special_tokens, model.resize_token_embeddings) or give a .jinja template that uses "
-            "this tokenizer's own tokens"
-        )
-    tokenizer.chat_template = source.chat_template
-
-
-def _prepared_model_init(model_init: Callable, tokenizer, args: RewardConfig) -> Callable:
-    """Wraps ``model_init`` so that every model it builds (one per Tune trial) gets the
-    same set-up as ``model=``: pad token on the config, dropout off, cache off."""
-    import inspect
-
-    takes_trial = len(inspect.signature(model_init).parameters) == 1
-
-    def init(trial=None):
-        model = model_init(trial) if takes_trial else model_init()
-        ensure_pad_token(tokenizer, model)
-        return prepare_model(model, args)
-
-    return init
-
-
 class RewardTrainer(Trainer):
     """Trains a sequence-classification model with one output as a reward model.
 
@@ -131,6 +91,8 @@ class RewardTrainer(Trainer):
             ``transformers.Trainer``. A ``compute_metrics`` of yours is merged with the
             reward metrics.
         max_length: overrides ``args.max_length``.
+        quantization_config: as TRL's: a ``BitsAndBytesConfig`` for a model given by id
+            (QLoRA with ``peft_config``).
         peft_config: a PEFT config (e.g. ``LoraConfig``); the model is wrapped for
             sequence classification with the score head trained and saved.
 
@@ -160,6 +122,7 @@ class RewardTrainer(Trainer):
         peft_config=None,
         processing_class=None,
         optimizer_cls_and_kwargs: tuple | None = None,
+        quantization_config=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", "")
@@ -174,13 +137,13 @@ class RewardTrainer(Trainer):
         tokenizer = tokenizer if tokenizer is not None else processing_class
         self.max_length = max_length if max_length is not None else args.max_length
 
-        model, tokenizer = self._model_and_tokenizer(model, model_init, tokenizer, args)
+        model, tokenizer = model_and_tokenizer(model, model_init, tokenizer, args, quantization_config)
         if model is not None:
             model = prepare_model(model, args, peft_config)
         elif peft_config is not None:
             raise ValueError("peft_config needs model=...; with model_init, wrap the model inside model_init")
         if model_init is not None:
-            model_init = _prepared_model_init(model_init, tokenizer, args)
+            model_init = prepared_model_init(model_init, tokenizer, args)
 
         import weakref
 
@@ -220,53 +183,6 @@ class RewardTrainer(Trainer):
         )
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(MODEL_TAGS)
-
-    @staticmethod
-    def _model_and_tokenizer(model, model_init, tokenizer, args: RewardConfig):
-        """The model (loaded when given by id) and its tokenizer, with TRL's token settings applied."""
-        from transformers import AutoTokenizer, set_seed
-
-        init_kwargs = dict(args.model_init_kwargs or {})
-        if isinstance(model, str):
-            # The new head is initialised at random: seed it, as TRL does.
-            set_seed(args.seed)
-            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-            name = model
-            model = load_reward_model(name, **init_kwargs)
-        elif model is not None:
-            if args.model_init_kwargs:
-                logger.warning("args.model_init_kwargs is ignored: the model is already built")
-            name = getattr(model.config, "name_or_path", None)
-        elif model_init is None:
-            raise ValueError("pass a model (or a model name/path) or a model_init")
-        if tokenizer is None:
-            if model is None or not name:
-                raise ValueError(
-                    "RewardTrainer needs the model's tokenizer: pass processing_class=... (or tokenizer=...), or "
-                    "give the model by id so that its tokenizer loads from the same id"
-                )
-            from rayreward.data.tokenizer import is_builtin, load_tokenizer
-
-            tokenizer = load_tokenizer(name) if is_builtin(name) else AutoTokenizer.from_pretrained(
-                name, revision=init_kwargs.get("revision"), trust_remote_code=args.trust_remote_code)
-        for field_name in ("eos_token", "pad_token"):
-            token = getattr(args, field_name)
-            if token is not None and token not in tokenizer.get_vocab():
-                raise ValueError(
-                    f"{field_name}={token!r} is not in the vocabulary of the tokenizer {type(tokenizer).__name__}; "
-                    "add it first (tokenizer.add_special_tokens) or pick a token the tokenizer has"
-                )
-        if args.eos_token is not None:
-            tokenizer.eos_token = args.eos_token
-            if model is not None:
-                text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-                text_config.eos_token_id = tokenizer.eos_token_id
-        if args.pad_token is not None:
-            tokenizer.pad_token = args.pad_token
-        if args.chat_template_path is not None:
-            _load_chat_template(tokenizer, args.chat_template_path)
-        ensure_pad_token(tokenizer, model)
-        return model, tokenizer
 
     def _prepare_dataset(self, dataset, tokenizer, args: RewardConfig, name: str):
         """Raw pairs -> tokenized ones (see ``rayreward.core.pairs``); prepared data passes through."""
