@@ -125,31 +125,41 @@ def build_layout(batch: dict[str, torch.Tensor], backend: str) -> PackedLayout:
                         sequence_ids=seq, branch_ids=batch["packed_branch_ids"])
 
 
-def resolve_backend(model: nn.Module, requested: str = "auto", device: torch.device | None = None) -> str:
+def resolve_backend(
+    model: nn.Module, requested: str = "auto", device: torch.device | None = None, half: bool = True,
+) -> str:
     """The backend a packed forward of ``model`` uses (``requested`` unless ``auto``).
 
-    ``auto`` gives ``varlen`` on CUDA (``flex`` where torch has no varlen attention),
+    ``auto`` gives ``varlen`` on CUDA in bf16/fp16 (flash attention has no fp32),
     ``segment`` elsewhere, and ``dense`` for models whose attention is not sdpa (eager
     attention, or a model that cannot change its attention function).
+
+    Args:
+        model: the unwrapped model.
+        requested: a name of ``BACKENDS``.
+        device: where the batch is.
+        half: whether attention runs in bf16/fp16 (half weights or autocast).
 
     Raises:
         ValueError: an unknown backend, or one the model or device cannot run.
     """
     if requested not in BACKENDS:
         raise ValueError(f"attention_backend: got {requested!r}; expected one of {', '.join(BACKENDS)}")
-    problem = backend_problem(model, requested, device)
+    problem = backend_problem(model, requested, device, half)
     if requested != "auto":
         if problem:
             raise ValueError(f"attention_backend={requested!r}: {problem}")
         return requested
     if backend_problem(model, "segment", device):
         return "dense"
-    if device is not None and device.type == "cuda":
-        return "varlen" if _varlen_attn() is not None else "flex"
+    if not backend_problem(model, "varlen", device, half):
+        return "varlen"
     return "segment"
 
 
-def backend_problem(model: nn.Module, backend: str, device: torch.device | None = None) -> str | None:
+def backend_problem(
+    model: nn.Module, backend: str, device: torch.device | None = None, half: bool = True,
+) -> str | None:
     """Why ``model`` cannot run ``backend`` on ``device``, or None when it can."""
     if backend in ("auto", "dense"):
         return None
@@ -161,6 +171,8 @@ def backend_problem(model: nn.Module, backend: str, device: torch.device | None 
     on_cuda = device is not None and device.type == "cuda"
     if backend == "varlen" and (not on_cuda or _varlen_attn() is None):
         return "varlen attention needs a CUDA device and torch.nn.attention.varlen (torch >= 2.10)"
+    if backend == "varlen" and not half:
+        return "varlen (flash) attention runs in bf16/fp16: train with bf16=True or load the model in bf16"
     if backend == "flex" and not _has_flex():
         return "this torch has no torch.nn.attention.flex_attention"
     return None
@@ -306,7 +318,9 @@ def _flex_fn(device_type: str):
 
     # On CUDA flex attention is fast only compiled; on CPU its eager form is the exact
     # reference (forward only in torch 2.13) and compiling would cost more than it saves.
-    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+    # Packed rows change length from batch to batch: dynamic shapes after the first
+    # recompilation, not one graph per length.
+    return torch.compile(flex_attention) if device_type == "cuda" else flex_attention
 
 
 @functools.cache

@@ -58,7 +58,9 @@ def packed_rewards(
     inner = unwrap_model(model)
     head = reward_head(inner)
     ids = batch["packed_input_ids"]
-    backend = resolve_backend(inner, attention, ids.device)
+    half = next(inner.parameters()).dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(
+        ids.device.type)
+    backend = resolve_backend(inner, attention, ids.device, half)
     if backend == "dense" or "packed_units" not in batch:
         kwargs = {"attention_mask": _dense_mask(inner, batch)}
     else:
