@@ -77,14 +77,14 @@ def served(models):
 
     # A loaded machine can take longer than Ray's default to register the node's agent.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
-    for attempt in range(3):
+    for attempt in range(5):
         try:
             ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
                      logging_level="WARNING", log_to_driver=False)
             break
-        except Exception:  # noqa: BLE001 - Ray's node start-up timeout under load; the third one is raised
+        except Exception:  # noqa: BLE001 - Ray's node start-up timeout under load; the fifth one is raised
             ray.shutdown()
-            if attempt == 2:
+            if attempt == 4:
                 raise
     port = _free_port()
     common = {"port": port, "batch": {"wait_ms": 20}}
