@@ -26,7 +26,10 @@ class ModelSection:
         metadata={"help": "Hugging Face model name or local folder, or builtin:tiny-llama|tiny-gpt2|tiny-bert "
                           "(small models built from a config: no download)."},
     )
-    dtype: str = field(default="auto", metadata={"help": f"Weights dtype when loading: one of {', '.join(DTYPES)}."})
+    dtype: str = field(default="auto", metadata={
+        "help": f"Weights dtype when loading: one of {', '.join(DTYPES)}. auto: float32 master weights whatever the "
+                "checkpoint holds (bf16 compute: train.bf16); bfloat16/float16 train pure low-precision weights, "
+                "with a warning."})
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel (eager, sdpa, flash_attention_2); null lets transformers choose."}
     )
