@@ -249,17 +249,18 @@ def test_bad_input(name, argv, code, expected, tmp_path, monkeypatch, capsys, no
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.delenv("RAYREWARD_DEBUG", raising=False)
     args = [a.format(tmp=tmp_path, **files) for a in argv]
-    started = time.monotonic()
+    started = time.process_time()
     rc = cli.main(args)
-    elapsed = time.monotonic() - started
+    cpu = time.process_time() - started
     out, err = capsys.readouterr()
     text = out + err
     assert rc == code, text
     for piece in expected:
         assert piece in text, f"{piece!r} not in:\n{text}"
     assert "Traceback" not in text
-    # In seconds: the slowest part is importing transformers once (the first case pays it).
-    assert elapsed < 120, elapsed
+    # In seconds of CPU (wall time depends on the machine's load): the slowest part is
+    # importing transformers, about 11 s on this machine, which the first case pays.
+    assert cpu < 60, cpu
 
 
 def _run_cli(args: list[str], tmp_path: Path, **env) -> tuple[subprocess.CompletedProcess, float, Path]:

@@ -18,6 +18,7 @@ before training starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -58,10 +59,22 @@ class Findings:
 
 
 def check_job(job, full_pass: bool = True) -> Findings:
-    """Data sources, model and storage of a built, valid ``JobConfig``."""
+    """Data sources, model and storage of a built, valid ``JobConfig``.
+
+    Args:
+        job: from ``rayreward.job.config.load_job_config`` (already typed and range-checked).
+        full_pass: also read every row of local sources up to ``FULL_PASS_BYTES``.
+
+    Returns:
+        ``Findings``: problems (call ``raise_if_any``) and notes to print.
+
+    Example:
+        >>> check_job(load_job_config(None, ["data.train=missing.jsonl"])).problems
+        ["data.train: 'missing.jsonl' does not exist; give an existing file, folder, glob or URI"]
+    """
     found = Findings()
     d = job.data
-    tokenizer = _Lazy(lambda: _load_tokenizer(job.model))
+    tokenizer = functools.cache(lambda: _load_tokenizer(job.model))
     model_problems = check_model(job.model.name_or_path, job.model.trust_remote_code, "model.name_or_path")
     found.problems += model_problems
     for spec, name in ((d.train, "data.train"), (d.eval, "data.eval")):
@@ -178,80 +191,12 @@ def _id_problem(raw: dict[str, Any], vocab: int) -> str | None:
     return None
 
 
-class _Lazy:
-    def __init__(self, make):
-        self._make, self._done, self._value = make, False, None
-
-    def __call__(self):
-        if not self._done:
-            self._value, self._done = self._make(), True
-        return self._value
-
-
 def _load_tokenizer(model_section):
-    from rayreward.data.tokenizer import load_tokenizer
+    from rayreward.data.tokenizer import is_builtin, load_tokenizer
 
-    return load_tokenizer(model_section.name_or_path, trust_remote_code=model_section.trust_remote_code) \
-        if not model_section.name_or_path.startswith("builtin:") else load_tokenizer(model_section.name_or_path)
-
-
-# -- evaluate, score, export ------------------------------------------------------------
-
-
-def check_scoring(model: str, data: str, pairs_only: bool, text_column: str | None = None,
-                  prompt_column: str = "prompt") -> Findings:
-    """``evaluate`` (``pairs_only``) and ``score``: the model folder and every row of the data."""
-    from rayreward.data.config import ColumnsConfig, DataConfig
-    from rayreward.data.formats import DataFormatError
-    from rayreward.data.reader import ReadPlan, iter_raw_rows
-    from rayreward.data.sources import DataSourceError, resolve_source
-    from rayreward.evaluation.scorer import detect_layout
-
-    found = Findings()
-    if not os.path.exists(os.path.expanduser(str(model))):
-        found.problems.append(f"--model: got {model!r}; no such file or folder (expected a model folder, a run "
-                              "folder or a checkpoint)")
-    elif os.path.isfile(os.path.join(model, "config.json")):
-        found.problems += check_model(str(model), False, "--model", one_output=True)
-    try:
-        source = resolve_source(str(data), field="--data", role="eval")
-        first = next(((n, r) for n, r, p in iter_raw_rows(source, source.files[0]) if p is None), None)
-        if first is None:
-            raise DataSourceError(f"--data: {source.display(source.files[0])}: no readable row; is the file empty?")
-        layout = detect_layout(list(first[1]), first[1], text_column, prompt_column,
-                               source=source.display(source.files[0]))
-    except (DataSourceError, DataFormatError) as exc:
-        found.problems.append(str(exc) if str(exc).startswith("--data") else f"--data: {exc}")
-        return found
-    if pairs_only and layout.kind != "pairs":
-        found.problems.append(f"--data: got columns {sorted(first[1])} in {source.display(source.files[0])}; "
-                              "expected preference pairs ('chosen' and 'rejected'); to score single answers use "
-                              "`rayreward score`")
-        return found
-    if layout.kind == "pairs":
-        cfg = DataConfig(train=str(data), columns=ColumnsConfig(prompt=prompt_column))
-        check_pairs(str(data), "--data", cfg, found, full_pass=True)
-    elif source.filesystem.type_name == "local" and sum(source.sizes) <= FULL_PASS_BYTES:
-        names = layout.names
-        plan = ReadPlan(source, layout.fmt, names, layout.fmt != "implicit_prompt" and names.prompt in first[1], False)
-        _full_pass(plan, "--data", "error", None, None, found)
-    return found
-
-
-def check_export(checkpoint: str, out: str, base_model: str | None) -> Findings:
-    """``export``: the checkpoint is there, the output can be written, the base model exists."""
-    from rayreward.runtime.storage import is_uri
-
-    found = Findings()
-    if is_uri(checkpoint):
-        found.problems += _store_answers(checkpoint, "checkpoint", STORE_TIMEOUT_S)
-    elif not os.path.isdir(checkpoint):
-        found.problems.append(f"checkpoint: got {checkpoint!r}; no such folder (expected a checkpoint-NNNNNN folder "
-                              "of a run)")
-    found.problems += check_storage(out, "out")
-    if base_model:
-        found.problems += check_model(base_model, False, "--base-model")
-    return found
+    if is_builtin(model_section.name_or_path):
+        return load_tokenizer(model_section.name_or_path)
+    return load_tokenizer(model_section.name_or_path, trust_remote_code=model_section.trust_remote_code)
 
 
 # -- model ------------------------------------------------------------------------------
