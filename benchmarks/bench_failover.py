@@ -187,9 +187,10 @@ def main(argv=None) -> int:
     if parts == ["stall"]:
         # The stall needs no second node: one local Ray with 4 logical CPUs starts faster.
         cluster, nodes = None, {}
-        ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level="WARNING",
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+        with_retries(lambda: ray.init(
+            address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+            logging_level="WARNING",
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}))
     else:
         cluster, nodes = start_cluster()
     work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
