@@ -183,9 +183,10 @@ def deepspeed_stage(stage: int, device: str) -> dict:
     gpu = device == "cuda"
     model = tiny.build_model("tiny-llama", tok, hidden_size=256 if gpu else 32, num_layers=4 if gpu else 2, seed=0)
     rows = read_rows("train", 64 if gpu else 16)
-    zero = {"stage": stage, **({"stage3_gather_16bit_weights_on_model_save": True} if stage == 3 else {})}
-    ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-          "zero_optimization": zero, "bf16": {"enabled": "auto"}}
+    from rayreward.job.deepspeed import build_deepspeed_config
+
+    # The config `rayreward train` builds (ZeRO-3 checkpoints gather the whole model).
+    ds = build_deepspeed_config(stage, use_gpu=gpu)
     with tempfile.TemporaryDirectory() as tmp:
         args = RewardConfig(output_dir=f"{tmp}/run", per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
                             save_strategy="steps", save_steps=3, report_to=[], disable_tqdm=True, bf16=gpu,
@@ -195,6 +196,12 @@ def deepspeed_stage(stage: int, device: str) -> dict:
         trainer.train()
         train_s = time.perf_counter() - start
         checkpoint = f"{tmp}/run/checkpoint-3"
+        # The trainer's ZeRO-3 setting is process-wide in transformers: models built after
+        # it (the exporter's, the scorer's) would be partitioned as they load. `rayreward
+        # export` runs in a process of its own; here the setting is cleared instead.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
         export_checkpoint(checkpoint, f"{tmp}/export")
         test, _ = tokenize_pairs(read_rows("test", 8), tok, max_length=512)
         seqs = [p[f"input_ids_{s}"] for p in test.pairs for s in ("chosen", "rejected")]
