@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rayreward"
 # The pipeline order: a module may import its own stage or an earlier one.
 STAGES = ["runtime", "data", "core", "evaluation", "job", "run", "tune", "serve", "commands"]
 
-# Modules allowed to touch a framework's private names, each saying why in its docstring.
-ADAPTERS = {"rayreward.core._hf_attention"}
+# The one module allowed to touch a framework's private names; its docstring says why.
+ADAPTERS = {"rayreward.runtime._framework_internals"}
 FRAMEWORKS = ("ray", "transformers", "datasets", "peft", "yaml", "accelerate", "deepspeed")
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayreward.core._hf_attention import loaded_attention
+from rayreward.runtime._framework_internals import loaded_attention, takes_attention_interface
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def backend_problem(
     impl = loaded_attention(model)
     if impl not in ("sdpa", WRAPPED):
         return f"{type(model).__name__} uses attn_implementation={impl!r}; load it with 'sdpa' for this backend"
-    if not type(model)._can_set_attn_implementation():
+    if not takes_attention_interface(model):
         return f"{type(model).__name__} does not take its attention function from transformers' AttentionInterface"
     on_cuda = device is not None and device.type == "cuda"
     if backend == "varlen" and (not on_cuda or _varlen_attn() is None):

@@ -266,7 +266,7 @@ def reward_head(model: nn.Module) -> nn.Module:
 
 def attention_implementation(model: nn.Module) -> str:
     """The attention kernel the model was loaded with (``sdpa``, ``eager``, ...)."""
-    from rayreward.core._hf_attention import loaded_attention
+    from rayreward.runtime._framework_internals import loaded_attention
 
     return loaded_attention(model)
 

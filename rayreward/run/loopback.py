@@ -8,9 +8,10 @@ itself on a socket bound to 127.0.0.1 (``master_listen_fd``); torch's own
 ``init_process_group`` then reuses that server (the store is multi-tenant, shared per
 port within a process), and gloo is pinned to the loopback interface.
 
-This adapter subclasses Ray's private ``_TorchBackend`` and reuses its two setup
-helpers (the only place where the rendezvous can be set up before
-``init_process_group``); it is the one module to revisit on a Ray upgrade. Multi-node clusters keep Ray's default backend.
+The backend extends Ray's own torch backend and reuses its two setup helpers (the only
+place where the rendezvous can be set up before ``init_process_group``); those private
+Ray names are reached through ``rayreward.runtime._framework_internals``. Multi-node
+clusters keep Ray's default backend.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import socket
 from datetime import timedelta
 
 from ray.train.torch import TorchConfig
-from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
+from rayreward.runtime._framework_internals import ray_torch_backend, ray_torch_process_group
 
 # Rank 0's store and its listening socket, kept for the life of the worker process.
 _HOSTED: list = []
@@ -37,7 +38,7 @@ class _LoopbackTorchConfig(TorchConfig):
         return _LoopbackTorchBackend
 
 
-class _LoopbackTorchBackend(_TorchBackend):
+class _LoopbackTorchBackend(ray_torch_backend()):
     def on_start(self, worker_group, backend_config):
         import ray
 
@@ -78,6 +79,4 @@ def _join(backend: str, world_rank: int, world_size: int, port: int, timeout_s: 
         os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # Then as Ray's own backend does: torchrun's variables, and the process group.
-    _set_torch_distributed_env_vars()
-    _setup_torch_process_group(backend=backend, world_rank=world_rank, world_size=world_size, init_method="env://",
-                               timeout_s=timeout_s)
+    ray_torch_process_group(backend, world_rank, world_size, timeout_s)
