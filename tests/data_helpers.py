@@ -64,6 +64,9 @@ def convert(rows: list[dict], fmt: str, tokenizer=None) -> list[dict]:
         return [c for c in map(conversational, rows) if c]
     if fmt == "pretokenized":
         return [pretokenized(r, tokenizer) for r in rows]
+    if fmt == "token_ids":  # TRL 1.x's layout: ids only, no masks
+        return [{f"{side}_ids": p[f"input_ids_{side}"] for side in ("chosen", "rejected")}
+                for p in (pretokenized(r, tokenizer) for r in rows)]
     raise ValueError(fmt)
 
 

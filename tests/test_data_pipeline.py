@@ -65,6 +65,7 @@ CASES = [
     ("explicit_prompt", "parquet", "filter"),
     ("conversational", "save_to_disk", "filter"),
     ("pretokenized", "json", "truncate"),
+    ("token_ids", "parquet", "filter"),
 ]
 
 

@@ -9,21 +9,13 @@ import pytest
 import torch
 
 from rayreward.core.metrics import (
-
     accuracy_by,
-
     calibration,
-
     evaluation_metrics,
-
     format_headline,
-
     headline_metrics,
-
     length_buckets,
-
     preference_probability,
-
 )
 
 from conftest import SAMPLE_DATA, read_jsonl

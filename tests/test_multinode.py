@@ -303,9 +303,11 @@ def test_fixed_size_run_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path):
     starts, runs = tmp_path / "starts.txt", tmp_path / "runs"
     job = job_for(str(runs), "lost", "train.max_steps=8", "scaling.num_workers=2",
                   "scaling.placement_strategy=STRICT_SPREAD", "deepspeed.stage=2", "failure.max_failures=3")
-    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(1.0)])
-    # Kill node b once the checkpoint at step 4 is in storage, while steps 5-8 run.
+    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(2.0)])
+    # Kill node b once the checkpoint at step 4 is in storage and Ray has taken it as the
+    # run's latest (its controller polls reports every 2 s), while steps 5-8 run.
     wait_for(runs / "lost" / "checkpoint-000004" / "trainer_state.json")
+    time.sleep(4)
     two_nodes.kill("b")
     time.sleep(8)
     # Two workers on one node are not allowed (STRICT_SPREAD): the run waits.
@@ -326,8 +328,9 @@ def test_elastic_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_pa
     job = job_for(str(runs), "elastic", "train.max_steps=12", "scaling.num_workers=[1, 2]",
                   "scaling.placement_strategy=STRICT_SPREAD", "scaling.resize_check_s=2", "deepspeed.stage=0",
                   "train.per_device_train_batch_size=4", "failure.max_failures=3")
-    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(1.0)])
+    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(2.0)])
     wait_for(runs / "elastic" / "checkpoint-000004" / "trainer_state.json")
+    time.sleep(4)
     two_nodes.kill("b")
     # The run goes on with one worker from the checkpoint at step 4; node b then returns.
     deadline = time.monotonic() + 400

@@ -264,6 +264,8 @@ def _run(ds, tally, plan: ReadPlan, cfg: DataConfig, name: str):
         if first is not None:
             raise BadRowError(*first) from None
         raise
+    if len(ray.nodes()) > 1:
+        ds = _home_on_driver_node(ds)
     counts = DataCounts(**ray.get(tally.snapshot.remote()))
     where = plan.source.spec + (f" ({name} part of the eval split)" if plan.part else "")
     if counts.rows_read == 0:
@@ -277,6 +279,20 @@ def _run(ds, tally, plan: ReadPlan, cfg: DataConfig, name: str):
     log = logger.warning if counts.bad_rows or counts.filtered or counts.truncated else logger.info
     log("%s", counts.describe(f"data.{name}", cfg))
     return ds, counts
+
+
+def _home_on_driver_node(ds):
+    """The materialized blocks, copied into the object store of the driver's node.
+
+    Blocks made by tokenizer actors live on the node of the actor that made them, and
+    Ray cannot rebuild an actor's output from lineage: when that node is lost (a
+    preempted spot node), every training retry would fail on the missing blocks. Put
+    by the driver, they live on its node (the head, in a cluster), which a run needs
+    anyway. Tokenized pairs are small (about 2 KiB a pair at 512 tokens).
+    """
+    import ray
+
+    return ray.data.from_arrow_refs([ray.put(ray.get(ref)) for ref in ds.to_arrow_refs()])
 
 
 class TokenizePairs:

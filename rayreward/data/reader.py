@@ -20,19 +20,15 @@ from functools import partial
 from typing import Any, Iterator
 
 from rayreward.data.formats import (
-
+    LEGACY_TOKEN_IDS_COLUMNS,
     PRETOKENIZED_COLUMNS,
-
+    TOKEN_IDS_COLUMNS,
     BadRowError,
-
     ColumnNames,
-
     DataFormatError,
-
     detect_format,
-
     row_problem,
-
+    token_ids_column,
 )
 from rayreward.data.sources import DataSourceError, Source
 
@@ -56,16 +52,21 @@ class ReadPlan:
 
     @property
     def data_columns(self) -> tuple[str, ...]:
-        cols = PRETOKENIZED_COLUMNS if self.fmt == "pretokenized" else ("chosen", "rejected")
-        if self.has_prompt and self.fmt != "pretokenized":
-            cols += ("prompt",)
+        if self.fmt == "pretokenized":
+            cols = PRETOKENIZED_COLUMNS
+        elif self.fmt == "token_ids":
+            cols = tuple(TOKEN_IDS_COLUMNS.values())
+        else:
+            cols = ("chosen", "rejected")
+            if self.has_prompt:
+                cols += ("prompt",)
         return cols + (("margin",) if self.has_margin else ())
 
     def source_columns(self) -> dict[str, str]:
         """Internal column -> the column of the user's data."""
         n = self.names
-        mapping = {c: c for c in PRETOKENIZED_COLUMNS} if self.fmt == "pretokenized" else {
-            "chosen": n.chosen, "rejected": n.rejected, "prompt": n.prompt}
+        mapping = {c: c for c in (*PRETOKENIZED_COLUMNS, *TOKEN_IDS_COLUMNS.values())}
+        mapping.update({"chosen": n.chosen, "rejected": n.rejected, "prompt": n.prompt})
         mapping["margin"] = n.margin
         return {c: mapping[c] for c in self.data_columns}
 
@@ -78,7 +79,7 @@ class ReadPlan:
             "rejected": message if self.fmt == "conversational" else pa.string(),
             "prompt": message if self.fmt == "conversational" else pa.string(),
             "margin": pa.float64(),
-            **{c: pa.list_(pa.int64()) for c in PRETOKENIZED_COLUMNS},
+            **{c: pa.list_(pa.int64()) for c in (*PRETOKENIZED_COLUMNS, *TOKEN_IDS_COLUMNS.values())},
         }
         meta = [("_source", pa.string()), ("_row", pa.int64()), ("_field", pa.string()), ("_problem", pa.string())]
         return pa.schema([(c, types[c]) for c in self.data_columns] + meta)
@@ -208,7 +209,8 @@ def canonical_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], 
     mapping = plan.source_columns()
     # A margin is checked wherever it appears (as the trainer does), but carried only
     # when the data set's first row has one: a column is the data set's, not a row's.
-    checked = {c: raw[c] for c in (*mapping.values(), plan.names.margin) if c in raw}
+    legacy = LEGACY_TOKEN_IDS_COLUMNS.values() if plan.fmt == "token_ids" else ()
+    checked = {c: raw[c] for c in (*mapping.values(), *legacy, plan.names.margin) if c in raw}
     margin = checked.get(plan.names.margin)
     if plan.source.kind == "csv" and isinstance(margin, str):
         # CSV has no types: one non-number in the column makes every margin text, so
@@ -220,6 +222,9 @@ def canonical_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], 
     problem = row_problem(checked, plan.fmt, plan.names)
     if problem:
         return {}, problem
+    if plan.fmt == "token_ids":
+        # chosen_ids/rejected_ids, or TRL's legacy chosen_input_ids/rejected_input_ids
+        mapping = {**mapping, **{TOKEN_IDS_COLUMNS[side]: token_ids_column(raw, side) for side in TOKEN_IDS_COLUMNS}}
     for col in mapping.values():
         if col not in raw:
             return {}, (col, f"missing; the data set's first row has '{col}', so every row needs it")
@@ -238,6 +243,8 @@ def read_rows(plan: ReadPlan, path: str) -> Iterator[dict[str, Any]]:
     and, for a bad row, ``_field`` and ``_problem`` (its data columns are then None)."""
     where = plan.source.display(path)
     wanted = list(plan.source_columns().values())
+    if plan.fmt == "token_ids":  # TRL's legacy names are read too (with a FutureWarning at detection)
+        wanted += list(LEGACY_TOKEN_IDS_COLUMNS.values())
     for number, raw, problem in iter_raw_rows(plan.source, path, wanted):
         if not plan.in_part(path, number):
             continue
