@@ -15,7 +15,7 @@ import pytest
 from process_helpers import RAYREWARD, Watcher, command_env, start, wait_until_gone
 
 # The demo, shortened: checkpoints every 4 steps, more steps than the test waits for.
-SHORT = ["train.save_steps=4", "train.logging_steps=4", "train.eval_steps=1000", "train.max_steps=400",
+SHORT = ["train.save_steps=20", "train.logging_steps=4", "train.eval_steps=1000", "train.max_steps=400",
          "data.eval_split=0"]
 
 
@@ -45,7 +45,8 @@ def test_ctrl_c_exits_130_says_how_to_resume_leaves_nothing_and_resumes(tmp_path
             time.sleep(1)
         assert list(storage.glob("*/checkpoint-*/trainer_state.json")), "no checkpoint within 10 minutes"
         # Ray's controller takes a reported checkpoint as the run's latest on its next
-        # poll (every 2 s); an interrupt before that resumes from the one before.
+        # poll (every 2 s); an interrupt before that resumes from the one before. The
+        # next checkpoint (step 40) is well over 5 s away.
         time.sleep(5)
         # Ctrl-C on a terminal: SIGINT to the whole foreground process group.
         os.killpg(proc.pid, signal.SIGINT)
