@@ -8,6 +8,7 @@ it, ``rayreward score`` and ``rayreward evaluate`` started with an empty ``RAY_A
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -39,6 +40,16 @@ def test_an_address_means_joining_without_the_loopback_setting(monkeypatch):
     assert cluster_address("auto") == "auto"
 
 
+@pytest.fixture
+def _ship_this_module_by_value():
+    # The training function below runs on Ray workers, which cannot import this test module.
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
 def _rendezvous_sockets(config):
     # Runs on each worker with the process group up: this process's sockets.
     import psutil
@@ -51,12 +62,19 @@ def _rendezvous_sockets(config):
     sockets = [(c.status, c.laddr.ip, c.raddr.ip if c.raddr else "")
                for c in psutil.Process().net_connections(kind="inet")
                if c.status in (psutil.CONN_LISTEN, psutil.CONN_ESTABLISHED)]
-    ray.train.report({"sockets": sockets, "world": float(total.item())})
+    # Result.metrics is only kept for a report that carries a checkpoint.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "done"), "w") as f:
+            f.write("1")
+        ray.train.report({"sockets": sockets, "world": float(total.item())},
+                         checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_suite_cluster_and_torch_rendezvous_listen_on_loopback_only(ray_local, tmp_path):
+def test_suite_cluster_and_torch_rendezvous_listen_on_loopback_only(ray_local, tmp_path, _ship_this_module_by_value):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
