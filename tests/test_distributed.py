@@ -208,26 +208,6 @@ def test_zero3_lora_trains_and_exports_merged(ray_local, tmp_path):
     assert_same_rewards(rewards_of(str(run / "model")), json.loads(probe.read_text()))
 
 
-@pytest.fixture
-def moto_s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
-    client.create_bucket(Bucket="rayreward")
-    yield client
-    server.stop()
-
-
 @pytest.mark.timeout(480)
 def test_resume_from_object_storage_continues_at_the_checkpoint(ray_local, tmp_path, moto_s3):
     from ray.train import TrainingFailedError
