@@ -19,17 +19,30 @@ SHORT = ["train.save_steps=20", "train.logging_steps=4", "train.eval_steps=1000"
          "data.eval_split=0"]
 
 
-def test_last_checkpoint_is_the_latest_complete_one(tmp_path):
-    from rayreward.commands.train import last_checkpoint
+def test_resume_point_is_the_checkpoint_ray_recorded_and_newer_ones_are_named(tmp_path):
+    import json
+
+    from rayreward.run.resume import last_checkpoint, resume_point
 
     assert last_checkpoint(str(tmp_path / "missing")) is None
-    for step, complete in ((4, True), (12, True), (16, False)):
+    assert resume_point(str(tmp_path / "missing")).checkpoint is None
+    for step, complete in ((4, True), (8, True), (12, True), (16, False)):
         folder = tmp_path / f"checkpoint-{step:06d}"
         folder.mkdir()
         if complete:
             (folder / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-notes").mkdir()
     assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-000012")
+    # Nothing recorded by Ray yet: a re-run starts over, and the saved folders are named.
+    point = resume_point(str(tmp_path))
+    assert point.checkpoint is None and len(point.not_taken) == 3
+    # Ray recorded step 8; step 12 was saved in the poll window before the interrupt.
+    snapshot = {"ray_version": "2.60.0", "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint-000008",
+                                                                       "metrics": {}}}
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    point = resume_point(str(tmp_path))
+    assert point.checkpoint == str(tmp_path / "checkpoint-000008")
+    assert point.not_taken == (str(tmp_path / "checkpoint-000012"),)
 
 
 @pytest.mark.slow
@@ -45,15 +58,14 @@ def test_ctrl_c_exits_130_says_how_to_resume_leaves_nothing_and_resumes(tmp_path
             time.sleep(1)
         assert list(storage.glob("*/checkpoint-*/trainer_state.json")), "no checkpoint within 10 minutes"
         # Ray's controller takes a reported checkpoint as the run's latest on its next
-        # poll (every 2 s); an interrupt before that resumes from the one before. The
-        # next checkpoint (step 40) is well over 5 s away.
+        # poll (every 2 s); the hint names the one it took (tested above with both cases).
         time.sleep(5)
         # Ctrl-C on a terminal: SIGINT to the whole foreground process group.
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
-    checkpoint = re.search(r"the last checkpoint is (\S+)", err)
+    checkpoint = re.search(r"resumes from its last checkpoint, (\S+)", err)
     resume = re.search(r"resume with: (.+)", err)
     assert checkpoint and resume, err[-3000:]
     assert Path(checkpoint.group(1), "trainer_state.json").is_file()

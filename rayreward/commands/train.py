@@ -75,14 +75,20 @@ def _say_how_to_resume(args, job, run_dir: str) -> None:
     import shlex
     import sys
 
-    last = last_checkpoint(run_dir)
-    where = f"the last checkpoint is {last}" if last else "no checkpoint was saved yet"
+    from rayreward.run.resume import resume_point
+
+    point = resume_point(run_dir)
+    where = (f"the run resumes from its last checkpoint, {point.checkpoint}" if point.checkpoint
+             else "no checkpoint was recorded yet: a re-run starts over")
     command = ["rayreward", "train"] + (["--config", args.config] if args.config else []) + list(args.overrides)
     if args.address:
         command += ["--address", args.address]
     if not any(o.startswith("storage.name=") for o in args.overrides) and not _named_in_file(args.config):
         command.append(f"storage.name={job.storage.name}")
     print(f"\n[rayreward] interrupted: {where}", file=sys.stderr)
+    if point.not_taken:
+        print(f"[rayreward] not taken: {', '.join(point.not_taken)} (saved as the run stopped, before Ray "
+              f"recorded it; its steps are redone)", file=sys.stderr)
     print(f"[rayreward] resume with: {shlex.join(command)}", file=sys.stderr)
 
 
@@ -92,32 +98,6 @@ def _named_in_file(config: str | None) -> bool:
     from rayreward.job.tree import load_yaml
 
     return bool((load_yaml(config) or {}).get("storage", {}).get("name"))
-
-
-def last_checkpoint(run_dir: str) -> str | None:
-    """The latest complete ``checkpoint-NNNNNN`` folder of a run (local path or URI), or None.
-
-    Complete means the Trainer's state file is there: a checkpoint cut short by an
-    interrupt is not one to resume from (Ray's own record skips it too).
-    """
-    from rayreward.runtime import storage as _storage
-
-    if _storage.is_uri(run_dir):
-        from pyarrow import fs as pafs
-
-        filesystem, path = _storage.filesystem(run_dir)
-        try:
-            infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
-        except (FileNotFoundError, OSError):
-            return None
-        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
-        exists = lambda n: filesystem.get_file_info(f"{path}/{n}/trainer_state.json").type == pafs.FileType.File  # noqa: E731
-    else:
-        names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
-        exists = lambda n: os.path.isfile(os.path.join(run_dir, n, "trainer_state.json"))  # noqa: E731
-    done = sorted((n for n in names if n.startswith("checkpoint-") and n[11:].isdigit() and exists(n)),
-                  key=lambda n: int(n[11:]))
-    return _storage.join(run_dir, done[-1]) if done else None
 
 
 def embedded_cpus(job) -> int:

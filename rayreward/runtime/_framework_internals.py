@@ -16,6 +16,12 @@ Ray 2.60 (Train V2, torch backend)
     needs a ``TorchConfig`` whose backend opens the store itself before
     ``init_process_group``: Ray exposes no hook there, so its private backend class
     ``_TorchBackend`` is subclassed and its two setup helpers are reused.
+
+Ray 2.60 (Train V2, checkpoint record)
+    Which checkpoint a re-run resumes from is what Ray's controller last recorded in the
+    run folder's ``checkpoint_manager_snapshot.json``; no public API reads it without
+    starting a trainer, and the interrupt hint must name that checkpoint, not a newer
+    folder the controller had not yet taken.
 """
 
 from __future__ import annotations
@@ -45,3 +51,21 @@ def ray_torch_process_group(backend: str, world_rank: int, world_size: int, time
     _set_torch_distributed_env_vars()
     _setup_torch_process_group(backend=backend, world_rank=world_rank, world_size=world_size,
                                init_method="env://", timeout_s=timeout_s)
+
+
+def ray_train_latest_checkpoint_name(run_dir: str) -> str | None:
+    """The checkpoint folder Ray Train resumes a run from: the latest one its controller
+    recorded in ``<run_dir>/checkpoint_manager_snapshot.json`` (a file format of Ray 2.60's
+    Train V2 with no public reader), or None when there is no readable record.
+    """
+    import json
+
+    from rayreward.runtime import storage
+
+    try:
+        snapshot = json.loads(storage.read_bytes(storage.join(run_dir, "checkpoint_manager_snapshot.json")))
+    except (OSError, ValueError):
+        return None
+    latest = snapshot.get("latest_checkpoint_result") if isinstance(snapshot, dict) else None
+    name = latest.get("checkpoint_dir_name") if isinstance(latest, dict) else None
+    return name if isinstance(name, str) and name else None
