@@ -172,19 +172,33 @@ def test_zero2_trains_evaluates_checkpoints_and_exports(ray_local, tmp_path):
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("overrides", [
-    ("deepspeed.stage=1",),
+    # ZeRO-1, each checkpoint evaluated by Ray beside training (ValidationConfig).
+    ("deepspeed.stage=1", "train.save_steps=2", "storage.checkpoint_eval=ray"),
     # Offload runs DeepSpeed's CPU Adam (compiled on first use, cached in TORCH_EXTENSIONS_DIR).
     ("deepspeed.stage=2", "deepspeed.offload_optimizer=true"),
-], ids=["zero1", "zero2-offload"])
+], ids=["zero1-eval-beside-training", "zero2-offload"])
 def test_other_zero_settings_train_and_export(ray_local, tmp_path, overrides):
     probe = tmp_path / "probe.json"
     fit_job = job_for(str(tmp_path / "runs"), "z", "train.max_steps=4", "train.save_steps=4", *overrides)
     from rayreward.run.fit import fit
 
-    outcome = fit(fit_job, callbacks=[RecordRewards(str(probe))])
+    lines: list[str] = []
+    outcome = fit(fit_job, callbacks=[RecordRewards(str(probe))], print_fn=lines.append)
     assert outcome.metrics["step"] == 4
     assert outcome.metrics["zero_stage"] == int(overrides[0].rsplit("=", 1)[1])
     assert_same_rewards(rewards_of(outcome.model_dir), json.loads(probe.read_text()))
+    if "storage.checkpoint_eval=ray" in overrides:
+        # The workers never evaluated; Ray scored both checkpoints (2 and 4) on the eval
+        # pairs, and the exported one's metrics are the run's.
+        assert not any(k in m for k in ("eval_runtime", "eval_samples_per_second") for _, m in
+                       outcome.result.best_checkpoints), "the workers evaluated"
+        evaluated = {m["step"]: m for _, m in outcome.result.best_checkpoints}
+        assert sorted(evaluated) == [2, 4] and all(0 <= m["eval_accuracy"] <= 1 for m in evaluated.values())
+        assert evaluated[4]["eval_pairs"] == outcome.metrics["data/eval_pairs"]
+        assert outcome.metrics["eval_accuracy"] == evaluated[4]["eval_accuracy"]
+        # Scored by the exported model at the end too: the same model, the same accuracy.
+        assert outcome.metrics["final_accuracy"] == pytest.approx(evaluated[4]["eval_accuracy"])
+        assert sum("evaluated beside training" in line for line in lines) == 2, lines
 
 
 @pytest.mark.timeout(420)

@@ -124,6 +124,20 @@ def test_cross_field_rules(tmp_path):
                          "integer (streamed data has no known length)"]
 
 
+def test_checkpoint_eval_beside_training(tmp_path):
+    # Off the training path: the workers do not evaluate unless asked, and checkpoints can
+    # be ranked by the eval metrics Ray adds to them.
+    job = load_job_config(None, ["storage.checkpoint_eval=ray", "storage.checkpoint_score_attribute=eval_accuracy",
+                                 "train.save_steps=7"])
+    assert job.train["eval_strategy"] == "no"
+    assert load_job_config(None, ["storage.checkpoint_eval=ray", "train.eval_strategy=steps"]).train["eval_strategy"] == "steps"
+    assert problems_of(tmp_path, "data:\n  train: my.jsonl\n", ["storage.checkpoint_eval=ray"]) == [
+        "storage.checkpoint_eval: got 'ray' but there is no eval data; expected data.eval or data.eval_split to be "
+        "set, or storage.checkpoint_eval=trainer"]
+    assert problems_of(tmp_path, "", ["storage.checkpoint_eval=workers"]) == [
+        "storage.checkpoint_eval: got 'workers'; expected trainer or ray"]
+
+
 def test_deepspeed_file_is_checked(tmp_path):
     bad = tmp_path / "ds.json"
     bad.write_text("{not json")

@@ -113,6 +113,8 @@ def test_sweep_problems_asha_needs_room_and_lora():
     job = load_job_config(None, ["lora.enabled=true", "train.max_steps=40", "tune.scheduler.grace_period=40"])
     assert sweep_problems(job) == ["tune.scheduler.grace_period: got 40 steps with trials of 40 steps; expected "
                                    "fewer, or ASHA never stops a trial"]
+    job = load_job_config(None, ["lora.enabled=true", "train.max_steps=400", "storage.checkpoint_eval=ray"])
+    assert any(p.startswith("storage.checkpoint_eval: got 'ray' in a sweep; expected trainer") for p in sweep_problems(job))
     with pytest.raises(ConfigError, match="tune.search_space.storage.name: cannot be swept"):
         load_job_config(None, ["tune.search_space={'storage.name': {'choice': ['a']}}"])
 

@@ -103,6 +103,9 @@ def job_from_dict(data: Mapping[str, Any], source: str | None = None, check: boo
         # One file and nothing else trains: without eval data the demo's periodic
         # evaluation does not apply (the start summary says accuracy is not measured).
         train = {**train, "eval_strategy": "no"}
+    if getattr(job.storage, "checkpoint_eval", None) == "ray" and "eval_strategy" not in train:
+        # Checkpoints are evaluated beside training: the workers do not evaluate too.
+        train = {**train, "eval_strategy": "no"}
     job.train = TrainSection(train)
     if check:
         problems += validate(job)
@@ -170,11 +173,15 @@ def _cross_problems(job: JobConfig) -> list[str]:
     if eval_strategy != "no" and not has_eval:
         problems.append(f"train.eval_strategy: got {eval_strategy!r} but there is no eval data; expected data.eval "
                         "or data.eval_split to be set, or train.eval_strategy=no")
+    off_path = job.storage.checkpoint_eval == "ray"
+    if off_path and not has_eval:
+        problems.append("storage.checkpoint_eval: got 'ray' but there is no eval data; expected data.eval or "
+                        "data.eval_split to be set, or storage.checkpoint_eval=trainer")
     attribute = job.storage.checkpoint_score_attribute
-    if isinstance(attribute, str) and attribute:
+    if isinstance(attribute, str) and attribute and not off_path:
         if attribute.startswith("eval_") and (eval_strategy != "steps" or not has_eval):
             problems.append(f"storage.checkpoint_score_attribute: got {attribute!r} without evaluation; expected "
-                            "train.eval_strategy=steps and eval data")
+                            "train.eval_strategy=steps and eval data, or storage.checkpoint_eval=ray")
         elif attribute.startswith("eval_"):
             problems += save_eval_problems(job, f"so each checkpoint's {attribute} is current")
     problems += elastic_problems(job)

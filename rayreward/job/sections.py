@@ -15,6 +15,7 @@ from rayreward.job.tree import type_problems
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 CHECKPOINT_UPLOADS = ("sync", "async")
+CHECKPOINT_EVALS = ("trainer", "ray")
 
 
 @dataclass
@@ -202,6 +203,13 @@ class StorageSection:
         metadata={"help": "sync: training waits while a checkpoint is copied to storage; async: the copy runs in "
                           "the background and training goes on (Ray's CheckpointUploadMode.ASYNC)."},
     )
+    checkpoint_eval: str = field(
+        default="trainer",
+        metadata={"help": "trainer: the workers evaluate at train.eval_steps and wait for it; ray: each checkpoint "
+                          "is scored on the eval pairs in a Ray task beside training (Ray Train's checkpoint "
+                          "validation), its eval_* metrics join the checkpoint's, and the in-loop evaluation is "
+                          "off unless train.eval_strategy is set."},
+    )
 
     def validate(self) -> list[str]:
         problems = type_problems(self, "storage")
@@ -215,6 +223,8 @@ class StorageSection:
             problems.append(f"storage.checkpoint_score_order: got {self.checkpoint_score_order!r}; expected max or min")
         if self.checkpoint_upload not in CHECKPOINT_UPLOADS:
             problems.append(f"storage.checkpoint_upload: got {self.checkpoint_upload!r}; expected sync or async")
+        if self.checkpoint_eval not in CHECKPOINT_EVALS:
+            problems.append(f"storage.checkpoint_eval: got {self.checkpoint_eval!r}; expected trainer or ray")
         return problems
 
 

@@ -40,11 +40,13 @@ class ReportCheckpoints(TrainerCallback):
     With ``upload="async"`` Ray copies the files to storage in a background thread and
     training goes on at once (``CheckpointUploadMode.ASYNC``); the local copy is
     deleted once uploaded, and a checkpoint counts (for resume and export) only when
-    every rank's upload has finished.
+    every rank's upload has finished. With ``validate`` each checkpoint is also handed
+    to the run's ``ValidationConfig`` (``storage.checkpoint_eval=ray``), evaluated by Ray
+    beside training.
     """
 
-    def __init__(self, job: dict, steps_per_epoch: int | None, upload: str = "sync"):
-        self.job, self.steps_per_epoch, self.upload = job, steps_per_epoch, upload
+    def __init__(self, job: dict, steps_per_epoch: int | None, upload: str = "sync", validate: bool = False):
+        self.job, self.steps_per_epoch, self.upload, self.validate = job, steps_per_epoch, upload, validate
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train
@@ -65,6 +67,7 @@ class ReportCheckpoints(TrainerCallback):
             checkpoint_dir_name=f"checkpoint-{state.global_step:06d}",
             checkpoint_upload_mode=mode,
             delete_local_checkpoint_after_upload=has_files,
+            validation=self.validate and checkpoint is not None,
         )
 
 

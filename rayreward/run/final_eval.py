@@ -1,4 +1,5 @@
-"""End of a training run: score the eval pairs with the exported model, sum it up.
+"""Scoring a run's eval pairs with a model: at the end of training, and (optionally) each
+checkpoint beside training.
 
 The exported model (what a user will load) scores the tokenized eval pairs that the
 run already holds in Ray's object store, in one Ray task sized like a training worker
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -96,3 +98,44 @@ def headline_line(summary: dict[str, Any]) -> str:
 
     return format_headline({k.removeprefix("final_"): v for k, v in summary.items() if k.startswith("final_")})
 
+
+
+class CheckpointEval:
+    """Ray Train's checkpoint validation function of a run (``storage.checkpoint_eval=ray``).
+
+    Ray runs it in a task of its own for each checkpoint reported with ``validation=True``,
+    while the workers go on training: it exports the checkpoint (ZeRO shards or LoRA
+    adapters consolidated, as ``rayreward export`` does) into a temporary folder and
+    scores the run's tokenized eval pairs with it. The metrics it returns join the
+    checkpoint's in Ray's record, under the names the Trainer's in-loop evaluation uses,
+    so ``storage.checkpoint_score_attribute: eval_accuracy`` ranks checkpoints either way.
+    ``eval_loss`` is the mean pairwise loss ``-log sigmoid(r_chosen - r_rejected)``
+    (data margins and reward centering are training-time terms and are not included).
+    """
+
+    def __init__(self, eval_ds, use_gpu: bool):
+        self.eval_ds, self.use_gpu = eval_ds, use_gpu
+
+    def __call__(self, checkpoint, **_: Any) -> dict[str, float]:
+        from rayreward.core.checkpoint import export_checkpoint
+        from rayreward.core.metrics import headline_metrics
+
+        started = time.monotonic()
+        with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory(prefix="rayreward-ckpt-eval-") as tmp:
+            model_dir = export_checkpoint(folder, os.path.join(tmp, "model"))
+            chosen, rejected = _score_pairs(model_dir, None, self.eval_ds, self.use_gpu)
+        metrics = {f"eval_{k}": v for k, v in headline_metrics(chosen, rejected).items()}
+        metrics["eval_loss"] = float(np.logaddexp(0.0, -(chosen - rejected)).mean())
+        metrics["eval_seconds"] = round(time.monotonic() - started, 3)
+        return metrics
+
+
+def checkpoint_validation(eval_ds, scaling):
+    """The ``ray.train.ValidationConfig`` of a run whose checkpoints are evaluated beside
+    training, its task sized like one training worker (on a GPU when they have one)."""
+    from ray.train import ValidationConfig
+
+    resources = {"num_cpus": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["num_gpus"] = scaling.gpus_per_worker
+    return ValidationConfig(fn=CheckpointEval(eval_ds, scaling.use_gpu), ray_remote_kwargs=resources)

@@ -109,6 +109,8 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
     model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
     _export_to(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir)
     metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
+    if job.storage.checkpoint_eval == "ray":
+        metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
     # 6. Sum up: the exported model on the eval pairs (headline metrics, reward stats
     # stored in its config for `score --normalize`).
     if prepared.eval is not None:
@@ -147,6 +149,7 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
     from ray.train.torch import TorchTrainer
 
     from rayreward.job.deepspeed import deepspeed_config_for
+    from rayreward.run.final_eval import checkpoint_validation
     from rayreward.run.loopback import loopback_torch_config
     from rayreward.runtime.ray_session import on_loopback
 
@@ -183,6 +186,7 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         ),
         datasets=prepared.datasets(),
         dataset_config=_data_config(s.elastic),
+        validation_config=checkpoint_validation(prepared.eval, s) if job.storage.checkpoint_eval == "ray" else None,
     )
 
 
@@ -266,7 +270,8 @@ def train_loop(config: dict[str, Any]) -> None:
     trainer = RewardTrainer(
         model=model, args=args, tokenizer=tokenizer, train_dataset=train, eval_dataset=evaluation,
         peft_config=peft_config_for(job.lora),
-        callbacks=[ReportCheckpoints(config["job"], config["steps_per_epoch"], job.storage.checkpoint_upload),
+        callbacks=[ReportCheckpoints(config["job"], config["steps_per_epoch"], job.storage.checkpoint_upload,
+                                     validate=job.storage.checkpoint_eval == "ray"),
                    Progress(config["steps_per_epoch"], sink=config.get("progress")), *config["callbacks"]],
     )
     # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
@@ -308,6 +313,20 @@ def _describe_workers(scaling) -> str:
     if scaling.elastic:
         return f"{scaling.min_workers}-{scaling.max_workers} (elastic)"
     return str(scaling.num_workers)
+
+
+def _checkpoint_evals(result, exported, print_fn) -> dict:
+    """The eval lines of the checkpoints Ray evaluated beside training, and the exported
+    checkpoint's eval metrics for the run's metrics."""
+    evaluated = sorted(((m.get("step", 0), m) for _, m in result.best_checkpoints or () if m and "eval_accuracy" in m),
+                       key=lambda item: item[0])
+    for step, m in evaluated:
+        print_fn(f"[rayreward] checkpoint at step {step} (evaluated beside training in {m.get('eval_seconds', 0):.1f} s): "
+                 f"eval_loss {m['eval_loss']:.4f} | eval_acc {m['eval_accuracy']:.4f}")
+    for c, m in result.best_checkpoints or ():
+        if c.path == exported.path and m:
+            return {k: v for k, v in m.items() if k.startswith("eval_") and _is_jsonable(v)}
+    return {}
 
 
 def _final_checkpoint(result, job: JobConfig):

@@ -106,6 +106,11 @@ def sweep_problems(job: JobConfig) -> list[str]:
     tune = job.tune
     base = base_config(job)
     problems = [p for key in tune.search_space for p in _key_problems(base, key, tune.search_space[key])]
+    if job.storage.checkpoint_eval == "ray":
+        # Tune schedules on the metrics each report carries; an evaluation that lands
+        # later, beside training, is not one of them.
+        problems.append("storage.checkpoint_eval: got 'ray' in a sweep; expected trainer (Tune schedules on "
+                        f"each trial's {tune.metric} in the reports, as the workers evaluate)")
     if problems:
         return problems
     seen: dict[str, str] = {}
