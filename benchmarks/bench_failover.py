@@ -10,7 +10,9 @@ the demo's tiny Llama, ZeRO-2 (ZeRO-0 for elastic), checkpoints to S3 (moto on l
 1. Checkpoint stall: rank 0 records the gap between the end of a step and the start of the
    next; a step that saves has the save (and, in sync mode, the upload) in that gap. The
    stall per checkpoint is the mean gap after saving steps minus the median gap after the
-   others, for ``storage.checkpoint_upload`` sync and async.
+   others, for ``storage.checkpoint_upload`` sync and async, and with the demo's 400 eval
+   pairs scored at each checkpoint by the workers (sync upload) or by Ray beside training
+   (``storage.checkpoint_eval=ray``, async upload).
 2. Node loss: node b is killed (``remove_node(allow_graceful=False)``) just after the step
    that follows the first checkpoint. Fixed size (2 workers, STRICT_SPREAD): the node comes
    back ``--rejoin-s`` seconds later; elastic ([1, 2]): the run goes on with one worker.
@@ -119,6 +121,17 @@ def start_moto():
     return server
 
 
+# The stall part's modes: upload sync/async; with eval data, the checkpoint evaluated by
+# the workers in the loop (train.eval_steps = save_steps) or by Ray beside training.
+STALL_MODES = {
+    "sync": ["storage.checkpoint_upload=sync"],
+    "async": ["storage.checkpoint_upload=async"],
+    "sync, eval in the loop": ["storage.checkpoint_upload=sync", "train.eval_strategy=steps",
+                               "storage.checkpoint_eval=trainer"],
+    "async, eval beside training": ["storage.checkpoint_upload=async", "storage.checkpoint_eval=ray"],
+}
+
+
 def job(name: str, *overrides: str):
     from rayreward.job.config import load_job_config
 
@@ -197,13 +210,17 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     results: dict = {}
     try:
-        for mode in ("sync", "async") if "stall" in parts else ():
+        from rayreward.data.tokenizer import SAMPLE_DATA_DIR
+
+        evaluated = [f"data.eval={SAMPLE_DATA_DIR / 'eval.jsonl'}", f"train.eval_steps={args.save_steps}"]
+        for mode, extra in STALL_MODES.items() if "stall" in parts else ():
             log = work / f"stall-{mode}.log"
             from rayreward.run.fit import fit
 
+            if "eval" in mode:
+                extra = [*extra, *evaluated]
             fit(job(f"stall-{mode}", f"train.max_steps={args.steps}", f"train.save_steps={args.save_steps}",
-                    "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", "deepspeed.stage=2",
-                    f"storage.checkpoint_upload={mode}"),
+                    "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", "deepspeed.stage=2", *extra),
                 callbacks=[make_step_log(str(log))(str(log), 0.0)], print_fn=lambda line: None)
             results[f"stall_{mode}"] = stall(log, args.save_steps)
             print(mode, results[f"stall_{mode}"], flush=True)
@@ -230,12 +247,14 @@ def main(argv=None) -> int:
                                                  else "3 Ray nodes on 127.0.0.1, 2 workers (one per node)")
              + ", tiny Llama, ZeRO-2, checkpoints to S3 (moto on loopback).", ""]
     if "stall_sync" in results:
-        s, a = results["stall_sync"], results["stall_async"]
-        ratio = a["stall_s"] / s["stall_s"] if s["stall_s"] > 0 else float("nan")
-        lines += ["| checkpoint upload | checkpoints | stall per checkpoint | median gap between steps |",
-                  "| --- | --- | --- | --- |",
-                  f"| sync | {s['saves']} | {s['stall_s']:.2f} s | {s['step_gap_s']:.3f} s |",
-                  f"| async | {a['saves']} | {a['stall_s']:.2f} s ({ratio:.2f}x sync) | {a['step_gap_s']:.3f} s |", ""]
+        base = results["stall_sync"]["stall_s"]
+        lines += ["| checkpoint | checkpoints | stall per checkpoint | vs sync upload, no eval | "
+                  "median gap between steps |", "| --- | --- | --- | --- | --- |"]
+        for mode in STALL_MODES:
+            r = results[f"stall_{mode}"]
+            ratio = f"{r['stall_s'] / base:.2f}x" if base > 0 else "-"
+            lines.append(f"| {mode} | {r['saves']} | {r['stall_s']:.2f} s | {ratio} | {r['step_gap_s']:.3f} s |")
+        lines.append("")
     if any(m in results for m in ("fixed", "elastic")):
         lines += ["| node lost after step 6 (checkpoint at 4) | kill -> training again | steps redone | "
                   "resumed on | final step |", "| --- | --- | --- | --- | --- |"]
