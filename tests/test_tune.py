@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from process_helpers import Watcher, wait_until_gone
 from rayreward.job.tree import ConfigError
 from rayreward.commands.cli import main
 from rayreward.job.config import load_job_config
@@ -162,6 +163,13 @@ def test_sweep_asha_best_config_reruns(tmp_path):
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     print(f"sweep: {time.monotonic() - start:.0f}s")
+    # A quiet console: rayreward's own lines only; Tune's trial table and Ray's output
+    # are in the sweep's log, named in the first line.
+    log = tmp_path / "runs" / "sweep" / "rayreward.log"
+    assert out.splitlines()[0] == f"[rayreward] log of Ray, DeepSpeed and transformers: {log} (-v shows it here)"
+    assert all(line.startswith(("[rayreward]", "|", "  ")) or not line.strip() for line in out.splitlines()), out
+    assert not result.stderr.strip(), result.stderr[-3000:]
+    assert "Trial status" in log.read_text()
 
     # Two trials ran at once: the second started before the first ended.
     events = re.findall(r"\[rayreward\] trial (\S+) (started|ended)", out)
@@ -214,21 +222,25 @@ def test_interrupted_sweep_resumes(tmp_path):
     lines, first = [], None
     deadline = time.monotonic() + 600
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            match = re.match(r"\[rayreward\] trial (\S+) ended", line)
-            if match:
-                first = match.group(1)
-                proc.send_signal(signal.SIGINT)
-                break
-            assert time.monotonic() < deadline, "".join(lines[-50:])
-        rest, _ = proc.communicate(timeout=300)
+        with Watcher(proc.pid) as watcher:
+            for line in proc.stdout:
+                lines.append(line)
+                match = re.match(r"\[rayreward\] trial (\S+) ended", line)
+                if match:
+                    first = match.group(1)
+                    proc.send_signal(signal.SIGINT)
+                    break
+                assert time.monotonic() < deadline, "".join(lines[-50:])
+            rest, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     out1 = "".join(lines) + rest
     assert first, out1[-3000:]
     assert proc.returncode == 130, out1[-3000:]
+    # Nothing of the sweep's Ray is left running (raylet, GCS, trial workers, agents).
+    left = wait_until_gone(watcher, timeout_s=10)
+    assert not left, f"processes left after Ctrl-C: {left}"
     assert "interrupted; re-run the same command to resume it" in out1
     assert not (tmp_path / "runs" / "resume" / "summary.json").exists()
 

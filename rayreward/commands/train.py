@@ -25,7 +25,7 @@ def run(args) -> int:
     from rayreward.job.config import run_name, storage_uri
     from rayreward.run.fit import fit
     from rayreward.runtime import storage as _storage
-    from rayreward.runtime.console import Console
+    from rayreward.runtime.console import Console, log_path_for
     from rayreward.runtime.ray_session import ray_session
 
     # 1. Config, validated before anything starts.
@@ -37,7 +37,7 @@ def run(args) -> int:
     run_dir = _storage.join(storage_uri(job), name)
     # 2. Console and Ray: the given cluster, or one embedded in this process bound to
     # loopback; Ray's, DeepSpeed's and transformers' output goes to the run's log.
-    console = Console(_log_path(run_dir, name), verbose=args.verbose)
+    console = Console(log_path_for(run_dir, name), verbose=args.verbose)
     try:
         with console, ray_session(args.address, num_cpus=embedded_cpus(job)):
             _quiet_ray_data()
@@ -59,16 +59,6 @@ def run(args) -> int:
     print(f"[rayreward] model:   {outcome.model_dir}")
     print(f"[rayreward] metrics: {outcome.metrics_path}")
     return 0
-
-
-def _log_path(run_dir: str, name: str) -> str:
-    from rayreward.runtime import storage as _storage
-
-    if _storage.is_uri(run_dir):  # an object store: the log stays on this machine
-        import tempfile
-
-        return os.path.join(tempfile.gettempdir(), f"rayreward-{name}.log")
-    return os.path.join(run_dir, "rayreward.log")
 
 
 def _say_how_to_resume(args, job, run_dir: str) -> None:

@@ -14,11 +14,19 @@ HELP = ("Sweep hyperparameters with Ray Tune (ASHA early stopping): each trial i
 
 
 def add_arguments(parser) -> None:
+    from rayreward.runtime.console import add_console_arguments
+
     add_job_arguments(parser)
     add_address_argument(parser)
+    add_console_arguments(parser)
 
 
 def run(args) -> int:
+    import dataclasses
+
+    from rayreward.job.config import run_name, storage_uri
+    from rayreward.runtime import storage as _storage
+    from rayreward.runtime.console import Console, log_path_for
     from rayreward.runtime.ray_session import ray_session
     from rayreward.tune.sweep import run_sweep, sweep_problems
 
@@ -30,12 +38,17 @@ def run(args) -> int:
               + ":\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return 2
     preflight_job(args, job)
-    # 2. Ray: the given cluster, or one embedded in this process bound to loopback. The
-    # trials' worker logs stay on the cluster (each trial's folder has them); the driver
-    # shows Tune's trial table and one line per trial event.
+    # The sweep's name is fixed now: its log goes in its folder, and a re-run resumes it.
+    name = run_name(job)
+    job = dataclasses.replace(job, storage=dataclasses.replace(job.storage, name=name))
+    # 2. Console and Ray: the given cluster, or one embedded in this process bound to
+    # loopback. The trials' worker logs stay on the cluster (each trial's folder has
+    # them); Tune's trial table and Ray's output go to the sweep's log, the terminal
+    # shows one line per trial event and the results.
     # 3. Sweep, report, export; an embedded Ray is stopped with every process it started.
-    with ray_session(args.address, num_cpus=embedded_cpus(job), log_to_driver=False):
-        outcome = run_sweep(job)
+    console = Console(log_path_for(_storage.join(storage_uri(job), name), name), verbose=args.verbose)
+    with console, ray_session(args.address, num_cpus=embedded_cpus(job), log_to_driver=False):
+        outcome = run_sweep(job, print_fn=console.say)
     return 130 if outcome.interrupted else 0
 
 

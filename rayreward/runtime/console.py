@@ -22,6 +22,18 @@ def add_console_arguments(parser) -> None:
                         help="show the output of Ray, DeepSpeed and transformers here instead of only in the log file")
 
 
+def log_path_for(run_dir: str, name: str) -> str:
+    """The log file of a run or sweep: ``<run_dir>/rayreward.log``, or a file in the
+    temporary folder when the run's folder is on an object store (the log stays here)."""
+    from rayreward.runtime import storage
+
+    if storage.is_uri(run_dir):
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), f"rayreward-{name}.log")
+    return os.path.join(run_dir, "rayreward.log")
+
+
 class Console:
     """The terminal for one command; use as a context manager.
 

@@ -245,25 +245,45 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
     build_trainer(job, prepared, "train", trial_dir, run_callbacks=[TuneReportCallback()]).fit()
 
 
+# Where the trial lines of the sweep running in this process go (run_sweep sets it): a
+# restored sweep's callback, unpickled from the saved experiment, writes there too.
+_driver_print: Callable[[str], None] = print
+
+
+def _say_on_driver(line: str) -> None:
+    _driver_print(line)
+
+
 def _trial_lines(print_fn: Callable[[str], None], keys: list[str], metric: str):
     """A Tune callback printing one line when a trial starts, and when it ends or fails."""
     from ray.tune import Callback
 
     class TrialLines(Callback):
+        def __init__(self, say: Callable[[str], None]):
+            self.print_fn = say
+
+        def __getstate__(self):
+            # Tune saves its callbacks with the experiment; the driver's console (open
+            # files) is not part of it, and a restored sweep gets the new command's.
+            return {k: v for k, v in self.__dict__.items() if k != "print_fn"}
+
+        def __setstate__(self, state):
+            self.__dict__.update(state, print_fn=_say_on_driver)
+
         def on_trial_start(self, iteration, trials, trial, **info):
-            print_fn(f"[rayreward] trial {trial.trial_id} started: "
-                     + _assignments({k: trial.config.get(k) for k in keys}))
+            self.print_fn(f"[rayreward] trial {trial.trial_id} started: "
+                          + _assignments({k: trial.config.get(k) for k in keys}))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
             value = result.get(metric)
             shown = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"no {metric} reported"
-            print_fn(f"[rayreward] trial {trial.trial_id} ended at step {result.get('step', '?')}: {shown}")
+            self.print_fn(f"[rayreward] trial {trial.trial_id} ended at step {result.get('step', '?')}: {shown}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print_fn(f"[rayreward] trial {trial.trial_id} failed; its error is in {trial.path}/error.txt")
+            self.print_fn(f"[rayreward] trial {trial.trial_id} failed; its error is in {trial.path}/error.txt")
 
-    return TrialLines()
+    return TrialLines(print_fn)
 
 
 def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepOutcome:
@@ -289,6 +309,8 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
 
     from rayreward.tune import report as _sweep_report
 
+    global _driver_print
+    _driver_print = print_fn
     # 1. Config: checked in full, then the experiment's place.
     problems = sweep_problems(job)
     if problems:
