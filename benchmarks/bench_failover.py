@@ -3,7 +3,7 @@
     python benchmarks/bench_failover.py                 # records "Failover and checkpoints (issue 15)"
     python benchmarks/bench_failover.py --no-record
 
-Three Ray nodes on this machine, all on 127.0.0.1 (``ray.cluster_utils.Cluster``): a head
+Three Ray nodes on this machine, all on 127.0.0.1 (``rayreward.runtime.local_cluster``): a head
 with no CPUs and two worker nodes of 2 logical CPUs. 2 training workers (one per node),
 the demo's tiny Llama, ZeRO-2 (ZeRO-0 for elastic), checkpoints to S3 (moto on loopback).
 
@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from _measure import machine, record_section  # noqa: E402
+from rayreward.runtime.local_cluster import with_start_retries  # noqa: E402
 
 SECTION = "Failover and checkpoints (issue 15)"
 
@@ -78,31 +79,11 @@ def read_log(path: Path) -> list[tuple[str, int, int, float]]:
 
 
 def start_cluster():
-    import ray
-    from ray.cluster_utils import Cluster
+    from rayreward.runtime.local_cluster import LocalCluster
 
-    cluster = Cluster()
-    with_retries(lambda: cluster.add_node(
-        num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=False,
-        _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3}))
-    nodes = {n: add_worker_node(cluster) for n in ("a", "b")}
-    ray.init(address=cluster.address, logging_level="WARNING",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
-    return cluster, nodes
-
-
-def with_retries(start, attempts: int = 3):
-    # Ray gives a starting node 30 s to register; a loaded 2-core machine may need more.
-    for attempt in range(attempts):
-        try:
-            return start()
-        except Exception as exc:  # Ray raises a bare Exception for this
-            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
-                raise
-
-
-def add_worker_node(cluster):
-    return with_retries(lambda: cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1"))
+    cluster = LocalCluster(("a", "b"), node_cpus=2)
+    cluster.connect()
+    return cluster
 
 
 def start_moto():
@@ -155,7 +136,7 @@ def stall(log: Path, save_steps: int) -> dict:
             "step_gap_s": statistics.median(other)}
 
 
-def fit_until_killed(cluster, nodes, the_job, log: Path, kill_after_step: int, rejoin_s: float | None, pause_s: float):
+def fit_until_killed(cluster, the_job, log: Path, kill_after_step: int, rejoin_s: float | None, pause_s: float):
     from rayreward.run.fit import fit
 
     box = {}
@@ -167,15 +148,15 @@ def fit_until_killed(cluster, nodes, the_job, log: Path, kill_after_step: int, r
             raise RuntimeError("the run ended before the kill")
         time.sleep(0.1)
     killed_at = time.time()
-    cluster.remove_node(nodes.pop("b"), allow_graceful=False)
+    cluster.kill("b")
     if rejoin_s is not None:
         time.sleep(rejoin_s)
-        nodes["b"] = add_worker_node(cluster)
+        cluster.add("b")
     thread.join()
     if "outcome" not in box:
         raise RuntimeError("the run failed")
-    if "b" not in nodes:
-        nodes["b"] = add_worker_node(cluster)
+    if "b" not in cluster.nodes:
+        cluster.add("b")
     events = read_log(log)
     before = max(s for e, s, _, t in events if e == "end" and t <= killed_at)
     restarts = [(s, w, t) for e, s, w, t in events if e == "start" and t > killed_at]
@@ -199,13 +180,13 @@ def main(argv=None) -> int:
     server = start_moto()
     if parts == ["stall"]:
         # The stall needs no second node: one local Ray with 4 logical CPUs starts faster.
-        cluster, nodes = None, {}
-        with_retries(lambda: ray.init(
+        cluster = None
+        with_start_retries(lambda: ray.init(
             address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
             logging_level="WARNING",
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}))
     else:
-        cluster, nodes = start_cluster()
+        cluster = start_cluster()
     work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     load = os.getloadavg()
     results: dict = {}
@@ -229,7 +210,7 @@ def main(argv=None) -> int:
                 "scaling.num_workers=[1, 2]", "deepspeed.stage=0", "scaling.resize_check_s=600"]
             the_job = job(f"lost-{mode}", f"train.max_steps={args.steps}", "train.save_steps=4",
                           "scaling.placement_strategy=STRICT_SPREAD", "failure.max_failures=3", *overrides)
-            results[mode] = fit_until_killed(cluster, nodes, the_job, work / f"{mode}.log", kill_after_step=6,
+            results[mode] = fit_until_killed(cluster, the_job, work / f"{mode}.log", kill_after_step=6,
                                              rejoin_s=args.rejoin_s if mode == "fixed" else None, pause_s=0.5)
             print(mode, results[mode], flush=True)
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 import threading
 import time
@@ -22,9 +21,6 @@ from transformers import TrainerCallback
 pytestmark = pytest.mark.slow
 
 NODE_CPUS = 2
-# Node deaths are noticed in about 3 s instead of Ray's default ~30 s.
-FAST_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
-                      "health_check_initial_delay_ms": 1000}
 
 
 @pytest.fixture(autouse=True)
@@ -37,56 +33,22 @@ def _ship_this_module_by_value():
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
-def with_retries(start, attempts: int = 5):
-    """Ray gives a starting node 30 s to register; on a loaded 2-core machine it may need more."""
-    for attempt in range(attempts):
-        try:
-            return start()
-        except Exception as exc:  # Ray raises a bare Exception for this
-            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
-                raise
-
-
-class TwoNodeCluster:
-    """A head with no CPUs and worker nodes ``a`` and ``b`` (custom resources name them)."""
-
-    def __init__(self):
-        from ray.cluster_utils import Cluster
-
-        self.cluster = Cluster()
-        with_retries(lambda: self.cluster.add_node(num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=False,
-                                                   _system_config=FAST_HEALTH_CHECKS))
-        self.nodes = {name: self.add(name) for name in ("a", "b")}
-
-    def add(self, name: str):
-        node = with_retries(lambda: self.cluster.add_node(num_cpus=NODE_CPUS, resources={f"node_{name}": 1},
-                                                          node_ip_address="127.0.0.1"))
-        self.nodes = {**getattr(self, "nodes", {}), name: node}
-        return node
-
-    def kill(self, name: str) -> None:
-        self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
-
-    def node_names(self) -> dict[str, str]:
-        """Ray node id -> a/b for the nodes alive now."""
-        return {node.node_id: name for name, node in self.nodes.items()}
-
-
 @pytest.fixture(scope="module")
 def cluster():
     import ray
 
     # This module needs its own multi-node Ray; a session Ray started by other modules
     # (conftest's ray_local) is stopped here and started again afterwards.
+    from rayreward.runtime.local_cluster import LocalCluster
+
     had_session_ray = ray.is_initialized()
     if had_session_ray:
         ray.shutdown()
-    two = TwoNodeCluster()
-    ray.init(address=two.cluster.address, logging_level="WARNING",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    # A head with no CPUs and worker nodes a and b (custom resources name them).
+    two = LocalCluster(("a", "b"), node_cpus=NODE_CPUS)
+    two.connect()
     yield two
-    ray.shutdown()
-    two.cluster.shutdown()
+    two.shutdown()
     if had_session_ray:
         ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
                  logging_level="WARNING",
