@@ -78,11 +78,13 @@ def read_log(path: Path) -> list[tuple[str, int, int, float]]:
     return [(e, int(s), int(w), float(t)) for e, s, w, t in (l.split() for l in path.read_text().splitlines())]
 
 
-def start_cluster():
+def start_cluster(start_timeout_s: float):
     from rayreward.runtime.local_cluster import LocalCluster
 
     cluster = LocalCluster(("a", "b"), node_cpus=2)
-    cluster.connect()
+    cluster.connect(runtime_env={"env_vars": {
+        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(start_timeout_s)}})
     return cluster
 
 
@@ -172,6 +174,9 @@ def main(argv=None) -> int:
     parser.add_argument("--save-steps", type=int, default=3)
     parser.add_argument("--rejoin-s", type=float, default=10.0)
     parser.add_argument("--parts", default="stall,fixed,elastic")
+    parser.add_argument("--start-timeout-s", type=float, default=20.0,
+                        help="Ray Train's wait for a worker group to start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S; "
+                             "Ray's default is 60)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
     import ray
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
             logging_level="WARNING",
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}))
     else:
-        cluster = start_cluster()
+        cluster = start_cluster(args.start_timeout_s)
     work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     load = os.getloadavg()
     results: dict = {}
@@ -206,10 +211,13 @@ def main(argv=None) -> int:
             results[f"stall_{mode}"] = stall(log, args.save_steps)
             print(mode, results[f"stall_{mode}"], flush=True)
         for mode in [p for p in ("fixed", "elastic") if p in parts]:
-            overrides = ["scaling.num_workers=2", "deepspeed.stage=2"] if mode == "fixed" else [
-                "scaling.num_workers=[1, 2]", "deepspeed.stage=0", "scaling.resize_check_s=600"]
+            # Elastic: Ray sizes the group by free resources, not placement; 1.5 CPUs a
+            # worker on 2-CPU nodes makes one node hold one worker.
+            overrides = ["scaling.num_workers=2", "deepspeed.stage=2", "scaling.placement_strategy=STRICT_SPREAD"] \
+                if mode == "fixed" else ["scaling.num_workers=[1, 2]", "deepspeed.stage=0", "scaling.resize_check_s=600",
+                                         "scaling.cpus_per_worker=1.5", "scaling.placement_strategy=SPREAD"]
             the_job = job(f"lost-{mode}", f"train.max_steps={args.steps}", "train.save_steps=4",
-                          "scaling.placement_strategy=STRICT_SPREAD", "failure.max_failures=3", *overrides)
+                          "failure.max_failures=3", *overrides)
             results[mode] = fit_until_killed(cluster, the_job, work / f"{mode}.log", kill_after_step=6,
                                              rejoin_s=args.rejoin_s if mode == "fixed" else None, pause_s=0.5)
             print(mode, results[mode], flush=True)
@@ -225,7 +233,8 @@ def main(argv=None) -> int:
              f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} before, {load_after[0]:.1f}/{load_after[1]:.1f}/"
              f"{load_after[2]:.1f} after (other engineers' jobs share the machine).",
              f"Command: `{command.strip()}`. " + ("One local Ray node (4 logical CPUs), 2 workers" if cluster is None
-                                                 else "3 Ray nodes on 127.0.0.1, 2 workers (one per node)")
+                                                 else "3 Ray nodes on 127.0.0.1, 2 workers (one per node), "
+                                                 f"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S={args.start_timeout_s:g}")
              + ", tiny Llama, ZeRO-2, checkpoints to S3 (moto on loopback).", ""]
     if "stall_sync" in results:
         base = results["stall_sync"]["stall_s"]

@@ -8,6 +8,7 @@ cluster/local.sh end to end against a real head node on loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -331,8 +332,12 @@ def test_local_sh_up_submit_down(tmp_path):
                       "train.eval_steps=3", "train.save_steps=3", "train.logging_steps=3",
                       f"storage.path={storage}", "storage.name=local-sh")
         assert ok.returncode == 0, "the 2-worker job did not succeed"
-        assert (storage / "local-sh" / "metrics.json").is_file()
-        assert (storage / "local-sh" / "model").is_dir()
+        # The job ran `rayreward train` from the uploaded working dir (--working-dir .),
+        # its console reached the submitter, and the run landed in the shared storage.
+        assert "succeeded" in ok.stdout + ok.stderr and "[rayreward] model:" in ok.stdout
+        metrics = json.loads((storage / "local-sh" / "metrics.json").read_text())
+        assert metrics["step"] == 6 and metrics["num_workers"] == 2 and "eval_accuracy" in metrics
+        assert (storage / "local-sh" / "model" / "config.json").is_file()
         print(f"2-worker job: {time.monotonic() - t0:.0f} s")
 
         # A job that fails on the cluster makes submit exit non-zero.

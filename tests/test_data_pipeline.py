@@ -82,7 +82,7 @@ def test_each_format_gives_the_single_process_ids(ray_local, tmp_path, hh_rows, 
     assert prepared.format == fmt
     assert dataset_keys(prepared.train) == expected_keys(rows, tokenizer, fmt, max_length, policy)
     counts = prepared.train_counts
-    assert counts.rows_read == len(rows) and counts.bad_rows == 0
+    assert counts.rows_read == len(rows) and counts.bad_rows == 0 and counts.nodes == 1
     assert counts.pairs == prepared.num_train_pairs == prepared.train.count()
     if policy == "filter":
         assert counts.pairs + counts.filtered == len(rows) and counts.truncated == 0

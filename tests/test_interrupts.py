@@ -15,8 +15,7 @@ import pytest
 from process_helpers import RAYREWARD, Watcher, command_env, start, wait_until_gone
 
 # The demo, shortened: checkpoints every 4 steps, more steps than the test waits for.
-SHORT = ["train.save_steps=20", "train.logging_steps=4", "train.eval_steps=1000", "train.max_steps=400",
-         "data.eval_split=0"]
+SHORT = ["train.save_steps=20", "train.logging_steps=4", "train.max_steps=400", "data.eval=null"]
 
 
 def test_resume_point_is_the_checkpoint_ray_recorded_and_newer_ones_are_named(tmp_path):

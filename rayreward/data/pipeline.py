@@ -57,6 +57,7 @@ class DataCounts:
         pairs: tokenized pairs kept.
         longest: longest side seen, in tokens, before the length policy.
         bad_examples: the first few bad rows, as ``file, row N, field 'x': problem``.
+        nodes: Ray nodes whose tokenizer actors took part (one on a single machine).
     """
 
     rows_read: int = 0
@@ -66,14 +67,17 @@ class DataCounts:
     pairs: int = 0
     longest: int = 0
     bad_examples: list[str] = field(default_factory=list)
+    nodes: int = 0
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Counts for a run's metrics, e.g. ``{"data/train_filtered": 3, ...}``."""
-        keys = ("rows_read", "bad_rows", "filtered", "truncated", "pairs")
+        keys = ("rows_read", "bad_rows", "filtered", "truncated", "pairs", "nodes")
         return {f"data/{prefix}_{k}": float(getattr(self, k)) for k in keys}
 
     def describe(self, name: str, cfg: DataConfig) -> str:
         text = f"{name}: {self.pairs} pairs from {self.rows_read} rows"
+        if self.nodes > 1:
+            text += f", tokenized on {self.nodes} nodes"
         if self.filtered or cfg.length_policy == "filter":
             text += f"; {self.filtered} longer than max_length={cfg.max_length} filtered out"
         if self.truncated:
@@ -233,6 +237,9 @@ def _tokenized(plan: ReadPlan, cfg: DataConfig, tokenizer_name_or_path: str):
         batch_size=cfg.tokenize_batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.tokenize_actors),
         num_cpus=actor_cpus,
+        # Over the nodes of a cluster, not packed on the first with room: tokenizing is
+        # the CPU work of the run, and every node's cores take part.
+        scheduling_strategy="SPREAD",
     )
     return ds, tally
 
@@ -308,6 +315,9 @@ class TokenizePairs:
             load_data_tokenizer(tokenizer_name_or_path, chat_template), fmt, ColumnNames(), max_length, length_policy
         )
         self.has_margin, self.on_bad_rows, self.tally = has_margin, on_bad_rows, tally
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch):
         import ray
@@ -323,7 +333,7 @@ class TokenizePairs:
         s = self.encoder.stats
         delta = {"rows_read": len(rows), "bad_rows": len(bad), "filtered": s.filtered,
                  "truncated": s.truncated, "pairs": len(pairs), "longest": s.longest}
-        ray.get(self.tally.add.remote(delta, bad[:MAX_BAD_ROW_EXAMPLES]))
+        ray.get(self.tally.add.remote(delta, bad[:MAX_BAD_ROW_EXAMPLES], self.node))
         return pairs_table(pairs, self.has_margin)
 
 
@@ -351,8 +361,11 @@ def _tally_class():
         def __init__(self):
             self.counts = {k: 0 for k in ("rows_read", "bad_rows", "filtered", "truncated", "pairs", "longest")}
             self.bad: list[tuple] = []
+            self.nodes: set[str] = set()
 
-        def add(self, delta: dict[str, int], bad: list[tuple]) -> None:
+        def add(self, delta: dict[str, int], bad: list[tuple], node: str | None = None) -> None:
+            if node:
+                self.nodes.add(node)
             for k, v in delta.items():
                 self.counts[k] = max(self.counts[k], v) if k == "longest" else self.counts[k] + v
             if len(self.bad) < 1000:
@@ -363,7 +376,7 @@ def _tally_class():
 
         def snapshot(self) -> dict[str, Any]:
             first = sorted(self.bad, key=lambda b: (b[0], b[1]))[:MAX_BAD_ROW_EXAMPLES]
-            return {**self.counts, "bad_examples": [str(BadRowError(*b)) for b in first]}
+            return {**self.counts, "bad_examples": [str(BadRowError(*b)) for b in first], "nodes": len(self.nodes)}
 
     return Tally
 

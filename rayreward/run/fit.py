@@ -231,10 +231,9 @@ def train_loop(config: dict[str, Any]) -> None:
     if job.scaling.elastic:
         # The global batch stays the one planned for max workers: fewer workers each
         # accumulate more micro-batches per step (GlobalBatchStream).
-        global_batch = (job.scaling.max_workers * kwargs["per_device_train_batch_size"]
-                        * kwargs["gradient_accumulation_steps"])
-        kwargs["gradient_accumulation_steps"] = accumulation_steps(
-            global_batch, kwargs["per_device_train_batch_size"], world_size)
+        per_device = job.train["per_device_train_batch_size"]
+        global_batch = job.scaling.max_workers * per_device * job.train["gradient_accumulation_steps"]
+        kwargs["gradient_accumulation_steps"] = accumulation_steps(global_batch, per_device, world_size)
 
     # 1. Model, arguments, tokenizer. A model loaded from files is loaded after the
     # arguments: under ZeRO-3 it is then partitioned as it loads (zero.Init). A built-in
