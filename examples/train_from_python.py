@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as on the command line")
     args = parser.parse_args(argv)
 
-    import ray
+    # Before ray is imported: an embedded Ray (no --address, no RAY_ADDRESS) stays on 127.0.0.1.
+    from rayreward.runtime.ray_session import prepare_environment, ray_session
+
+    prepare_environment(["--address"] if args.address else [])
 
     from rayreward.run.fit import fit
     from rayreward.job.config import ConfigError, apply_overrides, job_from_dict, load_job_config
@@ -64,20 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         print(exc)
         return 2
 
-    # 2. Ray: the cluster named by --address / RAY_ADDRESS, or an embedded one on loopback
-    # with a CPU slot beyond the workers' for Ray Data's tasks.
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        cpus = int(job.scaling.num_workers * job.scaling.cpus_per_worker) + 2
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
-
-    # 3. Fit: trains on the workers, checkpoints to storage, exports the final model.
-    try:
+    # 2. Ray: the cluster named by --address / RAY_ADDRESS, or one embedded in this process
+    # on loopback, with CPU slots beyond the workers' for Ray Data's tasks; an embedded Ray
+    # is stopped with every process it started when the block ends. (A Ray this program
+    # already started is used as it is.)
+    cpus = int(job.scaling.max_workers * job.scaling.cpus_per_worker) + 2
+    with ray_session(args.address, num_cpus=cpus):
+        # 3. Fit: trains on the workers, checkpoints to storage, exports the final model.
         outcome = fit(job)
-    finally:
-        ray.shutdown()
     shown = {k: outcome.metrics[k] for k in ("eval_accuracy", "eval_loss", "loss") if k in outcome.metrics}
     print("final metrics:", ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     print("model:", outcome.model_dir)

@@ -14,7 +14,7 @@ import pytest
 
 from process_helpers import RAYREWARD, Watcher, command_env, start, wait_until_gone
 
-# The demo, shortened: checkpoints every 4 steps, more steps than the test waits for.
+# The demo without eval data: checkpoints every 20 steps, more steps than the test waits for.
 SHORT = ["train.save_steps=20", "train.logging_steps=4", "train.max_steps=400", "data.eval=null"]
 
 

@@ -222,13 +222,15 @@ def test_1000_requests_from_32_clients_all_answered_in_batches(served):
 
 
 def _stats(url: str, replicas: int = 2) -> dict[str, dict]:
-    """``/stats`` of every replica (requests land on either; ask until both answered)."""
+    """``/stats`` of every replica. Serve routes a request to the less busy of two replicas,
+    so one at a time may keep landing on the same one: ask 16 at once until both answered."""
     seen: dict[str, dict] = {}
-    for _ in range(200):
-        s = requests.get(f"{url}/stats", timeout=30).json()
-        seen[s["replica"]] = s
-        if len(seen) >= replicas:
-            break
+    deadline = time.monotonic() + 60
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        while len(seen) < replicas:
+            assert time.monotonic() < deadline, f"/stats reached only replicas {sorted(seen)}"
+            for s in pool.map(lambda _: requests.get(f"{url}/stats", timeout=30).json(), range(16)):
+                seen[s["replica"]] = s
     return seen
 
 

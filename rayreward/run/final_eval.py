@@ -2,8 +2,9 @@
 checkpoint beside training.
 
 The exported model (what a user will load) scores the tokenized eval pairs that the
-run already holds in Ray's object store, in one Ray task sized like a training worker
-(so on a GPU cluster it runs on a GPU). The driver turns the rewards into the same
+run already holds in Ray's object store: in one Ray task sized like a training worker
+(so on a GPU cluster it runs on a GPU), or in the driver itself when the cluster is this
+one machine and the workers use CPUs. The driver turns the rewards into the same
 headline metrics as ``rayreward evaluate`` and stores the reward mean and std in the
 model's ``config.json`` for ``rayreward score --normalize``.
 """
@@ -42,6 +43,14 @@ def _score_pairs(model_dir: str, located, eval_ds, use_gpu: bool) -> tuple[np.nd
     return np.concatenate(chosen), np.concatenate(rejected)
 
 
+def _single_node_here() -> bool:
+    """Whether the cluster is one node, the one this process runs on."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id()
+
+
 def summarize(model_dir: str, eval_ds, job) -> dict[str, Any]:
     """Scores ``eval_ds`` with the model in ``model_dir``; stores the reward statistics.
 
@@ -60,11 +69,17 @@ def summarize(model_dir: str, eval_ds, job) -> dict[str, Any]:
     from rayreward.evaluation.normalization import RewardNormalization
 
     s = job.scaling
-    task = ray.remote(_score_pairs).options(
-        num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0
-    )
     located = _storage.filesystem(model_dir) if _storage.is_uri(model_dir) else None
-    chosen, rejected = ray.get(task.remote(model_dir, located, eval_ds, s.use_gpu))
+    if not s.use_gpu and _single_node_here():
+        # One machine and CPU workers: the driver scores the pairs itself, with the
+        # same cores a task would get, and no new worker process to start and import
+        # torch into (seconds of every run).
+        chosen, rejected = _score_pairs(model_dir, located, eval_ds, False)
+    else:
+        task = ray.remote(_score_pairs).options(
+            num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0
+        )
+        chosen, rejected = ray.get(task.remote(model_dir, located, eval_ds, s.use_gpu))
     headline = headline_metrics(chosen, rejected)
     summary = {f"final_{k}": v for k, v in headline.items()}
     rewards = np.concatenate([chosen, rejected])
