@@ -290,6 +290,8 @@ def test_elastic_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_pa
     rows = starts_of(starts)
     worlds = [(world, step) for rank, _, world, step in rows if rank == 0]
     assert worlds[:2] == [(2, 0), (1, 4)], rows
+    # Node b back: the run grew to 2 workers again, from a checkpoint after step 4.
+    assert any(world == 2 and step >= 4 for world, step in worlds[2:]), rows
     outcome = box["outcome"]
     assert outcome.metrics["step"] == 12 and outcome.metrics["max_steps"] == 12
     # 12 steps of the 2-worker global batch (2 x 4 pairs), whatever the world size was.
