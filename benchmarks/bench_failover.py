@@ -162,8 +162,10 @@ def fit_until_killed(cluster, the_job, log: Path, kill_after_step: int, rejoin_s
     events = read_log(log)
     before = max(s for e, s, _, t in events if e == "end" and t <= killed_at)
     restarts = [(s, w, t) for e, s, w, t in events if e == "start" and t > killed_at]
-    resumed_from, world, _ = restarts[0]
-    again = min(t for e, s, _, t in events if e == "end" and t > killed_at and s > resumed_from)
+    resumed_from, world, restarted_at = restarts[0]
+    # The first step the new worker group finishes (the old group's survivors may still
+    # log a step or two between the kill and their own failure).
+    again = min(t for e, s, _, t in events if e == "end" and t > restarted_at)
     return {"to_training_s": again - killed_at, "steps_redone": before - resumed_from,
             "resumed_from": resumed_from, "world_after": world, "final_step": box["outcome"].metrics["step"]}
 
@@ -200,12 +202,13 @@ def main(argv=None) -> int:
 
         evaluated = [f"data.eval={SAMPLE_DATA_DIR / 'eval.jsonl'}", f"train.eval_steps={args.save_steps}"]
         for mode, extra in STALL_MODES.items() if "stall" in parts else ():
-            log = work / f"stall-{mode}.log"
+            slug = mode.replace(", ", "-").replace(" ", "-")
+            log = work / f"stall-{slug}.log"
             from rayreward.run.fit import fit
 
             if "eval" in mode:
                 extra = [*extra, *evaluated]
-            fit(job(f"stall-{mode}", f"train.max_steps={args.steps}", f"train.save_steps={args.save_steps}",
+            fit(job(f"stall-{slug}", f"train.max_steps={args.steps}", f"train.save_steps={args.save_steps}",
                     "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", "deepspeed.stage=2", *extra),
                 callbacks=[make_step_log(str(log))(str(log), 0.0)], print_fn=lambda line: None)
             results[f"stall_{mode}"] = stall(log, args.save_steps)

@@ -137,9 +137,11 @@ def verdict(runs: list[dict], peak: dict, pairs_target: float | None = None, tok
         ("pairs/s", ours["pairs/s"] / trl["pairs/s"], f">= {speed}x", lambda v: v >= speed, "x"),
         ("pairs per CPU-second", ours["pairs per CPU-second"] / trl["pairs per CPU-second"],
          f">= {speed}x", lambda v: v >= speed, "x"),
+        # Equal or better: a run that lands above TRL has lost nothing (both directions are
+        # printed; the standard error says how much of either is sampling noise).
         ("eval accuracy", ours["eval accuracy (%)"] - trl["eval accuracy (%)"],
-         f"within {TARGETS['accuracy_points']:.0f} point (standard error of the difference here: {se:.1f} points)",
-         lambda v: abs(v) <= TARGETS["accuracy_points"], " points"),
+         f"no more than {TARGETS['accuracy_points']:.0f} point below TRL (standard error of the difference here: "
+         f"{se:.1f} points)", lambda v: v >= -TARGETS["accuracy_points"], " points"),
     ]
     checks = checks if tokens else checks[1:]
     return [f"- {name}: {value:.2f}{unit} (target {target}): {'met' if ok(value) else 'MISSED'}"
