@@ -58,7 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--ablation", action="store_true",
                    help="also run rayreward on the decoder with packing + grouping, grouping only and every feature off")
     p.add_argument("--attention-ablation", action="store_true",
-                   help="also run rayreward on the decoder with attention_backend=dense (the 4D-mask path)")
+                   help="also run rayreward on the decoder with attention_backend=segment (SDPA per pair over "
+                   "the unmasked blocks; auto is dense on CPU)")
     p.add_argument("--bf16", action="store_true",
                    help="train in bf16 (both trainers); for a GPU, where the Trainer puts the models by itself")
     p.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md and results/ alone")
@@ -175,8 +176,8 @@ def main(argv=None) -> None:
         pairs = args.llama_train_pairs if model == "llama" else args.minilm_train_pairs
         specs = [dict(impl="trl", label="TRL"), dict(impl="rayreward", label="rayreward")]
         if getattr(args, "attention_ablation", False) and model == "llama":
-            specs += [dict(impl="rayreward", label="rayreward, dense attention",
-                           features=dict(attention_backend="dense"))]
+            specs += [dict(impl="rayreward", label="rayreward, segment attention",
+                           features=dict(attention_backend="segment"))]
         if args.ablation and model == "llama":
             specs += [
                 dict(impl="rayreward", label="rayreward, packing + grouping", features=dict(group_by_length=True)),
@@ -253,10 +254,10 @@ def render(info: dict, peak: dict, peak_after: dict, args, results: dict) -> str
         "batches as TRL (same seed) and lands on the same accuracy up to float rounding; length grouping "
         "(on for MiniLM, and in the *packing + grouping* ablation) changes which pairs share a batch, "
         "hence the trajectory.",
-        "- Attention: rayreward's packed decoder batches run `attention_backend=auto`, which is `segment` on "
-        "CPU (SDPA per pair over only the unmasked blocks); the *dense attention* column (with "
-        "`--attention-ablation`) is the 4D-mask path. *MFU, executed* counts attention over whole padded rows "
-        "for every run, so it overstates what the segment backend ran.",
+        "- Attention: rayreward's packed decoder batches run `attention_backend=auto`, which is `dense` on "
+        "CPU (the 4D-mask path: one batched SDPA call per layer); the *segment attention* column (with "
+        "`--attention-ablation`) runs SDPA per pair over only the unmasked blocks. *MFU, executed* counts "
+        "attention over whole padded rows for every run, so it overstates what the segment backend ran.",
         "- GPU: not run here. No GPU machine was lent to this task: the GPU figures are still to be measured "
         "(`bash benchmarks/gpu_check.sh` on a GPU machine; see benchmarks/README.md).",
     ]

@@ -73,7 +73,8 @@ def test_installed_attention_leaves_plain_calls_and_exports_unchanged(tokenizer,
 def test_backend_choice_per_device_and_model(tokenizer):
     model = decoder("llama", tokenizer)
     cpu = torch.device("cpu")
-    assert resolve_backend(model, "auto", cpu) == "segment"
+    assert resolve_backend(model, "auto", cpu) == "dense"  # measured: no faster per pair on CPU
+    assert resolve_backend(model, "segment", cpu) == "segment"
     assert resolve_backend(model, "auto", torch.device("cuda"), half=False) == "segment"  # flash needs bf16/fp16
     assert resolve_backend(model, "auto", torch.device("cuda")) == "varlen"
     assert resolve_backend(model, "dense", cpu) == "dense"

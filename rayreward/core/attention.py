@@ -6,7 +6,7 @@ prefix, the chosen continuation, the rejected one. The dense path hands the mode
 upper triangle) is still computed, and on a GPU such a mask rules out the flash
 kernels. The backends here skip that work and give the same result:
 
-``segment`` (any device; the CPU training default)
+``segment`` (any device; the default on accelerators without ``varlen``)
     Per unit, two ``scaled_dot_product_attention`` calls: prefix + chosen, causal, with
     no mask (the flash kernel, which skips the upper triangle), and the rejected tokens
     against the prefix and themselves (a small lower-right causal mask).
@@ -19,7 +19,9 @@ kernels. The backends here skip that work and give the same result:
     branch ids. torch 2.13 runs its backward on CUDA only, so on CPU it serves
     evaluation and scoring (no gradients).
 ``dense``
-    The 4D boolean mask, through the model's own sdpa/eager attention (the fallback).
+    The 4D boolean mask, through the model's own sdpa/eager attention: the CPU default
+    (one batched kernel call per layer beats many small exact ones there) and the
+    fallback.
 
 The backends plug in through ``transformers``' public ``AttentionInterface``: the
 model's sdpa attention is replaced (once, ``install``) by ``rayreward_sdpa``, which runs
@@ -131,8 +133,11 @@ def resolve_backend(
     """The backend a packed forward of ``model`` uses (``requested`` unless ``auto``).
 
     ``auto`` gives ``varlen`` on CUDA in bf16/fp16 (flash attention has no fp32),
-    ``segment`` elsewhere, and ``dense`` for models whose attention is not sdpa (eager
-    attention, or a model that cannot change its attention function).
+    ``segment`` on other accelerators, ``dense`` on CPU, and ``dense`` for models whose
+    attention is not sdpa (eager attention, or a model that cannot change its attention
+    function). On CPU, measured side by side (benchmarks/RESULTS.md, "CPU attention
+    backends"), skipping the masked blocks per pair did not pay for its many small
+    kernel calls: equal at 1 thread, a few percent slower at 2.
 
     Args:
         model: the unwrapped model.
@@ -154,6 +159,8 @@ def resolve_backend(
         return "dense"
     if not backend_problem(model, "varlen", device, half):
         return "varlen"
+    if device is None or device.type == "cpu":
+        return "dense"
     return "segment"
 
 
