@@ -295,6 +295,9 @@ def test_elastic_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_pa
     outcome = box["outcome"]
     assert outcome.metrics["step"] == 12 and outcome.metrics["max_steps"] == 12
     # 12 steps of the 2-worker global batch (2 x 4 pairs), whatever the world size was.
-    state = json.loads((Path(outcome.run_dir) / "checkpoint-000012" / "trainer_state.json").read_text())
+    last = Path(outcome.run_dir) / "checkpoint-000012"
+    state = json.loads((last / "trainer_state.json").read_text())
     assert state["global_step"] == 12
+    # Written by both ranks again (one per node) into the local folder both nodes see.
+    assert (last / "rng_state_0.pth").is_file() and (last / "rng_state_1.pth").is_file(), sorted(last.iterdir())
     assert_loads(outcome.model_dir)
