@@ -137,7 +137,7 @@ def resolve_backend(
     attention is not sdpa (eager attention, or a model that cannot change its attention
     function). On CPU, measured side by side (benchmarks/RESULTS.md, "CPU attention
     backends"), skipping the masked blocks per pair did not pay for its many small
-    kernel calls: equal at 1 thread, a few percent slower at 2.
+    kernel calls: within 2% at 1 thread, 4-9% slower at 2.
 
     Args:
         model: the unwrapped model.
