@@ -8,6 +8,7 @@ cluster/local.sh end to end against a real head node on loopback.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -193,7 +194,9 @@ def strict_schema(schema):
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def crd_validator(kind: str, version: str):
+    """One validator per released CRD (each YAML is large: loaded once for the module)."""
     import jsonschema
 
     crd = load(CRDS / f"{kind}-{version}.yaml")
