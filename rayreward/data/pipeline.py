@@ -237,9 +237,6 @@ def _tokenized(plan: ReadPlan, cfg: DataConfig, tokenizer_name_or_path: str):
         batch_size=cfg.tokenize_batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.tokenize_actors),
         num_cpus=actor_cpus,
-        # Over the nodes of a cluster, not packed on the first with room: tokenizing is
-        # the CPU work of the run, and every node's cores take part.
-        scheduling_strategy="SPREAD",
     )
     return ds, tally
 
