@@ -21,9 +21,9 @@ SHORT = ["train.save_steps=20", "train.logging_steps=4", "train.max_steps=400", 
 def test_resume_point_is_the_checkpoint_ray_recorded_and_newer_ones_are_named(tmp_path):
     import json
 
-    from rayreward.run.resume import last_checkpoint, resume_point
+    from rayreward.run.resume import complete_checkpoints, resume_point
 
-    assert last_checkpoint(str(tmp_path / "missing")) is None
+    assert complete_checkpoints(str(tmp_path / "missing")) == []
     assert resume_point(str(tmp_path / "missing")).checkpoint is None
     for step, complete in ((4, True), (8, True), (12, True), (16, False)):
         folder = tmp_path / f"checkpoint-{step:06d}"
@@ -31,7 +31,8 @@ def test_resume_point_is_the_checkpoint_ray_recorded_and_newer_ones_are_named(tm
         if complete:
             (folder / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-notes").mkdir()
-    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-000012")
+    # Complete means the Trainer's state file is there (step 16 was cut short).
+    assert complete_checkpoints(str(tmp_path)) == ["checkpoint-000004", "checkpoint-000008", "checkpoint-000012"]
     # Nothing recorded by Ray yet: a re-run starts over, and the saved folders are named.
     point = resume_point(str(tmp_path))
     assert point.checkpoint is None and len(point.not_taken) == 3

@@ -57,9 +57,3 @@ def resume_point(run_dir: str) -> ResumePoint:
         return ResumePoint(None, tuple(storage.join(run_dir, n) for n in complete))
     newer = complete[complete.index(recorded) + 1:]
     return ResumePoint(storage.join(run_dir, recorded), tuple(storage.join(run_dir, n) for n in newer))
-
-
-def last_checkpoint(run_dir: str) -> str | None:
-    """The latest complete checkpoint folder of a run, recorded by Ray or not (or None)."""
-    complete = complete_checkpoints(run_dir)
-    return storage.join(run_dir, complete[-1]) if complete else None
