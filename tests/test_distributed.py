@@ -164,7 +164,8 @@ def test_zero1_with_checkpoints_evaluated_beside_training(ray_local, tmp_path):
     fit_job = job_for(str(tmp_path / "runs"), "z", "train.max_steps=4", "train.save_steps=2", "deepspeed.stage=1",
                       "storage.checkpoint_eval=ray")
     lines: list[str] = []
-    outcome = fit(fit_job, callbacks=[RecordRewards(str(probe))], print_fn=lines.append)
+    starts = tmp_path / "starts.txt"
+    outcome = fit(fit_job, callbacks=[RecordRewards(str(probe)), RecordStarts(str(starts))], print_fn=lines.append)
     assert outcome.metrics["step"] == 4 and outcome.metrics["zero_stage"] == 1
     assert_same_rewards(rewards_of(outcome.model_dir), json.loads(probe.read_text()))
     # The workers never evaluated; Ray scored both checkpoints (2 and 4) on the eval
@@ -178,6 +179,14 @@ def test_zero1_with_checkpoints_evaluated_beside_training(ray_local, tmp_path):
     # Scored by the exported model at the end too: the same model, the same accuracy.
     assert outcome.metrics["final_accuracy"] == pytest.approx(evaluated[4]["eval_accuracy"])
     assert sum("evaluated beside training" in line for line in lines) == 2, lines
+
+    # Run again, finished: nothing is trained (the Trainer, resumed at its last step,
+    # would take one step more than planned), the same checkpoint is exported again.
+    again = fit(fit_job, callbacks=[RecordStarts(str(starts))], print_fn=lines.append)
+    assert starts.read_text() == "0\n"
+    assert again.metrics["step"] == 4 and again.checkpoint == outcome.checkpoint
+    assert not list((tmp_path / "runs" / "z").glob("checkpoint-000005"))
+    assert_same_rewards(rewards_of(again.model_dir), json.loads(probe.read_text()))
 
 
 @pytest.mark.timeout(420)

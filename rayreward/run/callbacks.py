@@ -113,6 +113,10 @@ class Progress(TrainerCallback):
         kind = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         self._emit("[rayreward] " + " | ".join(parts), step, total, kind)
 
+    def emit_line(self, line: str, step: int, total: int, kind: str) -> None:
+        """A line of the run's own (rank 0) to the log and the driver's console, as the progress lines go."""
+        self._emit(line, step, total, kind)
+
     def _emit(self, line: str, step: int, total: int, kind: str) -> None:
         self.print(line)
         if self.sink is not None:

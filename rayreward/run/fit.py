@@ -266,12 +266,13 @@ def train_loop(config: dict[str, Any]) -> None:
         evaluation = BatchStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
                                  shuffle="none", epochs=1)
     # 3. Trainer, fed by Ray Data: it loads a BatchStream as it comes (see BatchStream).
+    progress = Progress(config["steps_per_epoch"], sink=config.get("progress"))
     trainer = RewardTrainer(
         model=model, args=args, tokenizer=tokenizer, train_dataset=train, eval_dataset=evaluation,
         peft_config=peft_config_for(job.lora),
         callbacks=[ReportCheckpoints(config["job"], config["steps_per_epoch"], job.storage.checkpoint_upload,
                                      validate=job.storage.checkpoint_eval == "ray"),
-                   Progress(config["steps_per_epoch"], sink=config.get("progress")), *config["callbacks"]],
+                   progress, *config["callbacks"]],
     )
     # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
     trainer.remove_callback(PrinterCallback)
@@ -281,7 +282,26 @@ def train_loop(config: dict[str, Any]) -> None:
         trainer.train()
     else:
         with checkpoint.as_directory() as folder:
+            done = checkpoint_step(folder)
+            if done is not None and done >= args.max_steps:
+                # The run's last checkpoint (a re-run of a finished run, a restart after
+                # the last save, a resumed sweep trial): the Trainer would take one more
+                # step than planned from it. Nothing is left to train.
+                if rank == 0:
+                    progress.emit_line(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
+                                       "nothing left to train", done, args.max_steps, "resume")
+                return
             trainer.train(resume_from_checkpoint=folder)
+
+
+def checkpoint_step(folder: str) -> int | None:
+    """The optimizer step a Trainer checkpoint was saved at (its ``trainer_state.json``), or None."""
+    try:
+        with open(os.path.join(folder, "trainer_state.json")) as f:
+            step = json.load(f).get("global_step")
+    except (OSError, ValueError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _fit_interruptibly(trainer):
