@@ -135,6 +135,10 @@ class RewardTrainer(Trainer):
         if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
             raise ValueError("pass the tokenizer once, as tokenizer= or processing_class=, not two different ones")
         tokenizer = tokenizer if tokenizer is not None else processing_class
+        if args.deepspeed:
+            from rayreward.runtime.native_ops import use_environment_ninja
+
+            use_environment_ninja()  # DeepSpeed builds its ops with the first ninja on PATH
         self.max_length = max_length if max_length is not None else args.max_length
 
         model, tokenizer = model_and_tokenizer(model, model_init, tokenizer, args, quantization_config)

@@ -213,6 +213,10 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     from transformers.trainer_callback import PrinterCallback
 
+    from rayreward.runtime.native_ops import use_environment_ninja
+
+    use_environment_ninja()  # before DeepSpeed builds or loads an op
+
     from rayreward.run.callbacks import Progress, ReportCheckpoints
     from rayreward.core.config import RewardConfig
     from rayreward.core.model import load_base_model, peft_config_for
