@@ -25,6 +25,9 @@
 #   RAYREWARD_NUM_CPUS        logical CPUs of the head [max(4, cores)]: more logical CPUs than
 #                             cores keeps 2 CPU workers and their Ray Data tasks from starving
 #   RAYREWARD_RAY_START_ARGS  extra `ray start` arguments, e.g. "--num-gpus=1"
+#   RAYREWARD_DOWN_GRACE_S    seconds `down` waits after SIGTERM before SIGKILL [5]: Ray's
+#                             raylet, GCS and runtime-env agent take 10 s or more to stop
+#                             on SIGTERM alone (`ray stop` waits up to 16 s)
 #
 # Why not `ray stop`: it kills every Ray process of the machine, including clusters
 # this script did not start. `down` stops the process session `up` created instead.
@@ -56,6 +59,7 @@ CLIENT_PORT="${RAYREWARD_CLIENT_PORT:-10001}"
 AGENT_PORT="${RAYREWARD_AGENT_PORT:-52365}"
 CORES="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
 NUM_CPUS="${RAYREWARD_NUM_CPUS:-$((CORES > 4 ? CORES : 4))}"
+DOWN_GRACE_S="${RAYREWARD_DOWN_GRACE_S:-5}"
 SID_FILE="$STATE/session.sid"
 TOKEN_FILE="$STATE/auth_token"
 JOBS_URL="http://127.0.0.1:$DASH_PORT"
@@ -106,9 +110,9 @@ with open(sid_file, "w") as f:
 os.execv(argv[0], argv)
 '
 
-# argv: SID TEMP_DIR. Stops this cluster: the processes of session SID or whose command
-# line names TEMP_DIR, and all their descendants (job drivers start their own
-# sessions). SIGTERM, then SIGKILL whatever is left after a grace period.
+# argv: SID TEMP_DIR GRACE_S. Stops this cluster: the processes of session SID or whose
+# command line names TEMP_DIR, and all their descendants (job drivers start their own
+# sessions). SIGTERM, then SIGKILL whatever is left after GRACE_S seconds.
 PY_KILL_CLUSTER='
 import os, sys
 import psutil
@@ -138,7 +142,7 @@ for p in procs.values():
         p.terminate()
     except psutil.Error:
         pass
-_, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+_, alive = psutil.wait_procs(list(procs.values()), timeout=float(sys.argv[3]))
 for p in alive:
     try:
         p.kill()
@@ -239,7 +243,7 @@ cmd_down() {
   # Processes of this cluster: those in the session `up` created, or whose command line
   # names this cluster's temp dir, plus all their descendants (job drivers start their
   # own sessions). SIGTERM, then SIGKILL whatever is left after a grace period.
-  "$PY" -c "$PY_KILL_CLUSTER" "${sid:-0}" "$STATE/ray"
+  "$PY" -c "$PY_KILL_CLUSTER" "${sid:-0}" "$STATE/ray" "$DOWN_GRACE_S"
   rm -f "$SID_FILE"
   log "down (logs kept in $STATE/ray)"
 }
