@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,6 +15,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 RAYREWARD = [sys.executable, "-m", "rayreward"]
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+# What Ray, DeepSpeed and transformers print on their own; none of it may reach the console.
+NOISE = re.compile(r"RayTrainWorker|TrainController|TrainingReport|PlacementGroupCleaner|Ray Data|Running Dataset|"
+                   r"deepspeed|DeepSpeed|\bWARNING\b|Warning:|it/s\]|\(pid=|raylet|Token authentication")
 
 
 def command_env(**extra: str) -> dict:

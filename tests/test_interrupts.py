@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from process_helpers import RAYREWARD, Watcher, command_env, start, wait_until_gone
+from process_helpers import NOISE, RAYREWARD, Watcher, command_env, start, wait_until_gone
 
 # The demo without eval data: checkpoints every 20 steps, more steps than the test waits for.
 SHORT = ["train.save_steps=20", "train.logging_steps=4", "train.max_steps=400", "data.eval=null"]
@@ -48,6 +48,8 @@ def test_resume_point_is_the_checkpoint_ray_recorded_and_newer_ones_are_named(tm
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_ctrl_c_exits_130_says_how_to_resume_leaves_nothing_and_resumes(tmp_path):
+    # The demo (`rayreward` with no arguments is `rayreward train`), started the way
+    # scripts often do it: with an empty RAY_ADDRESS, which means unset.
     storage = tmp_path / "runs"
     env = command_env(RAY_ADDRESS="")
     proc = start([*RAYREWARD, "train", f"storage.path={storage}", *SHORT], env)
@@ -75,10 +77,30 @@ def test_ctrl_c_exits_130_says_how_to_resume_leaves_nothing_and_resumes(tmp_path
     step = int(checkpoint.group(1).rsplit("-", 1)[1])
     command = shlex.split(resume.group(1))
     assert command[:2] == ["rayreward", "train"] and any(a.startswith("storage.name=") for a in command)
-    again = start([*RAYREWARD, *command[1:], f"train.max_steps={step + 4}"], env)
-    out, err = again.communicate(timeout=600)
+    # This time with eval pairs: the console of a whole run is checked on this one.
+    again = start([*RAYREWARD, *command[1:], f"train.max_steps={step + 4}", "data.eval=rayreward/sample_data/eval.jsonl",
+                   "train.eval_steps=4"], env)
+    with Watcher(again.pid) as watcher:
+        out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
     assert f"resumed at step {step}/{step + 4}" in out, out
+    # A short console of rayreward's own lines only, nothing that Ray, DeepSpeed or
+    # transformers print (that goes to the run's log).
+    lines = (out + err).splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert all(line.startswith("[rayreward] ") for line in lines), "\n".join(lines)
+    assert not [line for line in lines[1:] if NOISE.search(line)], "\n".join(lines)
+    log = Path(re.match(r"\[rayreward\] log of Ray, DeepSpeed and transformers: (\S+)", lines[0]).group(1))
+    assert log.parent.parent == storage and "RayTrainWorker" in log.read_text()
+    assert any(re.match(rf"\[rayreward\] step {step + 4}/{step + 4} .*loss .*acc .*steps/s .*ETA", line)
+               for line in lines), out
+    assert any("eval_acc" in line for line in lines), out
+    assert any(line.startswith("[rayreward] done:") for line in lines), out
+    # Every socket of the driver, the embedded Ray and the workers was on 127.0.0.1, and
+    # nothing is left once the command has ended.
+    assert len(watcher.seen) > 5, "the run's Ray processes were never seen"
+    assert not watcher.off_loopback(), watcher.off_loopback()
+    assert not wait_until_gone(watcher, timeout_s=15)
 
 
 _DRIVER = """
