@@ -1,12 +1,17 @@
-"""Where a packed training step spends its time (issue 17): one profile, per attention backend.
+"""Where a packed training step spends its time (issue 17): one profile per trainer and attention backend.
 
-    python benchmarks/profile_packed.py --pairs 96 --backends dense,segment
+    python benchmarks/profile_packed.py --pairs 96 --runs trl,dense,segment
 
 Trains the bench_trl.py decoder (random-init Llama, 4 layers, hidden 256) on hh-rlhf
-harmless pairs with rayreward's in-process trainer under ``torch.profiler`` and sorts
-the CPU time into: batch assembly (``pack_pairs`` in the collator), attention-mask
-building, attention (forward and backward kernels), the linear layers, the reward
-read-out, and the rest (optimizer, norms, Python overhead). Prints a markdown table.
+harmless pairs under ``torch.profiler``, with TRL's RewardTrainer (``trl``) or
+rayreward's in-process trainer with an attention backend (``dense``, ``segment``), and
+sorts the CPU time into: batch assembly (``pack_pairs`` in the collator),
+attention-mask building, attention (forward and backward kernels), the linear layers,
+the embedding, the optimizer, the reward read-out, and the rest (norms, rotary,
+activations, copies, Python overhead). Prints a markdown table of each category's
+share, its milliseconds per step and its microseconds per computed token: a trainer
+that computes a third of the tokens should spend a third of the time in every
+category that scales with tokens; the per-step ones (optimizer) do not shrink.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import _trl_run  # noqa: E402
 CATEGORIES = {
     "attention": ("attention", "sdpa", "flash", "flex", "_efficient", "softmax", "baddbmm", "bmm"),
     "linear layers": ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul"),
+    "embedding": ("embedding",),
+    "optimizer": ("adam", "optimizer", "_foreach", "clip_grad", "norm_"),
 }
 LABELS = ("rr::pack_pairs", "rr::attention_mask", "rr::attention_layout", "rr::reward_readout")
 
@@ -41,7 +48,13 @@ def _labelled(fn, label):
     return wrapper
 
 
-def profile(backend: str, pairs: int, seed: int = 42) -> dict:
+_LABELLED = False
+
+
+def _label_rayreward_functions() -> None:
+    global _LABELLED
+    if _LABELLED:
+        return
     from rayreward.core import attention, packed
     from rayreward.data import packing
 
@@ -50,13 +63,22 @@ def profile(backend: str, pairs: int, seed: int = 42) -> dict:
     packed.packed_attention_mask = _labelled(packed.packed_attention_mask, "rr::attention_mask")
     attention.build_layout = _labelled(attention.build_layout, "rr::attention_layout")
     packed.read_rewards = _labelled(packed.read_rewards, "rr::reward_readout")
+    _LABELLED = True
+
+
+def profile(run: str, pairs: int, seed: int = 42) -> dict:
+    """``run``: ``trl``, or a rayreward attention backend (``dense``, ``segment``)."""
     tok = _trl_run.load_tokenizer()
     model = _trl_run.build_model("llama", tok, seed)
     rows = _trl_run.read_rows("train", pairs)
-    spec = dict(impl="rayreward", batch_size=8, epochs=1, learning_rate=1e-4, max_length=512, seed=seed,
-                features=dict(attention_backend=backend))
+    spec = dict(impl="trl" if run == "trl" else "rayreward", batch_size=8, epochs=1, learning_rate=1e-4,
+                max_length=512, seed=seed)
+    if run != "trl":
+        _label_rayreward_functions()
+        spec["features"] = dict(attention_backend=run)
+    tally = _trl_run.Tally()
     with tempfile.TemporaryDirectory() as out:
-        trainer = _trl_run.make_trainer(spec, model, tok, rows, _trl_run.Tally(), out)
+        trainer = _trl_run.make_trainer(spec, model, tok, rows, tally, out)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
             trainer.train()
@@ -76,25 +98,32 @@ def profile(backend: str, pairs: int, seed: int = 42) -> dict:
     # The labelled ranges contain ops counted above; take them out of those categories' share.
     labelled = sum(spent[k] for k in LABELS)
     spent["rest"] = max(0.0, total - labelled - sum(spent[c] for c in CATEGORIES))
-    return {"backend": backend, "wall_s": wall, "total_cpu_s": total / 1e6,
-            "share": {k: v / total for k, v in spent.items()},
+    return {"backend": run, "wall_s": wall, "total_cpu_s": total / 1e6, "steps": tally.batches,
+            "tokens": tally.computed, "share": {k: v / total for k, v in spent.items()},
+            "ms_per_step": {k: v / 1e3 / max(1, tally.batches) for k, v in spent.items()},
+            "us_per_token": {k: v / max(1, tally.computed) for k, v in spent.items()},
             "top_rest": [(e.key, e.self_cpu_time_total / total) for e in rest]}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=96)
-    p.add_argument("--backends", default="dense,segment")
+    p.add_argument("--runs", "--backends", default="trl,dense,segment",
+                   help="comma-separated: trl and/or rayreward attention backends")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results = [profile(b, args.pairs) for b in args.backends.split(",")]
+    print(f"load average before: {os.getloadavg()}; torch threads {torch.get_num_threads()}")
+    results = [profile(b, args.pairs) for b in args.runs.split(",")]
     keys = list(results[0]["share"])
     print("| | " + " | ".join(r["backend"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     print("| train wall (s) | " + " | ".join(f"{r['wall_s']:.1f}" for r in results) + " |")
     print("| profiled CPU (s) | " + " | ".join(f"{r['total_cpu_s']:.1f}" for r in results) + " |")
+    print("| steps / tokens computed | " + " | ".join(f"{r['steps']} / {r['tokens']}" for r in results) + " |")
     for k in keys:
-        print(f"| {k} | " + " | ".join(f"{100 * r['share'][k]:.1f}%" for r in results) + " |")
+        print(f"| {k}: share, ms/step, us/token | "
+              + " | ".join(f"{100 * r['share'][k]:.1f}%, {r['ms_per_step'][k]:.1f}, {r['us_per_token'][k]:.2f}"
+                           for r in results) + " |")
     for r in results:
         print(f"{r['backend']}: largest ops in 'rest': "
               + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["top_rest"]))

@@ -88,13 +88,19 @@ class RecordStarts(TrainerCallback):
 
 
 class SlowSteps(TrainerCallback):
-    """Sleeps after each step so a node can be killed between two checkpoints."""
+    """Sleeps after each step so a node can be killed between two checkpoints.
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    ``alone_s``, when given, is the sleep while the run has one worker: long enough for
+    a node that is added back to be seen (its raylet starting, Ray's resize check)
+    before the shrunken run reaches its last step, however loaded the machine is.
+    """
+
+    def __init__(self, seconds: float, alone_s: float | None = None):
+        self.seconds, self.alone_s = seconds, alone_s
 
     def on_step_end(self, args, state, control, **kwargs):
-        time.sleep(self.seconds)
+        alone = self.alone_s is not None and args.world_size == 1
+        time.sleep(self.alone_s if alone else self.seconds)
 
 
 def starts_of(path: Path) -> list[tuple[int, str, int, int]]:
@@ -275,7 +281,7 @@ def test_elastic_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_pa
                   "scaling.cpus_per_worker=1.5", "scaling.placement_strategy=SPREAD", "scaling.resize_check_s=2",
                   "deepspeed.stage=0",
                   "train.per_device_train_batch_size=4", "failure.max_failures=3")
-    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(2.0)])
+    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(2.0, alone_s=6.0)])
     wait_for(runs / "elastic" / "checkpoint-000004" / "trainer_state.json")
     time.sleep(4)
     two_nodes.kill("b")

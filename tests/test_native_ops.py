@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from rayreward.runtime.native_ops import use_environment_ninja
@@ -29,22 +30,25 @@ def test_environment_ninja_comes_first_on_path(monkeypatch):
     assert os.environ["PATH"].split(os.pathsep) == entries
 
 
-def test_reward_trainer_with_deepspeed_puts_it_first(monkeypatch, tmp_path):
+def test_reward_trainer_with_deepspeed_puts_it_first(tmp_path):
+    # In a process of its own: a DeepSpeed-configured trainer leaves process-wide state
+    # (Accelerate's, transformers') that would change every later trainer of this process.
     import ninja
 
-    from rayreward import RewardConfig
-    from rayreward.core.trainer import RewardTrainer
-    from rayreward.core import tiny
-    from rayreward.data.tokenizer import builtin_tokenizer
-    from rayreward.job.deepspeed import build_deepspeed_config
+    code = """
+import os, sys
+from rayreward import RewardConfig, RewardTrainer
+from rayreward.core import tiny
+from rayreward.data.tokenizer import builtin_tokenizer
+from rayreward.job.deepspeed import build_deepspeed_config
 
-    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin"]))
-    tokenizer = builtin_tokenizer()
-    args = RewardConfig(output_dir=str(tmp_path), use_cpu=True, deepspeed=build_deepspeed_config(0), report_to=[])
-    try:
-        RewardTrainer(model=tiny.build_model("tiny-llama", tokenizer), args=args, processing_class=tokenizer)
-    finally:
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-    assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
+tokenizer = builtin_tokenizer()
+args = RewardConfig(output_dir=sys.argv[1], use_cpu=True, deepspeed=build_deepspeed_config(0), report_to=[])
+RewardTrainer(model=tiny.build_model("tiny-llama", tokenizer), args=args, processing_class=tokenizer)
+print(os.environ["PATH"].split(os.pathsep)[0])
+"""
+    env = {**os.environ, "PATH": os.pathsep.join(["/usr/bin", "/bin"])}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == ninja.BIN_DIR
