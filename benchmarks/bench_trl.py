@@ -62,6 +62,9 @@ def parse_args(argv=None):
                    "the unmasked blocks; auto is dense on CPU)")
     p.add_argument("--bf16", action="store_true",
                    help="train in bf16 (both trainers); for a GPU, where the Trainer puts the models by itself")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each trainer, alternating (TRL, rayreward, TRL, ...); the tables show the "
+                        "repeat with the median ratio and every repeat's ratio is listed")
     p.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md and results/ alone")
     p.add_argument("--from-json", type=Path, default=None,
                    help="re-render the report of an earlier run (results/trl.json) instead of running")
@@ -154,7 +157,8 @@ def main(argv=None) -> None:
     if args.from_json is not None:
         saved = json.loads(args.from_json.read_text())
         run_args = argparse.Namespace(**{**vars(args), **saved["args"], "from_json": args.from_json})
-        report = render(saved["machine"], *saved["matmul_peak_flops"], run_args, saved["runs"])
+        report = render(saved["machine"], *saved["matmul_peak_flops"], run_args, saved["runs"],
+                        saved.get("repeats", {}))
         print(report)
         if not args.no_record:
             record_section(SECTION, report)
@@ -172,6 +176,7 @@ def main(argv=None) -> None:
                   learning_rate=args.learning_rate, max_length=args.max_length, seed=args.seed,
                   threads=args.threads, bf16=args.bf16)
     results: dict[str, list[dict]] = {}
+    repeats: dict[str, list[list[dict]]] = {}
     for model in models:
         pairs = args.llama_train_pairs if model == "llama" else args.minilm_train_pairs
         specs = [dict(impl="trl", label="TRL"), dict(impl="rayreward", label="rayreward")]
@@ -186,23 +191,56 @@ def main(argv=None) -> None:
                 dict(impl="rayreward", label="rayreward, all off",
                      features=dict(group_by_length=False, padding_free=False, share_prefix=False)),
             ]
-        results[model] = [run_one({**common, **s, "model": model, "train_pairs": pairs}) for s in specs]
+        # Alternating, so that a slow spell of the machine falls on both trainers.
+        by_spec: list[list[dict]] = [[] for _ in specs]
+        for repeat in range(max(1, args.repeats)):
+            for runs, s in zip(by_spec, specs):
+                runs.append({**run_one({**common, **s, "model": model, "train_pairs": pairs}), "repeat": repeat})
+        results[model] = median_repeat(by_spec)
+        if args.repeats > 1:
+            repeats[model] = by_spec
     peak_after = matmul_peak_flops()
 
-    report = render(info, peak, peak_after, args, results)
+    report = render(info, peak, peak_after, args, results, repeats)
     print("\n" + report)
     if not args.no_record:
         out = HERE / "results"
         out.mkdir(exist_ok=True)
         (out / "trl.json").write_text(json.dumps(
             {"machine": info, "matmul_peak_flops": [peak, peak_after], "args": vars(args) | {"command": sys.argv[1:]},
-             "runs": results},
+             "runs": results, "repeats": repeats},
             indent=1))
         record_section(SECTION, report)
         print(f"recorded in {HERE / 'RESULTS.md'} and {out / 'trl.json'}")
 
 
-def render(info: dict, peak: dict, peak_after: dict, args, results: dict) -> str:
+def median_repeat(runs_by_spec: list[list[dict]]) -> list[dict]:
+    """Every trainer's run of the repeat whose rayreward/TRL train-time ratio is the median
+    (the lower middle one of an even count): the table's figures are then one repeat's,
+    side by side, and its ratio is the median of the paired ratios."""
+    base, ours = runs_by_spec[0], runs_by_spec[1] if len(runs_by_spec) > 1 else runs_by_spec[0]
+    order = sorted(range(len(base)), key=lambda i: base[i]["train_s"] / ours[i]["train_s"])
+    pick = order[(len(order) - 1) // 2]
+    return [runs[pick] for runs in runs_by_spec]
+
+
+def repeat_lines(runs_by_spec: list[list[dict]], peak: dict) -> list[str]:
+    """One line per trainer after the first: its pairs/s ratio to TRL's in each repeat."""
+    base = runs_by_spec[0]
+    lines = []
+    for runs in runs_by_spec[1:]:
+        ratios = [figures(r, peak)["pairs/s"] / figures(b, peak)["pairs/s"] for r, b in zip(runs, base)]
+        cpu = [figures(r, peak)["pairs per CPU-second"] / figures(b, peak)["pairs per CPU-second"]
+               for r, b in zip(runs, base)]
+        ordered = sorted(ratios)
+        lines.append(f"- {runs[0]['label']} / TRL, pairs/s in each repeat (TRL and it run one after the other): "
+                     + ", ".join(f"{x:.2f}x" for x in ratios) + f" (min {ordered[0]:.2f}x, median "
+                     f"{ordered[(len(ordered) - 1) // 2]:.2f}x); pairs per CPU-second: "
+                     + ", ".join(f"{x:.2f}x" for x in cpu))
+    return lines
+
+
+def render(info: dict, peak: dict, peak_after: dict, args, results: dict, repeats: dict | None = None) -> str:
     v = info["versions"]
     lines = [
         f"Run of `{' '.join(['python benchmarks/bench_trl.py', *(getattr(args, 'command', None) or sys.argv[1:])])}` "
@@ -229,6 +267,9 @@ def render(info: dict, peak: dict, peak_after: dict, args, results: dict) -> str
     for model, runs in results.items():
         loads = ", ".join(f"{r['label']} {r['load_before']:.1f}->{r['load_after']:.1f}" for r in runs)
         lines += [table(model, runs, peak, args.epochs), "", f"Load average (1 min) before->after each run: {loads}.", ""]
+        if (repeats or {}).get(model):
+            lines += [f"{len(repeats[model][0])} repeats per trainer, alternating; the table and the targets are "
+                      "the repeat with the median rayreward/TRL ratio.", *repeat_lines(repeats[model], peak), ""]
         if model == "llama":
             lines += ["Targets (decoder):"] + verdict(runs, peak) + [""]
         elif model == "minilm":
