@@ -185,6 +185,8 @@ def test_zero1_with_checkpoints_evaluated_beside_training(ray_local, tmp_path):
     again = fit(fit_job, callbacks=[RecordStarts(str(starts))], print_fn=lines.append)
     assert starts.read_text() == "0\n"
     assert again.metrics["step"] == 4 and again.checkpoint == outcome.checkpoint
+    # The checkpoint's metrics are reported again (a sweep's Tune gets them).
+    assert again.result.metrics["step"] == 4 and again.result.metrics["loss"] == outcome.result.metrics["loss"]
     assert not list((tmp_path / "runs" / "z").glob("checkpoint-000005"))
     assert_same_rewards(rewards_of(again.model_dir), json.loads(probe.read_text()))
 

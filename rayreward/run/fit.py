@@ -217,7 +217,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     use_environment_ninja()  # before DeepSpeed builds or loads an op
 
-    from rayreward.run.callbacks import Progress, ReportCheckpoints
+    from rayreward.run.callbacks import Progress, ReportCheckpoints, latest_metrics
     from rayreward.core.config import RewardConfig
     from rayreward.core.model import load_base_model, peft_config_for
     from rayreward.data.feeding import BatchStream, GlobalBatchStream, accumulation_steps
@@ -286,26 +286,31 @@ def train_loop(config: dict[str, Any]) -> None:
         trainer.train()
     else:
         with checkpoint.as_directory() as folder:
-            done = checkpoint_step(folder)
+            done, history = checkpoint_state(folder)
             if done is not None and done >= args.max_steps:
                 # The run's last checkpoint (a re-run of a finished run, a restart after
                 # the last save, a resumed sweep trial): the Trainer would take one more
-                # step than planned from it. Nothing is left to train.
+                # step than planned from it. Nothing is left to train; its metrics are
+                # reported once more, for a sweep's trial interrupted before Tune had them.
                 if rank == 0:
                     progress.emit_line(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
                                        "nothing left to train", done, args.max_steps, "resume")
+                metrics = latest_metrics(history, done, config["steps_per_epoch"])
+                ray.train.report({**metrics, "world_size": world_size})
                 return
             trainer.train(resume_from_checkpoint=folder)
 
 
-def checkpoint_step(folder: str) -> int | None:
-    """The optimizer step a Trainer checkpoint was saved at (its ``trainer_state.json``), or None."""
+def checkpoint_state(folder: str) -> tuple[int | None, list[dict]]:
+    """The optimizer step a Trainer checkpoint was saved at and its log history
+    (its ``trainer_state.json``), or ``(None, [])``."""
     try:
         with open(os.path.join(folder, "trainer_state.json")) as f:
-            step = json.load(f).get("global_step")
+            state = json.load(f)
     except (OSError, ValueError):
-        return None
-    return step if isinstance(step, int) else None
+        return None, []
+    step, history = state.get("global_step"), state.get("log_history")
+    return (step if isinstance(step, int) else None), (history if isinstance(history, list) else [])
 
 
 def _fit_interruptibly(trainer):
