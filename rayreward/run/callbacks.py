@@ -86,7 +86,7 @@ class Progress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.start_time, self.start_step = time.monotonic(), state.global_step
         if state.is_world_process_zero and state.global_step:
-            self._emit(f"[rayreward] resumed at step {state.global_step}/{state.max_steps}",
+            self.emit(f"[rayreward] resumed at step {state.global_step}/{state.max_steps}",
                        state.global_step, state.max_steps, "resume")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -111,13 +111,10 @@ class Progress(TrainerCallback):
             parts.append(f"{rate:.2f} steps/s")
             parts.append(f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
         kind = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        self._emit("[rayreward] " + " | ".join(parts), step, total, kind)
+        self.emit("[rayreward] " + " | ".join(parts), step, total, kind)
 
-    def emit_line(self, line: str, step: int, total: int, kind: str) -> None:
-        """A line of the run's own (rank 0) to the log and the driver's console, as the progress lines go."""
-        self._emit(line, step, total, kind)
-
-    def _emit(self, line: str, step: int, total: int, kind: str) -> None:
+    def emit(self, line: str, step: int, total: int, kind: str) -> None:
+        """A line of the run's own (rank 0) to the log and, with a sink, the driver's console."""
         self.print(line)
         if self.sink is not None:
             try:

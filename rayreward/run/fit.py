@@ -213,10 +213,6 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     from transformers.trainer_callback import PrinterCallback
 
-    from rayreward.runtime.native_ops import use_environment_ninja
-
-    use_environment_ninja()  # before DeepSpeed builds or loads an op
-
     from rayreward.run.callbacks import Progress, ReportCheckpoints, latest_metrics
     from rayreward.core.config import RewardConfig
     from rayreward.core.model import load_base_model, peft_config_for
@@ -248,6 +244,10 @@ def train_loop(config: dict[str, Any]) -> None:
     args = RewardConfig(**kwargs)
     if config["deepspeed"]:
         import deepspeed
+
+        from rayreward.runtime.native_ops import use_environment_ninja
+
+        use_environment_ninja()  # init_distributed builds or loads DeepSpeed's communication op
 
         # Adopt Ray's process group now: ZeRO-3's zero.Init needs the world size at load.
         deepspeed.init_distributed()
@@ -293,7 +293,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 # step than planned from it. Nothing is left to train; its metrics are
                 # reported once more, for a sweep's trial interrupted before Tune had them.
                 if rank == 0:
-                    progress.emit_line(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
+                    progress.emit(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
                                        "nothing left to train", done, args.max_steps, "resume")
                 metrics = latest_metrics(history, done, config["steps_per_epoch"])
                 ray.train.report({**metrics, "world_size": world_size})
