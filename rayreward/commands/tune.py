@@ -57,7 +57,7 @@ def embedded_cpus(job) -> int:
     tokenizer actors at once, plus a slot for Ray Data's read tasks.
 
     Concurrent trials may tokenize while others train; without the extra slots a trial
-    would wait for CPUs held by the workers of another (see STACK_NOTES). Ray pins each
+    would wait for CPUs held by the workers of another. Ray pins each
     worker's torch threads to its cpus_per_worker, so logical CPUs beyond the cores do
     not oversubscribe them with compute.
     """

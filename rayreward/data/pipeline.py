@@ -11,7 +11,7 @@ Steps, on the driver:
     4. by default, materialize it: the blocks stay in Ray's object store (spilling to
        disk), the driver holds only references, and the counts are exact.
 
-Why materialize by default (the STACK_NOTES deadlock): a lazy ``map_batches`` plan is
+Why materialize by default (a deadlock seen with Ray 2.60): a lazy ``map_batches`` plan is
 executed while the training workers iterate their shards; on a cluster whose CPUs
 are all taken by training workers, its tasks never get a CPU and training waits
 forever. Tokenizing before the trainer starts removes the contention, and gives the
