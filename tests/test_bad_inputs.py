@@ -20,6 +20,7 @@ import pytest
 
 from rayreward.commands import cli
 
+SAMPLE_TRAIN = "data.train=" + str(Path(__file__).resolve().parents[1] / "rayreward" / "sample_data" / "train.jsonl")
 GOOD = {"prompt": "Q: what is two plus two?", "chosen": " four", "rejected": " five"}
 
 
@@ -157,19 +158,19 @@ CASES = [
     ("invalid_yaml", ["check", "--config", "{bad_yaml}"], 2, ["--config", "bad.yaml", "not valid YAML"]),
     ("yaml_list", ["check", "--config", "{list_yaml}"], 2, ["--config", "expected a mapping of sections"]),
     ("override_no_equals", ["check", "train.learning_rate"], 2, ["override 'train.learning_rate': expected KEY=VALUE"]),
-    ("fp16_on_cpu", ["check", "train.fp16=true"], 2, ["train.fp16: got true with scaling.use_gpu=false"]),
+    ("fp16_on_cpu", ["check", "scaling.use_gpu=false", "train.fp16=true"], 2, ["train.fp16: got true with scaling.use_gpu=false"]),
     ("all_at_once", ["check", "train.max_steps=-5", "data.max_length=0", "lora.r=0"], 2,
      ["3 problem(s)", "train.max_steps", "data.max_length", "lora.r"]),
     # -- model -------------------------------------------------------------------------
-    ("model_missing_path", ["check", "model.name_or_path=/nonexistent/model"], 2,
+    ("model_missing_path", ["check", "model.name_or_path=/nonexistent/model", SAMPLE_TRAIN], 2,
      ["model.name_or_path: got '/nonexistent/model'; no such folder"]),
-    ("model_no_config", ["check", "model.name_or_path={no_config}"], 2, ["model.name_or_path", "no config.json"]),
-    ("model_broken_config", ["check", "model.name_or_path={broken_config}"], 2, ["model.name_or_path", "does not load"]),
-    ("model_two_labels", ["check", "model.name_or_path={two_labels}"], 2, ["model.name_or_path", "2 outputs", "one output"]),
-    ("model_remote_code", ["check", "model.name_or_path={remote}"], 2, ["model.trust_remote_code=true"]),
+    ("model_no_config", ["check", "model.name_or_path={no_config}", SAMPLE_TRAIN], 2, ["model.name_or_path", "no config.json"]),
+    ("model_broken_config", ["check", "model.name_or_path={broken_config}", SAMPLE_TRAIN], 2, ["model.name_or_path", "does not load"]),
+    ("model_two_labels", ["check", "model.name_or_path={two_labels}", SAMPLE_TRAIN], 2, ["model.name_or_path", "2 outputs", "one output"]),
+    ("model_remote_code", ["check", "model.name_or_path={remote}", SAMPLE_TRAIN], 2, ["model.trust_remote_code=true"]),
     ("model_unknown_builtin", ["check", "model.name_or_path=builtin:tiny-nothing"], 2,
      ["model.name_or_path: got 'builtin:tiny-nothing'; expected one of", "builtin:tiny-llama"]),
-    ("model_uncached_hub_id", ["check", "model.name_or_path=someorg/no-such-model-xyz"], 2,
+    ("model_uncached_hub_id", ["check", "model.name_or_path=someorg/no-such-model-xyz", SAMPLE_TRAIN], 2,
      ["model.name_or_path", "someorg/no-such-model-xyz", "local cache"]),
     # -- storage -----------------------------------------------------------------------
     ("storage_under_file", ["check", "storage.path={a_file}/runs"], 2, ["storage.path", "is a file"]),

@@ -229,6 +229,8 @@ def load_base_model(model_section):
         kwargs["attn_implementation"] = section["attn_implementation"]
     if section.get("trust_remote_code"):
         kwargs["trust_remote_code"] = True
+    if section.get("revision"):
+        kwargs["revision"] = section["revision"]
     return load_reward_model(section["name_or_path"], **kwargs)
 
 

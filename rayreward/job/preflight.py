@@ -74,9 +74,12 @@ def check_job(job, full_pass: bool = True) -> Findings:
     """
     found = Findings()
     d = job.data
-    tokenizer = functools.cache(lambda: _load_tokenizer(job.model))
-    model_problems = check_model(job.model.name_or_path, job.model.trust_remote_code, "model.name_or_path")
+    tokenizer = functools.cache(lambda: _load_tokenizer(job))
+    model_problems = check_model(job.model.name_or_path, job.model.trust_remote_code, "model.name_or_path",
+                                 revision=job.model.revision)
     found.problems += model_problems
+    if not model_problems:
+        found.problems += _tokenizer_problems(tokenizer, job)
     for spec, name in ((d.train, "data.train"), (d.eval, "data.eval")):
         if spec:
             check_pairs(spec, name, d, found, None if model_problems else tokenizer, full_pass)
@@ -191,12 +194,25 @@ def _id_problem(raw: dict[str, Any], vocab: int) -> str | None:
     return None
 
 
-def _load_tokenizer(model_section):
-    from rayreward.data.tokenizer import is_builtin, load_tokenizer
+def _tokenizer_problems(tokenizer, job) -> list[str]:
+    """The job's tokenizer settings load: EOS/pad tokens of the vocabulary, a chat template that exists."""
+    try:
+        tokenizer()
+    except ValueError as exc:
+        text = str(exc)
+        key = next((f"train.{k}" for k in ("eos_token", "pad_token") if text.startswith(k)), "data.chat_template")
+        return [f"{key}: {text}"]
+    except OSError as exc:
+        where = "data.chat_template" if job.data.chat_template else "model.name_or_path"
+        return [f"{where}: the tokenizer does not load ({str(exc).splitlines()[0][:200]})"]
+    return []
 
-    if is_builtin(model_section.name_or_path):
-        return load_tokenizer(model_section.name_or_path)
-    return load_tokenizer(model_section.name_or_path, trust_remote_code=model_section.trust_remote_code)
+
+def _load_tokenizer(job):
+    """The job's tokenizer (``tokenizer_spec``: the one Ray Data and the workers load)."""
+    from rayreward.job.config import tokenizer_spec
+
+    return tokenizer_spec(job).load()
 
 
 # -- evaluate, score, export ------------------------------------------------------------
@@ -262,7 +278,7 @@ def check_export(checkpoint: str, out: str, base_model: str | None) -> Findings:
 
 
 def check_model(name_or_path: str, trust_remote_code: bool = False, name: str = "model.name_or_path",
-                one_output: bool = False) -> list[str]:
+                one_output: bool = False, revision: str | None = None) -> list[str]:
     """The model exists (a folder or a cached hub id), its config parses, and it has one
     output where ``one_output`` (a trained reward model); remote code needs the flag.
 
@@ -287,7 +303,7 @@ def check_model(name_or_path: str, trust_remote_code: bool = False, name: str = 
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError, KeyError) as exc:
         text = str(exc)
         if "trust_remote_code" in text:

@@ -21,17 +21,21 @@ continuous distributions at their bounds).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from rayreward.runtime import storage as _storage
 from rayreward.job.tree import ConfigError, apply_overrides
 from rayreward.job.config import (
-    JobConfig, job_from_dict, run_name, save_eval_problems, step_plan, storage_uri, to_dict,
+    TOKENIZER_TRAIN_KEYS,
+    tokenizer_spec,
+    JobConfig, job_from_dict, save_eval_problems, step_plan, storage_uri, to_dict,
 )
 
 # Trial configs checked one by one up to this many combinations; beyond it each key's
@@ -236,7 +240,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
     job = job_from_dict(apply_overrides(base, config), check=False)
     trial_dir = _storage.join(run_dir, f"trial_{ray.tune.get_context().get_trial_id()}")
     # 2. Data, and the step plan the results table compares the trial's last step with.
-    prepared = prepared or build_datasets(job.data, job.model.name_or_path)
+    prepared = prepared or build_datasets(job.data, tokenizer_spec(job))
     plan = step_plan(job, prepared.num_train_pairs)
     _storage.write_text(_storage.join(trial_dir, PLAN_FILE), json.dumps(
         {"max_steps": plan.max_steps, "steps_per_epoch": plan.steps_per_epoch, **prepared.metrics()}, indent=1))
@@ -315,18 +319,23 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
     problems = sweep_problems(job)
     if problems:
         raise ConfigError(problems)
+    from rayreward.run.fit import resolve_scaling_on_cluster
+
     t = job.tune
-    name, storage = run_name(job), storage_uri(job)
+    job = resolve_scaling_on_cluster(job, print_fn)
+    # A sweep never takes the demo's run name (`rayreward train`'s run): it is fixed now.
+    name, storage = job.storage.name or time.strftime("sweep-%Y%m%d-%H%M%S"), storage_uri(job)
+    job = dataclasses.replace(job, storage=dataclasses.replace(job.storage, name=name))
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
     run_dir = _storage.join(storage, name)
     keys = list(t.search_space)
 
     # 2. Data: tokenized once for every trial, unless a swept key changes it.
     prepared = None
-    if not any(k.split(".", 1)[0] in ("data", "model") for k in keys):
+    if not any(k.split(".", 1)[0] in ("data", "model") or k in TOKENIZER_TRAIN_KEYS for k in keys):
         from rayreward.data import build_datasets
 
-        prepared = build_datasets(job.data, job.model.name_or_path)
+        prepared = build_datasets(job.data, tokenizer_spec(job))
         print_fn(f"[rayreward] data: {prepared.num_train_pairs} training pairs, tokenized once for all trials")
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base_config(job), run_dir=run_dir, prepared=prepared), TRIAL_RESOURCES)
