@@ -25,10 +25,21 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_model_and_data(parser: argparse.ArgumentParser, model_help: str) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help=model_help)
+MODEL_HELP = ("the reward model: a model folder (save_pretrained), a training run's folder, a checkpoint, a PEFT "
+              "adapter folder, a Hugging Face hub id (org/name) or an object-store folder (s3://, gs://; "
+              "downloaded once to ~/.cache/rayreward, or RAYREWARD_CACHE)")
+
+
+def add_model_and_data(parser: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
+    parser.add_argument("--model", required=True, metavar="MODEL", help=model_help)
+    add_revision(parser)
     parser.add_argument("--data", required=True, metavar="SOURCE",
                         help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob")
+
+
+def add_revision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", default=None, metavar="REV",
+                        help="branch, tag or commit of a hub id's model (default: main)")
 
 
 def add_inference(parser: argparse.ArgumentParser) -> None:

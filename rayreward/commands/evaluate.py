@@ -10,7 +10,7 @@ HELP = ("Evaluate a reward model on preference pairs: accuracy, rewards, margin,
 
 
 def add_arguments(parser) -> None:
-    add_model_and_data(parser, "model directory (save_pretrained), a training run's directory or a checkpoint")
+    add_model_and_data(parser)
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="write metrics.json, report.md and PNG figures here (default: print only)")
     parser.add_argument("--show", type=int, default=0, metavar="N",
@@ -45,7 +45,8 @@ def run(args) -> int:
     if args.show < 0:
         print(f"rayreward evaluate: --show: got {args.show}; expected a number >= 0", file=sys.stderr)
         return 2
-    found = check_scoring(args.model, args.data, pairs_only=True, prompt_column=args.prompt_column)
+    found = check_scoring(args.model, args.data, pairs_only=True, prompt_column=args.prompt_column,
+                          revision=args.revision)
     if args.out:
         found.problems += check_storage(args.out, "--out")
     found.raise_if_any("the evaluation's inputs")
@@ -59,7 +60,7 @@ def run(args) -> int:
                 args.model, args.data, out_dir=args.out, show=args.show, group_column=args.group_column,
                 batch_tokens=args.batch_tokens, max_length=args.max_length, n_bins=args.bins,
                 save_normalization=args.save_normalization, prompt_column=args.prompt_column,
-                pool=actor_pool(args),
+                pool=actor_pool(args), revision=args.revision,
             )
     except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
         print(f"rayreward evaluate: {exc}", file=sys.stderr)

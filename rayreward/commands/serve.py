@@ -16,16 +16,18 @@ _FLAGS = {
     "target_ongoing_requests": "serve.scaling.target_ongoing_requests",
     "cpus_per_replica": "serve.scaling.cpus_per_replica", "gpus_per_replica": "serve.scaling.gpus_per_replica",
     "max_batch_tokens": "serve.batch.max_tokens", "batch_wait_ms": "serve.batch.wait_ms",
-    "conservative_k": "serve.conservative_k",
+    "conservative_k": "serve.conservative_k", "revision": "serve.revision",
 }
 
 
 def add_arguments(parser) -> None:
     from rayreward.serve.config import help_text
 
-    parser.add_argument("--model", action="append", default=None, metavar="DIR",
-                        help="model folder (save_pretrained), run folder, checkpoint or ensemble folder; "
-                             "repeat for an ensemble")
+    parser.add_argument("--model", action="append", default=None, metavar="MODEL",
+                        help="model folder (save_pretrained), run folder, checkpoint, PEFT adapter folder, hub id "
+                             "(org/name), object-store folder (s3://, gs://) or ensemble folder; repeat for an "
+                             "ensemble")
+    parser.add_argument("--revision", help="branch, tag or commit of hub-id models (default: main)")
     parser.add_argument("--config", metavar="FILE", help="YAML file with a serve: section")
     parser.add_argument("--name", help="application name (default: the model folder's name)")
     parser.add_argument("--route-prefix", help="HTTP path prefix (default: /NAME)")
@@ -83,6 +85,13 @@ def run(args) -> int:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"rayreward serve: {exc}", file=sys.stderr)
+        return 2
+    from rayreward.job.preflight import PreflightError, check_model_ref
+
+    problems = [p for m in config.models for p in check_model_ref(
+        m, config.revision, "serve.models (--model)", ensemble=len(config.models) == 1)]
+    if problems:
+        print(f"rayreward serve: {PreflightError(problems, 'the models to serve')}", file=sys.stderr)
         return 2
     # 2. Ray: the given cluster or an embedded one on loopback
     from ray import serve

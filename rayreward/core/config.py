@@ -60,7 +60,7 @@ class RewardConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Chat template to render conversations with: a .jinja/.j2 file, or a tokenizer folder/name "
-            "whose template is copied (its special tokens must already be in this tokenizer)."
+            "whose template, added tokens and EOS are copied (as TRL: the model's embeddings grow to fit them)."
         },
     )
     dataset_num_proc: int | None = field(

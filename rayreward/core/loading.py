@@ -25,7 +25,9 @@ def model_and_tokenizer(model, model_init, tokenizer, args: RewardConfig, quanti
         quantization_config: TRL's trainer argument, merged into the loading arguments.
 
     Returns:
-        ``(model, tokenizer)``; the tokenizer has a pad token, mirrored on the model.
+        ``(model, tokenizer, added_token_ids)``; the tokenizer has a pad token, mirrored
+        on the model; ``added_token_ids`` are the tokens a ``chat_template_path``
+        tokenizer brought (their embedding rows train under PEFT, as in TRL).
 
     Raises:
         ValueError: no model, no tokenizer to be found, a token not in the vocabulary.
@@ -62,19 +64,35 @@ def model_and_tokenizer(model, model_init, tokenizer, args: RewardConfig, quanti
 
         tokenizer = load_tokenizer(name) if is_builtin(name) else AutoTokenizer.from_pretrained(
             name, revision=init_kwargs.get("revision"), trust_remote_code=args.trust_remote_code)
-    from rayreward.data.tokenizer import apply_token_settings, fit_embeddings
+    from rayreward.data.tokenizer import apply_token_settings
 
-    # The same settings, applied by the same function, as a `rayreward train` job's
-    # tokenizer (rayreward.data.tokenizer.TokenizerSpec): both paths give the same ids.
-    apply_token_settings(tokenizer, args.eos_token, args.pad_token, args.chat_template_path)
-    if model is not None and (args.eos_token is not None or args.chat_template_path is not None):
+    # The same settings, checked and applied by the same function, as a `rayreward train`
+    # job's tokenizer (rayreward.data.tokenizer.TokenizerSpec): both paths give the same ids.
+    apply_token_settings(tokenizer, args.eos_token, args.pad_token)
+    if args.eos_token is not None and model is not None:
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         text_config.eos_token_id = tokenizer.eos_token_id
-    if fit_embeddings(model, tokenizer):
-        logger.info("resized the token embeddings to %d for the chat template's tokens",
-                    model.get_input_embeddings().num_embeddings)
+    added: list[int] = []
+    if args.chat_template_path is not None:
+        added = _load_chat_template(tokenizer, args.chat_template_path, model,
+                                    trust_remote_code=args.trust_remote_code)
     ensure_pad_token(tokenizer, model)
-    return model, tokenizer
+    return model, tokenizer, added
+
+
+def _load_chat_template(tokenizer, path: str, model, **from_pretrained) -> list[int]:
+    """Sets the chat template from Jinja text or a file, or clones another tokenizer's (with
+    its tokens, embeddings resized: ``rayreward.core.chat_template``). Returns the added ids."""
+    from rayreward.data.tokenizer import is_template_text
+
+    if is_template_text(path):
+        from rayreward.data.tokenizer import set_chat_template
+
+        set_chat_template(tokenizer, path)
+        return []
+    from rayreward.core.chat_template import clone_chat_template
+
+    return clone_chat_template(model, tokenizer, path, **from_pretrained)
 
 
 def prepared_model_init(model_init: Callable, tokenizer, args: RewardConfig) -> Callable:

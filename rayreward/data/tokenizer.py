@@ -103,13 +103,22 @@ def apply_token_settings(tokenizer, eos_token: str | None = None, pad_token: str
     return set_chat_template(tokenizer, chat_template) if chat_template else []
 
 
-def set_chat_template(tokenizer, template: str) -> list[str]:
+def is_template_text(template: str) -> bool:
+    """Whether ``template`` is a chat template itself or a file holding one (not a tokenizer to clone)."""
+    return "{{" in template or "{%" in template or os.path.isfile(template)
+
+
+def set_chat_template(tokenizer, template: str, **from_pretrained) -> list[str]:
     """Gives ``tokenizer`` a chat template: Jinja text, a template file, or another tokenizer's.
 
-    Cloning another tokenizer's template (a hub id or a folder) follows TRL's
-    ``chat_template_path``: the tokens that tokenizer added and this one lacks are added
-    (so its turn markers are single tokens) and its EOS becomes this one's. Returns the
-    tokens added: the model's embeddings must then grow to ``len(tokenizer)``.
+    Cloning another tokenizer's template (a hub id or a folder, loaded with
+    ``from_pretrained``'s arguments) follows TRL's ``chat_template_path``: the tokens that
+    tokenizer added and this one lacks are added (so its turn markers are single tokens)
+    and its EOS becomes this one's. Returns the tokens added: the model's embeddings must
+    then grow to ``len(tokenizer)`` (``fit_embeddings``).
+
+    Raises:
+        ValueError: the tokenizer to clone has no chat template.
     """
     if "{{" in template or "{%" in template:
         tokenizer.chat_template = template
@@ -120,11 +129,13 @@ def set_chat_template(tokenizer, template: str) -> list[str]:
         return []
     from transformers import AutoTokenizer
 
-    source = AutoTokenizer.from_pretrained(template)
+    source = AutoTokenizer.from_pretrained(template, **from_pretrained)
     if not getattr(source, "chat_template", None):
-        raise ValueError(f"chat template {template!r}: that tokenizer has no chat template to clone")
+        raise ValueError(f"chat template {template!r}: that tokenizer has no chat template; give one that has, "
+                         "or a Jinja template (text or a .jinja file)")
     vocab = tokenizer.get_vocab()
     added = [t for t in source.added_tokens_decoder.values() if t.content not in vocab]
+    # AddedToken objects keep whether each token is special (not split, skipped on decode).
     tokenizer.add_tokens(added)
     tokenizer.chat_template = source.get_chat_template()
     if source.eos_token is not None:

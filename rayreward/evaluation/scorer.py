@@ -129,7 +129,8 @@ class RewardScorer:
     One instance holds one model: Ray Data builds one per actor of the pool.
 
     Args:
-        model_dir: a model directory written by ``save_pretrained`` (with tokenizer).
+        model_dir: a model directory written by ``save_pretrained`` (with tokenizer), or
+            a ``model_ref.ModelRef`` (hub id, object-store copy, exported adapter).
         layout: how rows are read (``detect_layout``).
         batch_tokens: most tokens (rows x longest row, padding included) in one forward
             pass; texts are sorted by length first so batches carry little padding.
@@ -146,7 +147,7 @@ class RewardScorer:
 
     def __init__(
         self,
-        model_dir: str | os.PathLike,
+        model_dir: str | os.PathLike | Any,
         layout: Layout,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_length: int | None = None,
@@ -170,15 +171,18 @@ class RewardScorer:
         self.layout, self.batch_tokens, self.source = layout, batch_tokens, source
         self.keep_columns = None if keep_columns is None else list(keep_columns)
         self.with_lengths = with_lengths
-        self.tokenizer = load_tokenizer(str(model_dir))
-        self.model = load_reward_model(str(model_dir))
+        # A ModelRef (evaluation.model_ref) loads from this machine's copy, or fetches one.
+        name, kwargs = model_dir.local() if hasattr(model_dir, "local") else (str(model_dir), {})
+        self.loaded_from = name
+        self.tokenizer = load_tokenizer(name, **kwargs)
+        self.model = load_reward_model(name, **kwargs)
         ensure_pad_token(self.tokenizer, self.model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         self.max_length = max_length or model_max_length(self.model, self.tokenizer)
         self.normalization = load_normalization(self.model) if normalize else None
         if normalize and self.normalization is None:
-            raise ValueError(f"{model_dir}: the model has no reward statistics; write them with "
+            raise ValueError(f"{getattr(model_dir, 'label', model_dir)}: the model has no reward statistics; write them with "
                              "`rayreward evaluate --save-normalization` or drop --normalize")
         self._encoders: dict[Layout, tuple[PairEncoder, PairEncoder]] = {}
 
