@@ -97,7 +97,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
     prepared = build_datasets(job.data, tokenizer_spec(job))
     plan = step_plan(job, prepared.num_train_pairs)
     print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training pairs, "
-             f"{_describe_workers(job.scaling)} workers, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+             f"{_describe_workers(job.scaling)}, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
              f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
 
     # 3. Trainer: one TorchTrainer, the worker loop below.
@@ -356,8 +356,8 @@ def _fit_interruptibly(trainer):
 
 def _describe_workers(scaling) -> str:
     if scaling.elastic:
-        return f"{scaling.min_workers}-{scaling.max_workers} (elastic)"
-    return str(scaling.num_workers)
+        return f"{scaling.min_workers}-{scaling.max_workers} workers (elastic)"
+    return f"{scaling.num_workers} worker{'s' if scaling.num_workers != 1 else ''}"
 
 
 def _checkpoint_evals(result, exported, print_fn) -> dict:
