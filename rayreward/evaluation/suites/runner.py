@@ -1,0 +1,179 @@
+"""Scoring the suites' completions with reward models on Ray Data.
+
+Steps: read and check every suite's rows (before Ray) -> per model, unroll every row
+into its completions, render each as the model reads it (its chat template, or
+RewardBench's default Tulu layout when it has none), drop duplicates -> score them
+once each with ``RewardScorer`` actors (``rayreward.evaluation.score.score_dataset``,
+the path of ``evaluate`` and ``score``) -> fold the rewards back into rows -> the
+suites' pure scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from rayreward.evaluation.suites import get_suite, score_suite
+from rayreward.evaluation.suites.data import load_rows
+
+logger = logging.getLogger(__name__)
+
+# RewardBench's default conversation template (fastchat "tulu") for tokenizers without
+# a chat template: the user turn, then the assistant turn the reward is read after.
+TULU_PROMPT = "<|user|>\n{prompt}\n<|assistant|>\n"
+
+
+@dataclass
+class SuiteData:
+    """One suite's checked rows."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    where: str
+
+
+@dataclass
+class ModelRun:
+    """What scoring one model over the suites took.
+
+    Attributes:
+        model: the model as given.
+        model_dirs: the folders scored (several for an ensemble; rewards are their mean).
+        rendering: ``chat template`` or ``tulu text``.
+        completions: completions asked for over all suites; ``unique``: scored.
+        truncated: unique completions longer than the model's limit (they kept their
+            last tokens).
+        seconds: wall time of the Ray Data scoring.
+    """
+
+    model: str
+    model_dirs: list[str]
+    rendering: str = ""
+    completions: int = 0
+    unique: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class SuiteResults:
+    """A suite's data and every model's scores and rewards on it."""
+
+    data: SuiteData
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rewards: dict[str, list[list[float]]] = field(default_factory=dict)
+
+
+def load_suites(suites: Sequence[str], data: dict[str, str | None]) -> list[SuiteData]:
+    """Reads and checks each suite's rows (``data`` maps a suite to its source; None: the hub)."""
+    loaded = []
+    for name in suites:
+        suite = get_suite(name)
+        rows, where = load_rows(suite, data.get(name), field=f"--data ({name})")
+        loaded.append(SuiteData(name, rows, where))
+    return loaded
+
+
+def model_dirs(model: str) -> list[Path]:
+    """The folders behind ``--model``: one, or an ensemble's members."""
+    from rayreward.evaluation.ensemble import is_ensemble, read_ensemble
+    from rayreward.evaluation.scorer import resolve_model_dir
+
+    if is_ensemble(model):
+        return [resolve_model_dir(p) for p in read_ensemble(model)]
+    return [resolve_model_dir(model)]
+
+
+def render(tokenizer, pairs: Sequence[tuple[str, str]]):
+    """Rows of ``(prompt, answer)`` as the scorer reads them, and their ``Layout``."""
+    from rayreward.evaluation.scorer import detect_layout
+
+    if getattr(tokenizer, "chat_template", None):
+        rows = [{"prompt": [{"role": "user", "content": p}], "messages": [{"role": "assistant", "content": a}]}
+                for p, a in pairs]
+        rendering = "chat template"
+    else:
+        rows = [{"prompt": TULU_PROMPT.format(prompt=p), "response": a} for p, a in pairs]
+        rendering = "tulu text"
+    return rows, detect_layout(list(rows[0]), rows[0], None, "prompt"), rendering
+
+
+def score_pairs(model_dir: Path, pairs: Sequence[tuple[str, str]], pool, batch_tokens: int,
+                max_length: int | None):
+    """Rewards of ``(prompt, answer)`` pairs by one model, on Ray Data actors.
+
+    Returns:
+        ``(rewards as float64 numpy array, truncated count, rendering)``.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import ray.data
+
+    from rayreward.data.tokenizer import load_tokenizer
+    from rayreward.evaluation.score import score_dataset
+    from rayreward.evaluation.scorer import TRUNCATED_COLUMN
+
+    rows, layout, rendering = render(load_tokenizer(str(model_dir)), pairs)
+    # Blocks of one Ray Data batch each, so every actor of the pool gets work.
+    step = pool.batch_rows
+    ds = ray.data.from_arrow([pa.Table.from_pylist(rows[i:i + step]) for i in range(0, len(rows), step)])
+    scored = score_dataset(ds, model_dir, layout, pool, batch_tokens=batch_tokens, max_length=max_length,
+                           keep_columns=[], with_lengths=True, source=f"{model_dir} suite completions")
+    rewards, truncated = [], 0
+    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+        rewards.append(np.asarray(batch["reward"], dtype=np.float64))
+        truncated += int(np.asarray(batch[TRUNCATED_COLUMN]).sum())
+    return np.concatenate(rewards), truncated, rendering
+
+
+def run_suites(loaded: Sequence[SuiteData], models: Sequence[str], pool, batch_tokens: int,
+               max_length: int | None = None) -> tuple[list[SuiteResults], list[ModelRun]]:
+    """Scores every suite with every model (call inside ``scoring_session``).
+
+    Every completion of every suite is unrolled once per model, rendered with that
+    model's template, deduplicated and scored in one Ray Data pass.
+
+    Returns:
+        ``(one SuiteResults per suite, one ModelRun per model)``.
+    """
+    import numpy as np
+
+    results = [SuiteResults(data) for data in loaded]
+    runs = []
+    unrolled: list[tuple[str, str]] = []
+    for data in loaded:
+        suite = get_suite(data.name)
+        for row in data.rows:
+            unrolled += [(row["prompt"], a) for a in suite.completions(row)]
+    index: dict[tuple[str, str], int] = {}
+    position = [index.setdefault(pair, len(index)) for pair in unrolled]
+    unique = list(index)
+    for model in models:
+        dirs = model_dirs(model)
+        run = ModelRun(model, [str(d) for d in dirs], completions=len(unrolled), unique=len(unique))
+        start = time.perf_counter()
+        member_rewards = []
+        for d in dirs:
+            values, truncated, run.rendering = score_pairs(d, unique, pool, batch_tokens, max_length)
+            member_rewards.append(values)
+            run.truncated = max(run.truncated, truncated)
+        run.seconds = time.perf_counter() - start
+        # An ensemble's reward is the mean of its members' (as `rayreward serve` gives it).
+        rewards = np.mean(member_rewards, axis=0)[position]
+        offset = 0
+        for res in results:
+            suite = get_suite(res.data.name)
+            per_row = []
+            for row in res.data.rows:
+                n = len(suite.completions(row))
+                per_row.append([float(v) for v in rewards[offset:offset + n]])
+                offset += n
+            res.rewards[model] = per_row
+            res.scores[model] = score_suite(res.data.name, res.data.rows, per_row)
+        runs.append(run)
+        logger.info("%s: %d completions (%d unique) scored in %.1f s", model, run.completions, run.unique, run.seconds)
+    return results, runs
+
