@@ -221,3 +221,107 @@ def test_hub_id_not_cached_offline_says_to_pass_a_local_file(monkeypatch, tmp_pa
     message = str(err.value)
     assert "\n" not in message and "'allenai/reward-bench-2' split 'test'" in message
     assert "pass --data a local jsonl/json/parquet file or folder with the columns id (string)" in message
+
+
+# -- end to end: `rayreward evaluate --suite`, three suites, two models ------------------
+
+def _write_suite_files(root):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir()
+    # v1 as the hub's parquet columns and types; v2 as JSON Lines; RM-Bench as its JSON array.
+    v1 = pa.Table.from_pylist(V1_ROWS, schema=pa.schema([
+        ("prompt", pa.string()), ("chosen", pa.string()), ("chosen_model", pa.string()), ("rejected", pa.string()),
+        ("rejected_model", pa.string()), ("subset", pa.string()), ("id", pa.int64())]))
+    pq.write_table(v1, root / "filtered.parquet")
+    (root / "v2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in V2_ROWS))
+    (root / "rm.json").write_text(json.dumps(RM_ROWS))
+    return {"rewardbench": root / "filtered.parquet", "rewardbench2": root / "v2.jsonl", "rm-bench": root / "rm.json"}
+
+
+def _train_tiny(path, steps, seed):
+    """The built-in tiny Llama trained a few steps by rayreward's RewardTrainer (the trainer
+    `rayreward train` runs on each worker), saved with its tokenizer and chat template."""
+    from conftest import SAMPLE_DATA, read_jsonl
+
+    from rayreward import RewardConfig, RewardTrainer
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer
+
+    tok = builtin_tokenizer()
+    model = tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=seed)
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(SAMPLE_DATA / "train.jsonl", 160)]
+    args = RewardConfig(output_dir=str(path / "trainer"), max_steps=steps, per_device_train_batch_size=16,
+                        learning_rate=3e-3, report_to=[], save_strategy="no", activation_checkpointing=False,
+                        use_cpu=True, max_length=256, disable_tqdm=True, seed=seed)
+    RewardTrainer(model=model, args=args, tokenizer=tok, train_dataset=rows).train()
+    model.save_pretrained(path / "model")
+    tok.save_pretrained(path / "model")
+    return path / "model"
+
+
+def _direct_rewards(model_dir, pairs):
+    """Each (prompt, answer) through the model's chat template and one forward pass."""
+    import torch
+
+    from rayreward.core.model import load_reward_model
+    from rayreward.data.tokenizer import load_tokenizer
+
+    tok, model = load_tokenizer(str(model_dir)), load_reward_model(str(model_dir)).eval()
+    out = []
+    with torch.no_grad():
+        for prompt, answer in pairs:
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+            ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+            out.append(model(input_ids=torch.tensor([list(ids)])).logits[0, 0].item())
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_evaluate_suites_two_models_end_to_end(ray_local, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from rayreward.commands.cli import main
+    from test_evaluate import assert_valid_png
+
+    files = _write_suite_files(tmp_path / "data")
+    models = [str(_train_tiny(tmp_path / "a", 6, 0)), str(_train_tiny(tmp_path / "b", 2, 1))]
+    out = tmp_path / "suites"
+    args = ["evaluate", "--suite", "rewardbench", "--suite", "rewardbench2", "--suite", "rm-bench",
+            "--model", models[0], "--model", models[1], "--out", str(out), "--cpus-per-actor", "0.5", "--batch-rows", "16"]
+    for name, path in files.items():
+        args += ["--data", f"{name}={path}"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+
+    for name, rows in (("rewardbench", V1_ROWS), ("rewardbench2", V2_ROWS), ("rm-bench", RM_ROWS)):
+        doc = json.loads((out / f"{name}.json").read_text())
+        assert doc["rows"] == len(rows) and list(doc["models"]) == models
+        table = pq.read_table(out / f"{name}_rewards.parquet").to_pylist()
+        assert [r["model"] for r in table] == [models[0]] * len(rows) + [models[1]] * len(rows)
+        suite = get_suite(name)
+        for model in models:
+            mine = [r for r in table if r["model"] == model]
+            rewards = [[r["reward_chosen"], r["reward_rejected"]] if name == "rewardbench"
+                       else r["reward_chosen"] + r["reward_rejected"] for r in mine]
+            # Every completion's reward is the model's own forward pass over its chat template.
+            pairs = [(row["prompt"], a) for row in rows for a in suite.completions(row)]
+            flat = [v for values in rewards for v in values]
+            assert flat == pytest.approx(_direct_rewards(model, pairs), abs=1e-4)
+            # The JSON is the suite's official scoring of exactly those rewards.
+            expected = score_suite(name, rows, rewards)
+            got = doc["models"][model]
+            assert got["overall"] == pytest.approx(expected["overall"], abs=1e-12)
+            assert got["sections"] == json.loads(json.dumps(expected["sections"]))
+            assert got["nan_rewards"] == 0 and got["rendering"] == "chat template"
+            assert got["completions"] == len(pairs)
+        assert_valid_png(out / f"{name}.png")
+        assert f"{name} (scores in %" in printed
+    # One table row per model, one column per section.
+    assert "Chat Hard" in printed and "Precise IF" in printed and "normal" in printed
+    a_label, b_label = "a/model", "b/model"
+    v1 = json.loads((out / "rewardbench.json").read_text())["models"]
+    assert f"{100 * v1[models[0]]['overall']:.1f}" in next(l for l in printed.splitlines() if l.startswith(a_label))
+    assert any(l.startswith(b_label) for l in printed.splitlines())

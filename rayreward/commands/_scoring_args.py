@@ -25,10 +25,18 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_model_and_data(parser: argparse.ArgumentParser, model_help: str) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help=model_help)
-    parser.add_argument("--data", required=True, metavar="SOURCE",
-                        help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob")
+def add_model_and_data(parser: argparse.ArgumentParser, model_help: str, suites: bool = False) -> None:
+    if not suites:
+        parser.add_argument("--model", required=True, metavar="DIR", help=model_help)
+        parser.add_argument("--data", required=True, metavar="SOURCE",
+                            help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob")
+        return
+    parser.add_argument("--model", required=True, metavar="DIR", action="append",
+                        help=model_help + "; with --suite, repeat it to compare several models")
+    parser.add_argument("--data", metavar="SOURCE", action="append", default=None,
+                        help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob; with --suite, "
+                             "the suite's data in its public schema or a hub id (default: the public data set), "
+                             "SUITE=SOURCE when several suites are given")
 
 
 def add_inference(parser: argparse.ArgumentParser) -> None:

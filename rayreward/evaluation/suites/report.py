@@ -137,13 +137,18 @@ def _bar_chart(res: SuiteResults, labels: dict[str, str], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(models))
+    lowest = 0.0
     for k, model in enumerate(models):
         values = [100 * _value(res.scores[model], c) for c in columns]
         xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(columns))]
         ax.bar(xs, [0.0 if math.isnan(v) else v for v in values], width=width, label=labels[model])
+        lowest = min([lowest, *(v for v in values if not math.isnan(v))])
+    for i, c in enumerate(columns):
+        if all(math.isnan(_value(res.scores[m], c)) for m in models):
+            ax.text(i, 2, "no data", ha="center", va="bottom", fontsize="small", color="gray", rotation=90)
     ax.set_xticks(range(len(columns)))
     ax.set_xticklabels(columns, rotation=20, ha="right")
-    ax.set(ylabel="score (%)", ylim=(0, 100), title=f"{res.data.name} ({len(res.data.rows)} rows)")
+    ax.set(ylabel="score (%)", ylim=(min(0.0, lowest - 5), 100), title=f"{res.data.name} ({len(res.data.rows)} rows)")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png")
