@@ -325,3 +325,90 @@ def test_evaluate_suites_two_models_end_to_end(ray_local, tmp_path, capsys):
     v1 = json.loads((out / "rewardbench.json").read_text())["models"]
     assert f"{100 * v1[models[0]]['overall']:.1f}" in next(l for l in printed.splitlines() if l.startswith(a_label))
     assert any(l.startswith(b_label) for l in printed.splitlines())
+
+
+# -- ranking sweep trials by a suite score ----------------------------------------------
+
+def test_suite_metric_in_a_sweep_is_checked_before_ray(tmp_path):
+    from rayreward.job.config import load_job_config
+    from rayreward.job.tree import ConfigError
+    from rayreward.tune.sweep import suite_slice, sweep_problems
+
+    with pytest.raises(ConfigError) as err:
+        load_job_config(None, ["tune.metric=rewardbench2/overal", "tune.mode=min"])
+    text = str(err.value)
+    assert "tune.metric: got 'rewardbench2/overal'; expected one of rewardbench2/overall, rewardbench2/Factuality" in text
+    assert "tune.mode: got 'min' with the suite score rewardbench2/overal; expected max" in text
+    assert "tune.suite_data: got null with tune.metric rewardbench2/overal" in text
+    with pytest.raises(ConfigError, match="tune.suite_data: set, but tune.metric 'eval_accuracy' is not a suite"):
+        load_job_config(None, ["tune.suite_data=x.jsonl"])
+    bad = tmp_path / "v2.jsonl"
+    bad.write_text(json.dumps(dict(V2_ROWS[0], chosen="not a list")) + "\n")
+    base = ["lora.enabled=true", "train.max_steps=40", "tune.scheduler.grace_period=10",
+            "tune.metric=rewardbench2/overall"]
+    problems = sweep_problems(load_job_config(None, [*base, f"tune.suite_data={bad}"]))
+    assert problems == [f"tune.suite_data: {bad}: not in the rewardbench2 schema (id (string), prompt (string), "
+                        "chosen (list of string), rejected (list of string), num_correct (int64), subset (string)): "
+                        "row 0, field 'chosen': expected a list of strings, got str 'not a list'"]
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in V2_ROWS))
+    job = load_job_config(None, [*base, f"tune.suite_data={good}", "tune.suite_rows=3"])
+    assert sweep_problems(job) == []
+    # The slice keeps a Ties prompt's ref and tied rows together, and is the same each time.
+    part = suite_slice(job)[0].rows
+    assert part == suite_slice(job)[0].rows and len(part) >= 3
+    ties = [r["id"].partition(":")[2] for r in part if r["subset"] == "Ties"]
+    assert all(ties.count(k) == 2 for k in ties)
+
+
+def test_suite_metrics_callback_reports_the_official_score_at_each_save(tmp_path):
+    """The callback a sweep trial's workers run: at each saving step the score of the model
+    being trained, equal to the suite's rules over that model's own forward passes."""
+    from conftest import SAMPLE_DATA, read_jsonl
+    from transformers import TrainerCallback
+
+    from rayreward import RewardConfig, RewardTrainer
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer
+    from rayreward.evaluation.suites.runner import SuiteData
+    from rayreward.run.suite_eval import SuiteMetrics
+
+    class Snapshot(TrainerCallback):  # the rewards of the model as it is when the callback scores it
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if control.should_save:
+                model.eval()
+                snapshots[state.global_step] = _rewards_of(model, tok, RM_ROWS)
+                model.train()
+
+    def _rewards_of(model, tok, rows):
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for row in rows:
+                values = []
+                for answer in get_suite("rm-bench").completions(row):
+                    messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": answer}]
+                    ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+                    values.append(model(input_ids=torch.tensor([list(ids)])).logits[0, 0].item())
+                out.append(values)
+        return out
+
+    snapshots: dict[int, list] = {}
+    tok = builtin_tokenizer()
+    model = tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=0)
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(SAMPLE_DATA / "train.jsonl", 64)]
+    args = RewardConfig(output_dir=str(tmp_path), max_steps=4, save_strategy="steps", save_steps=2,
+                        per_device_train_batch_size=16, learning_rate=3e-3, report_to=[], use_cpu=True,
+                        activation_checkpointing=False, disable_tqdm=True, seed=0, save_only_model=True)
+    trainer = RewardTrainer(model=model, args=args, tokenizer=tok, train_dataset=rows,
+                            callbacks=[Snapshot(), SuiteMetrics([SuiteData("rm-bench", RM_ROWS, "rm")])])
+    trainer.train()
+    entries = [e for e in trainer.state.log_history if "rm-bench/overall" in e]
+    assert [e["step"] for e in entries] == [2, 4]
+    for entry in entries:
+        expected = score_suite("rm-bench", RM_ROWS, snapshots[entry["step"]])
+        assert entry["rm-bench/overall"] == pytest.approx(expected["overall"], abs=1e-9)
+        assert entry["rm-bench/hard"] == pytest.approx(expected["sections"]["hard"]["score"], abs=1e-9)
+        assert "rm-bench/math" not in entry  # no math rows in this data
+    assert model.training  # left in training mode

@@ -104,3 +104,30 @@ def check_rows(suite: ModuleType, rows: list[dict[str, Any]], where: str) -> Non
         schema = ", ".join(f"{k} ({v})" for k, v in suite.COLUMNS.items())
         raise DataFormatError(f"{where}: not in the {suite.NAME} schema ({schema}): "
                               + "; ".join(problems[:MAX_LISTED]) + more)
+
+
+def held_out_slice(suite: ModuleType, rows: list[dict[str, Any]], n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """A fixed random slice of about ``n`` rows (all rows when ``n`` is 0 or covers them).
+
+    RewardBench 2's Ties rows of one prompt (``ref:<k>`` and ``tied:<k>``) are kept or
+    left together, since its formula compares them; the slice is in data order and the
+    same for every call with the same seed.
+    """
+    import random
+
+    if n <= 0 or n >= len(rows):
+        return list(rows)
+    units: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        key: Any = i
+        if suite.NAME == "rewardbench2" and str(row.get("subset", "")).lower() == "ties":
+            key = ("ties", str(row.get("id", "")).partition(":")[2])
+        units.setdefault(key, []).append(i)
+    order = list(units)
+    random.Random(seed).shuffle(order)
+    chosen: list[int] = []
+    for key in order:
+        if len(chosen) >= n:
+            break
+        chosen += units[key]
+    return [rows[i] for i in sorted(chosen)]

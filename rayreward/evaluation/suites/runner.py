@@ -129,6 +129,36 @@ def score_pairs(model_dir: Path, pairs: Sequence[tuple[str, str]], pool, batch_t
     return np.concatenate(rewards), truncated, rendering
 
 
+def unroll(loaded: Sequence[SuiteData]) -> tuple[list[tuple[str, str]], list[int]]:
+    """Every completion of every suite as ``(prompt, answer)``, each distinct one once.
+
+    Returns:
+        ``(unique pairs, position)``: ``position[k]`` is the index in ``unique`` of the
+        k-th completion in suite, row and ``completions`` order.
+    """
+    index: dict[tuple[str, str], int] = {}
+    position = []
+    for data in loaded:
+        suite = get_suite(data.name)
+        for row in data.rows:
+            position += [index.setdefault((row["prompt"], a), len(index)) for a in suite.completions(row)]
+    return list(index), position
+
+
+def fold(loaded: Sequence[SuiteData], rewards, position: Sequence[int]) -> list[list[list[float]]]:
+    """Rewards of the unique completions back into rows: per suite, per row, a list."""
+    out, k = [], 0
+    for data in loaded:
+        suite = get_suite(data.name)
+        per_row = []
+        for row in data.rows:
+            n = len(suite.completions(row))
+            per_row.append([float(rewards[position[k + i]]) for i in range(n)])
+            k += n
+        out.append(per_row)
+    return out
+
+
 def run_suites(loaded: Sequence[SuiteData], models: Sequence[str], pool, batch_tokens: int,
                max_length: int | None = None) -> tuple[list[SuiteResults], list[ModelRun]]:
     """Scores every suite with every model (call inside ``scoring_session``).
@@ -143,17 +173,10 @@ def run_suites(loaded: Sequence[SuiteData], models: Sequence[str], pool, batch_t
 
     results = [SuiteResults(data) for data in loaded]
     runs = []
-    unrolled: list[tuple[str, str]] = []
-    for data in loaded:
-        suite = get_suite(data.name)
-        for row in data.rows:
-            unrolled += [(row["prompt"], a) for a in suite.completions(row)]
-    index: dict[tuple[str, str], int] = {}
-    position = [index.setdefault(pair, len(index)) for pair in unrolled]
-    unique = list(index)
+    unique, position = unroll(loaded)
     for model in models:
         dirs = model_dirs(model)
-        run = ModelRun(model, [str(d) for d in dirs], completions=len(unrolled), unique=len(unique))
+        run = ModelRun(model, [str(d) for d in dirs], completions=len(position), unique=len(unique))
         start = time.perf_counter()
         member_rewards = []
         for d in dirs:
@@ -162,18 +185,43 @@ def run_suites(loaded: Sequence[SuiteData], models: Sequence[str], pool, batch_t
             run.truncated = max(run.truncated, truncated)
         run.seconds = time.perf_counter() - start
         # An ensemble's reward is the mean of its members' (as `rayreward serve` gives it).
-        rewards = np.mean(member_rewards, axis=0)[position]
-        offset = 0
-        for res in results:
-            suite = get_suite(res.data.name)
-            per_row = []
-            for row in res.data.rows:
-                n = len(suite.completions(row))
-                per_row.append([float(v) for v in rewards[offset:offset + n]])
-                offset += n
+        for res, per_row in zip(results, fold(loaded, np.mean(member_rewards, axis=0), position)):
             res.rewards[model] = per_row
             res.scores[model] = score_suite(res.data.name, res.data.rows, per_row)
         runs.append(run)
         logger.info("%s: %d completions (%d unique) scored in %.1f s", model, run.completions, run.unique, run.seconds)
     return results, runs
 
+
+
+def score_in_memory(model, tokenizer, loaded: Sequence[SuiteData], batch_tokens: int,
+                    max_length: int | None = None) -> list[dict[str, Any]]:
+    """Each suite's scores by a model already in memory, in this process (no Ray Data).
+
+    What a sweep trial runs at each checkpoint on its slice of a suite: the same
+    rendering and ``RewardScorer`` tokenization and forward batches as ``run_suites``.
+    The caller puts the model in eval mode.
+    """
+    from rayreward.evaluation.scorer import RewardScorer
+
+    unique, position = unroll(loaded)
+    rows, layout, _ = render(tokenizer, unique)
+    scorer = RewardScorer.from_model(model, tokenizer, layout, batch_tokens, max_length, source="suite completions")
+    seqs = next(iter(scorer.encode(rows).values())).ids
+    rewards = scorer.rewards(seqs)
+    return [score_suite(d.name, d.rows, per_row) for d, per_row in zip(loaded, fold(loaded, rewards, position))]
+
+
+def metric_names(name: str) -> list[str]:
+    """The metrics a suite reports to a sweep: ``<suite>/overall`` and one per table column."""
+    return [f"{name}/overall", *(f"{name}/{c}" for c in get_suite(name).TABLE_COLUMNS)]
+
+
+def metrics_of(name: str, scores: dict[str, Any]) -> dict[str, float]:
+    """A suite's scores as flat metrics (``rewardbench2/overall``, ``rewardbench2/Ties``, ...);
+    a section without data is left out."""
+    out = {f"{name}/overall": float(scores["overall"])}
+    for column in get_suite(name).TABLE_COLUMNS:
+        if column in scores["sections"]:
+            out[f"{name}/{column}"] = float(scores["sections"][column]["score"])
+    return out
