@@ -70,13 +70,6 @@ def yaml_dump(value) -> str:
 def _tune_problems(section, job) -> list[str]:
     """A sweep file's ``tune:`` section, checked by the tune command's own validator
     (its shape, then the swept keys and every trial config against the rest of ``job``)."""
-    import importlib
+    from rayreward.commands.tune import validate_tune_section
 
-    try:
-        tune = importlib.import_module("rayreward.commands.tune")
-    except ModuleNotFoundError as exc:
-        if exc.name != "rayreward.commands.tune":
-            raise
-        return []
-    validate = getattr(tune, "validate_tune_section", None)
-    return list(validate(section, job)) if validate else []
+    return list(validate_tune_section(section, job))

@@ -52,10 +52,10 @@ def clone_chat_template(model, tokenizer, source: str, **from_pretrained) -> lis
 
     if model is None:
         # Nothing may be added without a model to grow: look before changing the tokenizer.
-        probe = copy.deepcopy(tokenizer)
-        if set_chat_template(probe, source, **from_pretrained):
-            raise ValueError(f"chat_template_path={source!r} adds tokens to the tokenizer, so the model's embeddings "
-                             "must grow: pass model=..., or clone the template inside model_init")
+        needed = set_chat_template(copy.deepcopy(tokenizer), source, **from_pretrained)
+        if needed:
+            raise ValueError(f"chat_template_path={source!r} adds tokens {needed} to the tokenizer, so the model's "
+                             "embeddings must grow: pass model=..., or clone the template inside model_init")
     new = set_chat_template(tokenizer, source, **from_pretrained)
     added = [tokenizer.convert_tokens_to_ids(t) for t in new]
     if model is None:

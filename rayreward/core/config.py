@@ -10,8 +10,10 @@ from transformers import TrainingArguments
 
 from rayreward.data.config import DEFAULT_LENGTH_POLICY, DEFAULT_MAX_LENGTH
 from rayreward.data.formats import LENGTH_POLICIES
+from rayreward.runtime._framework_internals import training_arguments_dict_fields
 
-# rayreward.core.attention.BACKENDS, repeated here so the config imports no torch code.
+# The attention backends (rayreward.core.attention implements them); here, so that the
+# config imports no torch code.
 ATTENTION_BACKENDS = ("auto", "dense", "segment", "varlen", "flex")
 
 
@@ -36,7 +38,8 @@ class RewardConfig(TrainingArguments):
         >>> args = RewardConfig(output_dir="out", max_length=512, learning_rate=1e-5)
     """
 
-    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+    # TrainingArguments parses these fields from JSON strings (command line); ours too.
+    _VALID_DICT_FIELDS = training_arguments_dict_fields() + ["model_init_kwargs"]
 
     learning_rate: float = field(default=1e-4, metadata={"help": "The initial learning rate of AdamW (TRL's "
                                                                   "RewardConfig default)."})

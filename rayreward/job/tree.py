@@ -1,6 +1,6 @@
 """Machinery behind the job config: YAML, dotted overrides, dataclass trees, type checks.
 
-Kept apart from ``job_config`` so that module reads as the list of sections and their
+Kept apart from ``rayreward.job.config`` so that module reads as the list of sections and their
 rules, and this one as the (generic) way a nested dict becomes typed dataclasses.
 """
 

@@ -4,7 +4,7 @@ A sweep is one Tune experiment in ``<storage.path>/<storage.name>``. Each trial 
 function (``_trial``) that applies its sampled values to the job through
 ``apply_overrides`` (the command line's override path, so a trial and ``rayreward
 train`` cannot drift apart), then builds and fits the ``TorchTrainer`` of
-``rayreward train`` (``distributed.build_trainer``) with its checkpoints in
+``rayreward train`` (``rayreward.run.fit.build_trainer``) with its checkpoints in
 ``<run>/trial_<id>/train``. Every checkpoint's metrics reach Tune through Ray's
 ``TuneReportCallback``; ASHA compares trials on ``tune.metric`` at step rungs and stops
 the ones that trail. The trial function itself reserves no CPU (Ray Train V2 pattern):
