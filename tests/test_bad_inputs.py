@@ -122,6 +122,11 @@ def _files(tmp: Path) -> dict[str, str]:
     Path(f["broken_config"], "config.json").write_text("{not json")
     f["no_config"] = str(tmp / "no_config")
     os.makedirs(f["no_config"])
+    for name, adapter in (("adapter_no_base", {"peft_type": "LORA"}),
+                          ("adapter_missing_base", {"peft_type": "LORA", "base_model_name_or_path": "/nonexistent/base"})):
+        os.makedirs(tmp / name)
+        (tmp / name / "adapter_config.json").write_text(json.dumps(adapter))
+        f[name] = str(tmp / name)
     f["model_dir"] = str(tmp / "some_model_dir")  # exists, no model yet: evaluate's data checks come first
     os.makedirs(f["model_dir"])
     return f
@@ -219,6 +224,12 @@ CASES = [
      ["at revision 'v2'", "`hf download nobody/no-such-rm --revision v2`"]),
     ("evaluate_folder_neither_model_nor_adapter", ["evaluate", "--model", "{nodata}", "--data", "{good}"], 2,
      ["--model: got", "nodata'; the folder is neither a model", "nor a PEFT adapter (adapter_config.json)"]),
+    ("score_adapter_without_base", ["score", "--model", "{adapter_no_base}", "--data", "{good}",
+                                    "--out", "{tmp}/o.jsonl"], 2,
+     ["adapter_no_base', a PEFT adapter whose adapter_config.json names no base model (base_model_name_or_path)"]),
+    ("score_adapter_base_missing", ["score", "--model", "{adapter_missing_base}", "--data", "{good}",
+                                    "--out", "{tmp}/o.jsonl"], 2,
+     ["adapter_missing_base', an adapter whose base model '/nonexistent/base'; no such folder"]),
     ("score_revision_of_a_folder", ["score", "--model", "{nodata}", "--revision", "main", "--data", "{good}",
                                     "--out", "{tmp}/o.jsonl"], 2,
      ["--revision: got 'main', which applies to hub ids", "(drop --revision)"]),

@@ -107,6 +107,12 @@ def test_hub_id_and_revision_resolve_through_the_hub_cache(hub_cache, models, ro
     assert model_problems(REPO) == [] and model_problems(REPO, COMMIT_B) == []
     [missing] = model_problems(REPO, "c" * 40)
     assert missing.startswith(f"--model: got '{REPO}' at revision '{'c' * 40}'") and "HF_HUB_OFFLINE=1" in missing
+    config_only = hub_cache.parent / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_bytes((models["a"] / "config.json").read_bytes())
+    write_hub_cache(hub_cache, "acme/config-only", {COMMIT_A: config_only}, main=COMMIT_A)
+    [partial] = model_problems("acme/config-only")
+    assert "in the Hugging Face cache" in partial and "but not its weights" in partial
     [other] = model_problems("acme/other-rm", flag="serve.models (--model)")
     assert other.startswith("serve.models (--model): got 'acme/other-rm'") and "`hf download acme/other-rm`" in other
 

@@ -40,6 +40,7 @@ def run(args) -> int:
 
     from rayreward.data.sources import DataSourceError
     from rayreward.evaluation.evaluate import evaluate
+    from rayreward.evaluation.model_ref import resolve_model
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.core.metrics import format_headline
     from rayreward.core.samples import format_table
@@ -69,13 +70,16 @@ def run(args) -> int:
         # Ray's and Ray Data's output goes to a log file (-v: here).
         log = os.path.join(args.out or tempfile.gettempdir(), "rayreward.log" if args.out
                            else f"rayreward-evaluate-{os.getpid()}.log")
-        with Console(log, verbose=args.verbose), scoring_session(args.address):
-            result = evaluate(
-                args.model, args.data, out_dir=args.out, show=args.show, group_column=args.group_column,
-                batch_tokens=args.batch_tokens, max_length=args.max_length, n_bins=args.bins,
-                save_normalization=args.save_normalization, prompt_column=args.prompt_column,
-                pool=actor_pool(args), revision=args.revision,
-            )
+        with Console(log, verbose=args.verbose):
+            # Downloads and adapter merges happen here, before Ray starts.
+            model = resolve_model(args.model, args.revision)
+            with scoring_session(args.address):
+                result = evaluate(
+                    model, args.data, out_dir=args.out, show=args.show, group_column=args.group_column,
+                    batch_tokens=args.batch_tokens, max_length=args.max_length, n_bins=args.bins,
+                    save_normalization=args.save_normalization, prompt_column=args.prompt_column,
+                    pool=actor_pool(args),
+                )
     except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
         print(f"rayreward evaluate: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ def run(args) -> int:
     from rayreward.data.sources import DataSourceError
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.runtime.console import Console
+    from rayreward.evaluation.model_ref import resolve_model
     from rayreward.evaluation.score import OUTPUT_SUFFIXES, scoring_session, score
     from rayreward.job.preflight import check_scoring, check_storage
 
@@ -43,12 +44,15 @@ def run(args) -> int:
     # 2. score
     try:
         # Ray's and Ray Data's output goes to a log file (-v: here).
-        with Console(args.out + ".log", verbose=args.verbose), scoring_session(args.address):
-            result = score(
-                args.model, args.data, args.out, normalize=args.normalize, batch_tokens=args.batch_tokens,
-                max_length=args.max_length, text_column=args.text_column, prompt_column=args.prompt_column,
-                pool=actor_pool(args), revision=args.revision,
-            )
+        with Console(args.out + ".log", verbose=args.verbose):
+            # Downloads and adapter merges happen here, before Ray starts.
+            model = resolve_model(args.model, args.revision)
+            with scoring_session(args.address):
+                result = score(
+                    model, args.data, args.out, normalize=args.normalize, batch_tokens=args.batch_tokens,
+                    max_length=args.max_length, text_column=args.text_column, prompt_column=args.prompt_column,
+                    pool=actor_pool(args),
+                )
     except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
         print(f"rayreward score: {exc}", file=sys.stderr)
         return 2

@@ -74,12 +74,16 @@ class ModelRef:
         into this machine's cache: a scoring actor or serve replica on another node loads
         the same model.
         """
+        from rayreward.evaluation.scorer import resolve_model_dir
+
         if os.path.isdir(self.path):
             return self.path, {}
-        if self.hub_id:
-            return self.hub_id, {"revision": self.revision} if self.revision else {}
         if self.uri:
-            return storage.cached_download(self.uri), {}
+            return str(resolve_model_dir(storage.cached_download(self.uri))), {}
+        if self.hub_id and not self.temporary:
+            return self.hub_id, {"revision": self.revision} if self.revision else {}
+        if self.hub_id:  # an adapter on the hub: merged again here
+            return str(resolve_model_dir(hub_snapshot(self.hub_id, self.revision))), {}
         raise FileNotFoundError(f"{self.label}: the folder {self.path} is not on this machine; give a model folder "
                                 "every node can read (shared storage, a hub id or an object-store URI)")
 
@@ -168,9 +172,12 @@ def model_problems(given: str, revision: str | None = None, flag: str = "--model
         return [f"{flag}: got {text!r}; no such folder (expected a model folder, a run folder, a checkpoint, a "
                 "PEFT adapter folder, a hub id such as org/name, or an s3:// or gs:// URI)"]
     try:
-        hub_snapshot_config(text, revision)
+        found = Path(hub_snapshot_config(text, revision))
     except FileNotFoundError as exc:
         return [f"{flag}: {exc}"]
+    if _offline() and not _loadable(found.parent):
+        return [f"{flag}: got {text!r}; its config is in the Hugging Face cache ({found.parent}) but not its "
+                f"weights; download the whole model (`hf download {text}`) or pass a model folder"]
     return []
 
 
@@ -215,11 +222,29 @@ def _folder_problems(folder: Path, text: str, flag: str, ensemble: bool) -> list
         return [f"{flag}: got {text!r}; a file, expected a model folder"]
     if ensemble and (folder / MANIFEST).is_file():
         return []
+    if (folder / "adapter_config.json").is_file() and not (folder / "rayreward_job.json").is_file():
+        return _adapter_problems(folder, text, flag)
     if _loadable(folder):
         return []
     return [f"{flag}: got {text!r}; the folder is neither a model (config.json with weights, in it or in model/, "
             "or a checkpoint-* folder) nor a PEFT adapter (adapter_config.json); point it at a folder written by "
             "save_pretrained, a run folder, a checkpoint or an adapter"]
+
+
+def _adapter_problems(folder: Path, text: str, flag: str) -> list[str]:
+    import json
+
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"{flag}: got {text!r}; its adapter_config.json does not load ({exc})"]
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not base:
+        return [f"{flag}: got {text!r}, a PEFT adapter whose adapter_config.json names no base model "
+                "(base_model_name_or_path); set it, or merge the adapter yourself and pass the merged folder"]
+    problems = model_problems(base, config.get("revision") if is_hub_id(base) else None, flag)
+    return [p.replace(f"{flag}: got {base!r}", f"{flag}: got {text!r}, an adapter whose base model {base!r}", 1)
+            for p in problems]
 
 
 def _loadable(folder: Path) -> bool:
