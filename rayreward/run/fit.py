@@ -12,6 +12,7 @@ model is exported to ``<run>/model`` and the final metrics to ``<run>/metrics.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from rayreward.core.universal import needs_universal, saved_world_size, universal_resume_folder, with_universal_loading
 from rayreward.runtime import storage as _storage
 from rayreward.job.config import (
     JobConfig,
@@ -211,6 +213,31 @@ def train_loop(config: dict[str, Any]) -> None:
             "steps_per_epoch": int, "callbacks": [TrainerCallback]}`` from ``fit``.
     """
     import ray.train
+
+    job = job_from_dict(config["job"], check=False)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{rank}-")
+    # The run's latest checkpoint, when there is one (a restart, a resize, a re-run): its
+    # ZeRO shards decide how DeepSpeed loads it, so it is looked at before the arguments.
+    with contextlib.ExitStack() as stack:
+        checkpoint = ray.train.get_checkpoint()
+        resume = None if checkpoint is None else stack.enter_context(checkpoint.as_directory())
+        ds_config = config["deepspeed"]
+        if resume is not None and ds_config and needs_universal(resume, world_size):
+            # Saved at another world size (an elastic run that shrank or grew): resumed
+            # through DeepSpeed's universal checkpoint, optimizer state included.
+            if rank == 0:
+                logger.info("resuming %s (ZeRO shards of %s ranks) on %s ranks through DeepSpeed's universal "
+                            "checkpoint", resume, saved_world_size(resume), world_size)
+            resume = universal_resume_folder(resume)
+            ds_config = with_universal_loading(ds_config)
+        _train_worker(config, job, rank, world_size, output_dir, ds_config, resume)
+
+
+def _train_worker(config: dict[str, Any], job: JobConfig, rank: int, world_size: int, output_dir: str,
+                  ds_config: dict[str, Any], resume: str | None) -> None:
+    import ray.train
     from transformers.trainer_callback import PrinterCallback
 
     from rayreward.run.callbacks import Progress, ReportCheckpoints, latest_metrics
@@ -222,11 +249,7 @@ def train_loop(config: dict[str, Any]) -> None:
     from rayreward.data.tokenizer import is_builtin
     from rayreward.core.trainer import RewardTrainer
 
-    job = job_from_dict(config["job"], check=False)
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{rank}-")
-    kwargs = reward_config_kwargs(job, output_dir, config["max_steps"], config["deepspeed"])
+    kwargs = reward_config_kwargs(job, output_dir, config["max_steps"], ds_config)
     global_batch = None
     if job.scaling.elastic:
         # The global batch stays the one planned for max workers: fewer workers each
@@ -242,7 +265,7 @@ def train_loop(config: dict[str, Any]) -> None:
     builtin = is_builtin(job.model.name_or_path)
     model = load_base_model(job.model) if builtin else None
     args = RewardConfig(**kwargs)
-    if config["deepspeed"]:
+    if ds_config:
         import deepspeed
 
         from rayreward.runtime.native_ops import use_environment_ninja
@@ -281,24 +304,22 @@ def train_loop(config: dict[str, Any]) -> None:
     # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
     trainer.remove_callback(PrinterCallback)
     # 4. Train, from the run's latest checkpoint when there is one.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    if resume is None:
         trainer.train()
-    else:
-        with checkpoint.as_directory() as folder:
-            done, history = checkpoint_state(folder)
-            if done is not None and done >= args.max_steps:
-                # The run's last checkpoint (a re-run of a finished run, a restart after
-                # the last save, a resumed sweep trial): the Trainer would take one more
-                # step than planned from it. Nothing is left to train; its metrics are
-                # reported once more, for a sweep's trial interrupted before Tune had them.
-                if rank == 0:
-                    progress.emit(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
-                                       "nothing left to train", done, args.max_steps, "resume")
-                metrics = latest_metrics(history, done, config["steps_per_epoch"])
-                ray.train.report({**metrics, "world_size": world_size})
-                return
-            trainer.train(resume_from_checkpoint=folder)
+        return
+    done, history = checkpoint_state(resume)
+    if done is not None and done >= args.max_steps:
+        # The run's last checkpoint (a re-run of a finished run, a restart after the
+        # last save, a resumed sweep trial): the Trainer would take one more step than
+        # planned from it. Nothing is left to train; its metrics are reported once
+        # more, for a sweep's trial interrupted before Tune had them.
+        if rank == 0:
+            progress.emit(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
+                          "nothing left to train", done, args.max_steps, "resume")
+        metrics = latest_metrics(history, done, config["steps_per_epoch"])
+        ray.train.report({**metrics, "world_size": world_size})
+        return
+    trainer.train(resume_from_checkpoint=resume)
 
 
 def checkpoint_state(folder: str) -> tuple[int | None, list[dict]]:
