@@ -302,6 +302,9 @@ def test_spread_run_on_s3_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path,
         assert any(f"zero_pp_rank_{rank}_" in k and k.startswith("runs/lost/checkpoint-000008/global_step8/")
                    for k in keys), sorted(keys)
     assert "runs/lost/model/model.safetensors" in keys
+    # The export ran in a task sized like a worker, on a worker node: the head (where
+    # this driver runs) has no CPUs for it.
+    assert two_nodes.node_names().get(outcome.metrics["exported_on"]) in ("a", "b"), outcome.metrics
     from rayreward.core.checkpoint import export_checkpoint
 
     export_checkpoint(outcome.checkpoint, str(tmp_path / "exported"))
@@ -373,3 +376,4 @@ def test_elastic_zero2_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, 
     assert len(list((last / "global_step12").glob("*zero_pp_rank_*_optim_states.pt"))) == 2
     assert not list(Path(outcome.run_dir).glob("checkpoint-*/latest_universal"))
     assert_loads(outcome.model_dir)
+    assert two_nodes.node_names().get(outcome.metrics["exported_on"]) in ("a", "b"), outcome.metrics

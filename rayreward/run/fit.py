@@ -106,19 +106,22 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
     # 4. Fit.
     result = _fit_interruptibly(trainer)
 
-    # 5. Export the final (or best) checkpoint and the metrics.
+    # 5. Export the final (or best) checkpoint where a worker could run (not in this
+    # driver: the head of a cluster is sized for drivers), and score the eval pairs with
+    # the exported model there (headline metrics, reward stats stored in its config for
+    # `score --normalize`).
+    from rayreward.run.final_eval import export_and_summarize, headline_line
+
     checkpoint = _final_checkpoint(result, job)
     model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
-    _export_to(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir)
+    final = export_and_summarize(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir,
+                                 prepared.eval, job)
     metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
     if job.storage.checkpoint_eval == "ray":
         metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
-    # 6. Sum up: the exported model on the eval pairs (headline metrics, reward stats
-    # stored in its config for `score --normalize`).
+    # 6. Sum up.
+    metrics.update(final)
     if prepared.eval is not None:
-        from rayreward.run.final_eval import headline_line, summarize
-
-        metrics.update(summarize(model_dir, prepared.eval, job))
         print_fn(f"[rayreward] exported model on the eval pairs: {headline_line(metrics)}")
     metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
                    num_workers=s.num_workers, zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
@@ -388,12 +391,6 @@ def _final_checkpoint(result, job: JobConfig):
     if result.checkpoint is None:
         raise RuntimeError(f"the run {job.storage.name} ended without a checkpoint; check train.save_steps")
     return result.checkpoint
-
-
-def _export_to(checkpoint: str, model_dir: str) -> None:
-    from rayreward.core.checkpoint import export_checkpoint
-
-    export_checkpoint(checkpoint, model_dir)
 
 
 def _scheme(uri: str) -> str:
