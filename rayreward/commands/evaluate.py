@@ -36,6 +36,7 @@ def run(args) -> int:
     from rayreward.evaluation.evaluate import evaluate
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.core.metrics import format_headline
+    from rayreward.runtime import storage
     from rayreward.core.samples import format_table
     from rayreward.runtime.console import Console
     from rayreward.evaluation.score import scoring_session
@@ -52,8 +53,8 @@ def run(args) -> int:
     # 2. score and measure
     try:
         # Ray's and Ray Data's output goes to a log file (-v: here).
-        log = os.path.join(args.out or tempfile.gettempdir(), "rayreward.log" if args.out
-                           else f"rayreward-evaluate-{os.getpid()}.log")
+        log = (storage.join(args.out, "rayreward.log") if args.out
+               else os.path.join(tempfile.gettempdir(), f"rayreward-evaluate-{os.getpid()}.log"))
         with Console(log, verbose=args.verbose), scoring_session(args.address):
             result = evaluate(
                 args.model, args.data, out_dir=args.out, show=args.show, group_column=args.group_column,
