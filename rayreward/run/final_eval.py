@@ -88,22 +88,31 @@ def export_and_summarize(checkpoint: str, model_dir: str, eval_ds, job) -> dict[
         ``{"exported_on": node id}``, and with eval pairs ``{"final_accuracy",
         "final_mean_margin", "final_ece", "final_pairs", "reward_mean", "reward_std"}``.
     """
-    import ray
-
-    s = job.scaling
-    located = [_storage.filesystem(p) if _storage.is_uri(p) else None for p in (checkpoint, model_dir)]
-    if not s.use_gpu and _single_node_here():
-        scores, node = _export_and_score(checkpoint, located[0], model_dir, located[1], eval_ds, False)
-    else:
-        task = ray.remote(_export_and_score).options(
-            num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0,
-            resources=dict(s.resources) or None, max_retries=1,
-        )
-        scores, node = ray.get(task.remote(checkpoint, located[0], model_dir, located[1], eval_ds, s.use_gpu))
+    scores, node = _where_a_worker_runs(job.scaling, checkpoint, model_dir, eval_ds)
     summary: dict[str, Any] = {"exported_on": node}
     if scores is not None:
         summary.update(_summary(model_dir, *scores))
     return summary
+
+
+def export_where_a_worker_runs(checkpoint: str, out_dir: str, scaling) -> str:
+    """``rayreward.core.checkpoint.export_checkpoint`` in a Ray task sized like one of the
+    workers of ``scaling`` (see the module docstring); a sweep's best model and ensemble
+    members are exported this way. Returns the id of the node it ran on."""
+    return _where_a_worker_runs(scaling, checkpoint, out_dir, None)[1]
+
+
+def _where_a_worker_runs(s, checkpoint: str, model_dir: str, eval_ds):
+    import ray
+
+    located = [_storage.filesystem(p) if _storage.is_uri(p) else None for p in (checkpoint, model_dir)]
+    if not s.use_gpu and _single_node_here():
+        return _export_and_score(checkpoint, located[0], model_dir, located[1], eval_ds, False)
+    task = ray.remote(_export_and_score).options(
+        num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0,
+        resources=dict(s.resources) or None, max_retries=1,
+    )
+    return ray.get(task.remote(checkpoint, located[0], model_dir, located[1], eval_ds, s.use_gpu))
 
 
 def _summary(model_dir: str, chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
