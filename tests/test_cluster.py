@@ -88,6 +88,16 @@ def check_cluster_spec(spec: dict, where: str, pvc_name: str) -> None:
         if group["replicas"] == 0 and group["maxReplicas"] > 0:
             assert spec.get("enableInTreeAutoscaling") is True, f"{where_g}: starts at 0 pods with no autoscaler"
     assert gpu_groups, f"{where}: no GPU worker group"
+    check_object_store_fits_shm(head, f"{where}/head")
+    for name, group in groups:
+        for c in containers(group["template"]):
+            # Every pod may tokenize (Ray Data's actors, the driver's preflight, serve replicas).
+            token = {e["name"]: e for e in c.get("env", [])}.get("HF_TOKEN", {})
+            assert token.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "hf-token", \
+                f"{where}/{name}: no HF_TOKEN from the hf-token Secret"
+            assert c["image"] == IMAGE_NAME, f"{where}/{name}: image {c['image']!r}, not the kustomization's entry"
+        for c in group["template"]["spec"].get("initContainers", []):
+            assert c["image"] == IMAGE_NAME, f"{where}/{name}: init image {c['image']!r}"
     for name, group in groups:
         assert group["template"]["spec"].get("securityContext", {}).get("fsGroup") == RAY_GID, \
             f"{where}/{name}: the shared volume is not writable by the Ray user's group"
@@ -96,6 +106,7 @@ def check_cluster_spec(spec: dict, where: str, pvc_name: str) -> None:
 
 
 RAY_GID = 100  # the image's `ray` user is uid 1000, group users (cluster/docker/Dockerfile)
+IMAGE_NAME = "rayreward"  # replaced by kustomization.yaml's images: entry
 
 
 def memory_bytes(quantity: str) -> int:
@@ -174,6 +185,7 @@ def test_rayjob_train_submits_from_a_sidecar_and_has_a_cpu_data_group():
 # -- the released KubeRay CRDs, unknown fields rejected as the API server's strict validation does
 
 CRDS = ROOT.parent / "shared" / "kuberay-crds"
+needs_crds = pytest.mark.skipif(not CRDS.is_dir(), reason=f"the released KubeRay CRDs are not in {CRDS}")
 
 
 def strict_schema(schema):
@@ -204,6 +216,7 @@ def crd_validator(kind: str, version: str):
     return jsonschema.Draft7Validator(strict_schema(served["schema"]["openAPIV3Schema"]))
 
 
+@needs_crds
 @pytest.mark.parametrize("version", ["v1.5.1", "v1.7.0"])
 @pytest.mark.parametrize("manifest, kind", [("raycluster.yaml", "rayclusters"), ("rayjob-train.yaml", "rayjobs"),
                                             ("rayjob-tune.yaml", "rayjobs")])
@@ -216,6 +229,93 @@ def test_manifest_validates_against_the_released_crd(manifest, kind, version):
     broken = load(KUBERAY / manifest)
     (broken["spec"].get("rayClusterSpec") or broken["spec"])["headGroupSpec"]["rayStartParam"] = {}
     assert any("rayStartParam" in e.message for e in validator.iter_errors(broken))
+
+
+@needs_crds
+@pytest.mark.parametrize("version", ["v1.5.1", "v1.7.0"])
+def test_rayservice_cluster_validates_against_the_released_raycluster_crd(version):
+    # No RayService CRD is vendored; its rayClusterConfig is a RayCluster spec, checked as one.
+    import jsonschema
+
+    crd = load(CRDS / f"rayclusters-{version}.yaml")
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    validator = jsonschema.Draft7Validator(strict_schema(served["schema"]["openAPIV3Schema"]["properties"]["spec"]))
+    spec = load(KUBERAY / "rayservice-serve.yaml")["spec"]["rayClusterConfig"]
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(spec)]
+    assert not errors, errors
+    spec["headGroupSpec"]["rayStartParam"] = {}
+    assert any("rayStartParam" in e.message for e in validator.iter_errors(spec))
+
+
+def test_rayservice_manifest(pvc_name):
+    doc = load(KUBERAY / "rayservice-serve.yaml")
+    spec = doc["spec"]["rayClusterConfig"]
+    # Token auth, /dev/shm and object stores, the shared volume, HF_TOKEN: as the jobs.
+    check_cluster_spec(spec, "rayservice-serve.yaml", pvc_name)
+    app = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"][0]
+    scaling = app["args"]["scaling"]
+    assert scaling["autoscaling"] and 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
+    (gpu,) = [g for g in spec["workerGroupSpecs"] if "nvidia.com/gpu" in containers(g["template"])[0]["resources"]["limits"]]
+    assert gpu["minReplicas"] >= scaling["min_replicas"] and gpu["maxReplicas"] >= scaling["max_replicas"]
+    # Probes on the application's /health, through each pod's proxy.
+    for group in [spec["headGroupSpec"], gpu]:
+        c = containers(group["template"])[0]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert c[probe]["httpGet"] == {"path": f"{app['route_prefix']}/health", "port": 8000}, (probe, c[probe])
+        assert c["livenessProbe"]["initialDelaySeconds"] >= 300, "model loading must not count as a dead pod"
+
+
+def test_one_kustomization_names_the_image_and_every_manifest_has_its_step():
+    kustomization = load(KUBERAY / "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in KUBERAY.glob("*.yaml")
+                                                         if p.name != "kustomization.yaml")
+    (image,) = kustomization["images"]
+    assert image["name"] == IMAGE_NAME and image["newName"] and image["newTag"]
+    steps = {}
+    for name in kustomization["resources"]:
+        doc = load(KUBERAY / name)
+        steps[doc["metadata"]["labels"]["rayreward.io/step"]] = name
+    assert set(steps) == {"storage", "cluster", "train", "tune", "serve"}, steps
+    readme = (CLUSTER / "README.md").read_text()
+    for step in ("storage", "train", "tune", "serve"):
+        assert f"kubectl apply -k cluster/kuberay -l rayreward.io/step={step}" in readme
+    # The image is named once, there (and in aws.yaml, which does not use kustomize).
+    named = [p for p in CLUSTER.rglob("*.yaml") if image["newName"] in p.read_text()]
+    assert sorted(p.name for p in named) == ["aws.yaml", "kustomization.yaml"], named
+
+
+def job_of(manifest: str):
+    """The JobConfig a RayJob's entrypoint runs (config from this checkout, overrides applied)."""
+    from rayreward.job.config import load_job_config
+
+    argv = entrypoint_check_args(manifest)
+    i = argv.index("--config")
+    return load_job_config(argv[i + 1], argv[:i] + argv[i + 2:])
+
+
+def test_train_tune_serve_paths_follow_through_the_manifests():
+    from rayreward.job.config import run_name, storage_uri
+
+    # train: <storage.path>/<storage.name>/model on the shared volume.
+    train = job_of("rayjob-train.yaml")
+    train_model = f"{storage_uri(train)}/{run_name(train)}/model"
+    # tune: a real model and the pairs on the volume, and an ensemble of its best trials.
+    tune = job_of("rayjob-tune.yaml")
+    assert not tune.model.name_or_path.startswith("builtin:"), tune.model.name_or_path
+    assert tune.data.train.startswith(SHARED_MOUNT) and tune.data.eval.startswith(SHARED_MOUNT)
+    assert (tune.data.train, tune.data.eval) == (train.data.train, train.data.eval), "one dataset for the story"
+    assert tune.tune.ensemble_top_k >= 2 and tune.scaling.use_gpu
+    ensemble = f"{storage_uri(tune)}/{run_name(tune)}/ensemble"
+    for path in (train_model, ensemble):
+        assert path.startswith(SHARED_MOUNT + "/"), path
+    # serve: reads what tune wrote; the train job's model is the documented alternative.
+    doc = load(KUBERAY / "rayservice-serve.yaml")
+    models = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"][0]["args"]["models"]
+    assert models == [ensemble], (models, ensemble)
+    for text in ((KUBERAY / "rayservice-serve.yaml").read_text(), (CLUSTER / "README.md").read_text()):
+        assert train_model in text and ensemble in text
+    assert train_model in (KUBERAY / "rayjob-train.yaml").read_text()
+    assert ensemble in (KUBERAY / "rayjob-tune.yaml").read_text()
 
 
 def entrypoint_check_args(manifest: str) -> list[str]:
@@ -258,7 +358,11 @@ def test_aws_launcher_config_is_valid():
     workers = {k: v for k, v in raw["available_node_types"].items() if k != raw["head_node_type"]}
     assert workers and all(v["node_config"]["InstanceType"].startswith(("g", "p")) for v in workers.values())
     assert raw["available_node_types"][raw["head_node_type"]]["resources"] == {"CPU": 0}
-    assert any("/home/ray/rayreward" in c and "pip install" in c for c in raw["setup_commands"])
+    # The image's own pip (python -m pip), and its CUDA torch and DeepSpeed left as built.
+    assert any(c.startswith("python -m pip install") and "--no-deps" in c and "/home/ray/rayreward" in c
+               for c in raw["setup_commands"]), raw["setup_commands"]
+    assert not any(c.startswith("pip ") or " pip install" in c.replace("-m pip install", "")
+                   for c in raw["setup_commands"])
     assert any(f"-v {SHARED_MOUNT}:{SHARED_MOUNT}" == o for o in raw["docker"]["run_options"])
     assert any(SHARED_MOUNT in c and "mount" in c for c in raw["initialization_commands"])
     assert "~/.ray/auth_token" in raw["file_mounts"]
@@ -270,6 +374,91 @@ def test_example_configs_point_at_the_shared_mount():
     for name in ("gpt2_zero2.yaml", "llama8b_lora_zero3.yaml", "llama8b_full_zero3_offload.yaml"):
         storage = load(ROOT / "examples" / "configs" / name)["storage"]["path"]
         assert storage.startswith(SHARED_MOUNT), f"{name}: storage.path {storage} is not on the shared volume"
+
+
+def test_example_configs_trigger_no_warning_of_the_package():
+    import warnings
+
+    from rayreward.job.config import load_job_config
+
+    for path in sorted((ROOT / "examples" / "configs").glob("*.yaml")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            job = load_job_config(str(path), [])
+        ours = [str(w.message) for w in caught if "rayreward" in w.filename]
+        assert not ours, (path.name, ours)
+        # Pure bf16/fp16 weights are the one warning of model loading: fp32 masters, bf16 compute.
+        assert job.model.dtype == "auto", f"{path.name}: model.dtype {job.model.dtype}"
+
+
+def test_setuptools_floor_matches_the_license_metadata():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)  # an SPDX expression (PEP 639)
+    (req,) = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]
+    assert req.replace(" ", "") == "setuptools>=77", req
+
+
+# -- the image: build args and build-time asserts (no Docker daemon here: the file is checked)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (CLUSTER / "docker" / "Dockerfile").read_text()
+    lines = [line for line in text.replace("\\\n", "").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "") for line in lines]
+
+
+def build_args(instructions) -> dict[str, str]:
+    args = {}
+    for op, rest in instructions:
+        if op == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default.strip('"')
+    return args
+
+
+def python_checks(instructions, args: dict[str, str]) -> list[str]:
+    """The `python -c` programs of the RUN lines, with the build args substituted as the shell would."""
+    codes = []
+    for op, rest in instructions:
+        if op != "RUN":
+            continue
+        for part in rest.split(" && "):
+            part = part.strip()
+            if part.startswith("python -c "):
+                for name, value in args.items():
+                    part = part.replace("${" + name + "}", value)
+                codes.append(shlex.split(part)[2])
+    return codes
+
+
+def test_dockerfile_build_args_stages_and_asserts():
+    instructions = dockerfile_instructions()
+    args = build_args(instructions)
+    for name in ("CUDA_VERSION", "TORCH_INDEX_URL", "TORCH_CUDA", "DEEPSPEED_OPS", "TORCH_CUDA_ARCH_LIST"):
+        assert args.get(name), f"build arg {name} missing or without a default"
+    # One CUDA line: the torch index and the expected torch.version.cuda follow CUDA_VERSION.
+    major, minor = args["CUDA_VERSION"].split(".")[:2]
+    assert args["TORCH_CUDA"] == f"{major}.{minor}" and args["TORCH_INDEX_URL"].endswith(f"/cu{major}{minor}")
+    stages = [rest for op, rest in instructions if op == "FROM"]
+    assert len(stages) == 2 and "-devel-" in stages[0] and stages[0].endswith("AS build"), stages
+    assert "-base-" in stages[1] or "-runtime-" in stages[1], stages
+    assert any(op == "COPY" and rest.startswith("--from=build /opt/venv") for op, rest in instructions)
+    run = " ".join(rest for op, rest in instructions if op == "RUN")
+    assert '--index-url "${TORCH_INDEX_URL}"' in run and 'DS_BUILD_${op}=1' in run
+    assert "ds_report | grep" not in run, "a grep matches an op whether or not it is compatible"
+    # The asserts are real programs: they parse, and here (a CPU torch, DeepSpeed's ops not
+    # built) they stop the build with the reason, as they would on a wrong CUDA line.
+    codes = python_checks(instructions, args)
+    assert len(codes) == 2, codes
+    for code in codes:
+        compile(code, "Dockerfile", "exec")
+    torch_check = subprocess.run([sys.executable, "-c", codes[0]], capture_output=True, text=True, timeout=120)
+    assert torch_check.returncode == 1 and f"expected {args['TORCH_CUDA']}: check TORCH_INDEX_URL" in torch_check.stderr
+    ds_check = subprocess.run([sys.executable, "-c", codes[1]], capture_output=True, text=True, timeout=120)
+    assert ds_check.returncode == 1, ds_check.stderr
+    assert "DeepSpeed ops not usable: fused_adam, cpu_adam, deepspeed_shm_comm" in ds_check.stderr, ds_check.stderr[-2000:]
 
 
 # -- cluster/local.sh, end to end --------------------------------------------------------

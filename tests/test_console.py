@@ -47,3 +47,18 @@ def test_console_keeps_only_rayrewards_lines_unless_verbose(tmp_path, verbose):
     logged = log.read_text()
     assert all(text in logged for text in others)
     assert "[rayreward] mine" in logged and "[rayreward] step 1/2" in logged  # the log reads in order
+
+
+def test_a_log_on_an_object_store_is_written_there_not_to_a_local_s3_folder(tmp_path, moto_s3):
+    # `evaluate --out s3://...` and `score --out s3://...` give the console a URI: the log
+    # goes to the URI's folder when the command ends, and no ./s3: folder appears.
+    import os
+
+    done = subprocess.run([sys.executable, "-c", _SCRIPT, "s3://rayreward/eval/rayreward.log", "0"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "s3://rayreward/eval/rayreward.log (when the command ends" in done.stdout
+    text = moto_s3.get_object(Bucket="rayreward", Key="eval/rayreward.log")["Body"].read().decode()
+    assert "C++ core on fd 2" in text and "[rayreward] mine" in text
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())

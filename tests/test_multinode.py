@@ -103,6 +103,34 @@ class SlowSteps(TrainerCallback):
         time.sleep(self.alone_s if alone else self.seconds)
 
 
+class RecordAdam(TrainerCallback):
+    """Appends ``event rank world_size global_step adam_step sum(exp_avg**2)`` of this rank's
+    optimizer state when training (re)starts (``begin``, after any resume) and after each step."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _write(self, event, args, state, optimizer):
+        import torch
+
+        slots = [v for v in optimizer.state.values() if "exp_avg" in v]
+        step = max((float(v["step"]) for v in slots), default=0.0)
+        total = float(sum(torch.sum(v["exp_avg"].double() ** 2) for v in slots)) if slots else 0.0
+        with open(self.path, "a") as f:
+            f.write(f"{event} {args.process_index} {args.world_size} {state.global_step} {step} {total!r}\n")
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self._write("begin", args, state, optimizer)
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self._write("step", args, state, optimizer)
+
+
+def adam_rows(path: Path) -> list[tuple[str, int, int, int, float, float]]:
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [(e, int(r), int(w), int(g), float(s), float(t)) for e, r, w, g, s, t in rows]
+
+
 def starts_of(path: Path) -> list[tuple[int, str, int, int]]:
     rows = [line.split() for line in path.read_text().splitlines()]
     return [(int(rank), node, int(world), int(step)) for rank, node, world, step in rows]
@@ -166,13 +194,21 @@ def test_accumulation_keeps_the_global_batch():
     assert accumulation_steps(3, 1, 2) == 1
 
 
-def test_elastic_and_placement_are_checked_at_config_time():
+def test_elastic_and_placement_are_checked_at_config_time(tmp_path):
     from rayreward.job.config import ConfigError, load_job_config, step_plan
 
+    # ZeRO-1/2/3 are elastic (resumed through DeepSpeed's universal checkpoint); NVMe
+    # offload, which that format does not cover, is refused with the file named.
+    for stage in (1, 2, 3):
+        assert load_job_config(None, ["scaling.num_workers=[1, 2]", f"deepspeed.stage={stage}"]).scaling.elastic
+    nvme = tmp_path / "ds.json"
+    nvme.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme"}}}))
     with pytest.raises(ConfigError) as err:
-        load_job_config(None, ["scaling.num_workers=[1, 2]", "deepspeed.stage=2", "scaling.placement_strategy=EVEN"])
+        load_job_config(None, ["scaling.num_workers=[1, 2]", f"deepspeed.config={nvme}",
+                               "scaling.placement_strategy=EVEN"])
     text = str(err.value)
-    assert "ZeRO-2 checkpoints hold one shard per rank" in text and "scaling.placement_strategy: got 'EVEN'" in text
+    assert f"{nvme} offloading to NVMe (zero_optimization.offload_optimizer)" in text, text
+    assert "scaling.placement_strategy: got 'EVEN'" in text
     with pytest.raises(ConfigError, match=r"1 <= min <= max"):
         load_job_config(None, ["scaling.num_workers=[2, 1]", "deepspeed.stage=0"])
     job = load_job_config(None, ["scaling.num_workers=[1, 2]", "deepspeed.stage=0", "train.per_device_train_batch_size=4",
@@ -266,6 +302,9 @@ def test_spread_run_on_s3_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path,
         assert any(f"zero_pp_rank_{rank}_" in k and k.startswith("runs/lost/checkpoint-000008/global_step8/")
                    for k in keys), sorted(keys)
     assert "runs/lost/model/model.safetensors" in keys
+    # The export ran in a task sized like a worker, on a worker node: the head (where
+    # this driver runs) has no CPUs for it.
+    assert two_nodes.node_names().get(outcome.metrics["exported_on"]) in ("a", "b"), outcome.metrics
     from rayreward.core.checkpoint import export_checkpoint
 
     export_checkpoint(outcome.checkpoint, str(tmp_path / "exported"))
@@ -273,15 +312,15 @@ def test_spread_run_on_s3_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path,
 
 
 @pytest.mark.timeout(600)
-def test_elastic_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_path):
-    starts, runs = tmp_path / "starts.txt", tmp_path / "runs"
+def test_elastic_zero2_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_path):
+    starts, adam, runs = tmp_path / "starts.txt", tmp_path / "adam.txt", tmp_path / "runs"
     # Ray's elastic sizing counts free resources, not the placement strategy: 1.5 CPUs a
     # worker on 2-CPU nodes is what makes one node hold one worker.
     job = job_for(str(runs), "elastic", "train.max_steps=12", "scaling.num_workers=[1, 2]",
                   "scaling.cpus_per_worker=1.5", "scaling.placement_strategy=SPREAD", "scaling.resize_check_s=2",
-                  "deepspeed.stage=0",
+                  "deepspeed.stage=2",
                   "train.per_device_train_batch_size=4", "failure.max_failures=3")
-    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), SlowSteps(2.0, alone_s=6.0)])
+    thread, box = fit_in_thread(job, [RecordStarts(str(starts)), RecordAdam(str(adam)), SlowSteps(2.0, alone_s=6.0)])
     wait_for(runs / "elastic" / "checkpoint-000004" / "trainer_state.json")
     time.sleep(4)
     two_nodes.kill("b")
@@ -297,13 +336,44 @@ def test_elastic_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_pa
     worlds = [(world, step) for rank, _, world, step in rows if rank == 0]
     assert worlds[:2] == [(2, 0), (1, 4)], rows
     # Node b back: the run grew to 2 workers again, from a checkpoint after step 4.
-    assert any(world == 2 and step >= 4 for world, step in worlds[2:]), rows
+    regrown = [step for world, step in worlds[2:] if world == 2 and step >= 4]
+    assert regrown, rows
+    # The ZeRO-2 optimizer state crossed both resizes: the one worker began at step 4
+    # with Adam's step count 4 and the moments both ranks' shards held after step 4
+    # (not a fresh optimizer), and the regrown pair began with the state of its checkpoint.
+    moments = adam_rows(adam)
+
+    def after_step(step):
+        """Both ranks' (or the one rank's) state after ``step``, as last written."""
+        done = [(w, s, t) for e, _, w, g, s, t in moments if e == "step" and g == step]
+        assert done, (step, moments)
+        world = done[-1][0]
+        assert all(w == world and s == step for w, s, _ in done[-world:]), (step, moments)
+        return sum(t for *_, t in done[-world:])
+
+    def on_begin(step, world):
+        began = [(s, t) for e, _, w, g, s, t in moments if e == "begin" and g == step and w == world]
+        assert len(began) >= world and all(s == step for s, _ in began[-world:]), (step, world, moments)
+        return sum(t for _, t in began[-world:])
+
+    saved = after_step(4)
+    assert saved > 0 and on_begin(4, 1) == pytest.approx(saved, rel=1e-9)
+    assert on_begin(regrown[0], 2) == pytest.approx(after_step(regrown[0]), rel=1e-9)
     outcome = box["outcome"]
     assert outcome.metrics["step"] == 12 and outcome.metrics["max_steps"] == 12
     # 12 steps of the 2-worker global batch (2 x 4 pairs), whatever the world size was.
     last = Path(outcome.run_dir) / "checkpoint-000012"
     state = json.loads((last / "trainer_state.json").read_text())
     assert state["global_step"] == 12
-    # Written by both ranks again (one per node) into the local folder both nodes see.
+    # The loss went on from where it was: no jump back to the untrained model's loss
+    # after the resizes.
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(losses) == 6 and max(losses[2:]) < losses[0] * 1.5, losses
+    # Written by both ranks again (one per node) into the local folder both nodes see:
+    # both ZeRO-2 optimizer shards, and the run's checkpoint folders were not changed
+    # by the universal conversion (it goes to a node-local folder).
     assert (last / "rng_state_0.pth").is_file() and (last / "rng_state_1.pth").is_file(), sorted(last.iterdir())
+    assert len(list((last / "global_step12").glob("*zero_pp_rank_*_optim_states.pt"))) == 2
+    assert not list(Path(outcome.run_dir).glob("checkpoint-*/latest_universal"))
     assert_loads(outcome.model_dir)
+    assert two_nodes.node_names().get(outcome.metrics["exported_on"]) in ("a", "b"), outcome.metrics

@@ -378,3 +378,16 @@ def test_kuberay_rayservice_manifest_builds_a_valid_serve_section():
     assert config.prefix == app["route_prefix"] and config.scaling.gpus_per_replica == 1
     groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert max(g["maxReplicas"] for g in groups) >= config.scaling.max_replicas
+
+
+def test_serve_binds_loopback_on_an_embedded_ray_and_all_interfaces_only_on_a_cluster(ray_local):
+    # Unset, the host follows the Ray it runs on: this session's Ray is all on 127.0.0.1, so
+    # Serve stays there (a cluster off loopback gets 0.0.0.0; tests never bind off loopback).
+    from rayreward.runtime.ray_session import on_loopback
+    from rayreward.serve.app import bind_host
+    from rayreward.serve.config import serve_config
+
+    config = serve_config({"serve": {"models": ["runs/rm/model"]}})
+    assert config.host is None and on_loopback()
+    assert bind_host(config) == "127.0.0.1"
+    assert bind_host(serve_config({"serve": {"models": ["runs/rm/model"], "host": "::1"}})) == "::1"

@@ -43,6 +43,7 @@ def run(args) -> int:
     from rayreward.evaluation.model_ref import resolve_model
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.core.metrics import format_headline
+    from rayreward.runtime import storage
     from rayreward.core.samples import format_table
     from rayreward.runtime.console import Console
     from rayreward.evaluation.score import scoring_session
@@ -68,8 +69,8 @@ def run(args) -> int:
     # 2. score and measure
     try:
         # Ray's and Ray Data's output goes to a log file (-v: here).
-        log = os.path.join(args.out or tempfile.gettempdir(), "rayreward.log" if args.out
-                           else f"rayreward-evaluate-{os.getpid()}.log")
+        log = (storage.join(args.out, "rayreward.log") if args.out
+               else os.path.join(tempfile.gettempdir(), f"rayreward-evaluate-{os.getpid()}.log"))
         with Console(log, verbose=args.verbose):
             # Downloads and adapter merges happen here, before Ray starts.
             model = resolve_model(args.model, args.revision)

@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML file with a serve: section")
     parser.add_argument("--name", help="application name (default: the model folder's name)")
     parser.add_argument("--route-prefix", help="HTTP path prefix (default: /NAME)")
-    parser.add_argument("--host", help="HTTP address to bind (default: 127.0.0.1)")
+    parser.add_argument("--host", help="HTTP address to bind (default: 127.0.0.1 on an embedded Ray, 0.0.0.0 on a "
+                                       "cluster: --address, $RAY_ADDRESS or `ray job submit`)")
     parser.add_argument("--port", type=int, help="HTTP port (default: 8000)")
     parser.add_argument("--max-length", type=int, help="token limit per text (default: the model's)")
     parser.add_argument("--no-truncation", action="store_true", help="reject over-long texts instead of cutting them")
@@ -106,8 +107,10 @@ def run(args) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"rayreward serve: {exc}", file=sys.stderr)
             return 2
-        print(f"serving {served.name} at {served.url} (POST /get_reward, POST /score, GET /health, /info, /stats)",
-              flush=True)
+        where = ("; bound to 0.0.0.0, every node's proxy, for the cluster's network (--host to change)"
+                 if "://0.0.0.0:" in served.url else "")
+        print(f"serving {served.name} at {served.url} (POST /get_reward, POST /score, GET /health, /info, /stats)"
+              f"{where}", flush=True)
         # 4. until Ctrl-C or SIGTERM; on a cluster the application is removed, an
         # embedded Ray goes away with its session
         stop = threading.Event()

@@ -263,27 +263,28 @@ class FailureSection:
 def elastic_problems(job) -> list[str]:
     """What an elastic run (``scaling.num_workers: [min, max]``) cannot do, found at config time.
 
-    DeepSpeed ZeRO-1/2/3 save optimizer state (and, at stage 3, the parameters) as one
-    shard per rank; its loader reads back exactly as many shards as there are ranks, so
-    a checkpoint saved by 2 workers does not load on 1. Converting it first (DeepSpeed's
-    ``ds_to_universal``) is an offline step, so elastic runs use ZeRO-0 here. The exact
-    data position needs a repeatable order of a stream of known length: materialized data.
+    ZeRO-1/2/3 checkpoints hold one shard per rank; a resume at another world size
+    converts them to DeepSpeed's universal format first (``rayreward.core.universal``).
+    DeepSpeed cannot do that for optimizer state swapped to NVMe (a user's DeepSpeed
+    file), which is refused here. The exact data position needs a repeatable order of a
+    stream of known length: materialized data.
     """
     s = job.scaling
     if not s.elastic or not isinstance(s.num_workers, list):
         return []
     problems = []
-    stage = job.deepspeed.stage
     if isinstance(job.deepspeed.config, str):
         try:
             with open(job.deepspeed.config, encoding="utf-8") as f:
-                stage = json.load(f).get("zero_optimization", {}).get("stage", 0)
+                zero = json.load(f).get("zero_optimization", {})
+            nvme = [k for k in ("offload_optimizer", "offload_param") if (zero.get(k) or {}).get("device") == "nvme"]
         except (OSError, ValueError, AttributeError):
-            stage = 0  # the deepspeed section reports an unreadable file itself
-    if stage:
-        problems.append(f"scaling.num_workers: got {s.num_workers} (elastic) with ZeRO-{stage}; ZeRO-{stage} "
-                        "checkpoints hold one shard per rank and do not reload at another world size; expected "
-                        "deepspeed.stage=0, or a fixed scaling.num_workers")
+            nvme = []  # the deepspeed section reports an unreadable file itself
+        if nvme:
+            problems.append(f"scaling.num_workers: got {s.num_workers} (elastic) with {job.deepspeed.config} "
+                            f"offloading to NVMe ({', '.join(f'zero_optimization.{k}' for k in nvme)}); DeepSpeed's "
+                            "universal checkpoint, which reloads ZeRO state at another world size, does not cover "
+                            "NVMe-swapped state; expected device cpu or none, or a fixed scaling.num_workers")
     if job.data.materialize is False:
         problems.append(f"scaling.num_workers: got {s.num_workers} (elastic) with data.materialize=false; elastic "
                         "runs need the data materialized (one repeatable order, so no pair is skipped or seen "

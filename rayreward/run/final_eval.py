@@ -1,12 +1,16 @@
-"""Scoring a run's eval pairs with a model: at the end of training, and (optionally) each
-checkpoint beside training.
+"""The end of a run: the final export, and the exported model scored on the run's eval pairs;
+optionally each checkpoint scored beside training.
 
-The exported model (what a user will load) scores the tokenized eval pairs that the
-run already holds in Ray's object store: in one Ray task sized like a training worker
-(so on a GPU cluster it runs on a GPU), or in the driver itself when the cluster is this
-one machine and the workers use CPUs. The driver turns the rewards into the same
-headline metrics as ``rayreward evaluate`` and stores the reward mean and std in the
-model's ``config.json`` for ``rayreward score --normalize``.
+The final export (LoRA adapters merged, ZeRO shards gathered, ``rayreward.core.checkpoint``)
+needs the whole model in memory, so it runs where a training worker could: in one Ray
+task sized like a worker (its CPUs, GPU and custom resources), never in a driver on a
+small head node. The same task then scores the tokenized eval pairs that the run
+already holds in Ray's object store with the exported model (what a user will load).
+Only when the cluster is this one machine and the workers use CPUs does the driver do
+both itself: same machine, same memory, and no new worker process to start and import
+torch into (seconds of every run). The driver turns the rewards into the same headline
+metrics as ``rayreward evaluate`` and stores the reward mean and std in the model's
+``config.json`` for ``rayreward score --normalize``.
 """
 
 from __future__ import annotations
@@ -51,35 +55,70 @@ def _single_node_here() -> bool:
     return len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id()
 
 
-def summarize(model_dir: str, eval_ds, job) -> dict[str, Any]:
-    """Scores ``eval_ds`` with the model in ``model_dir``; stores the reward statistics.
-
-    Args:
-        model_dir: the exported model (local folder or URI).
-        eval_ds: the run's tokenized eval pairs (``PreparedData.eval``).
-        job: the ``JobConfig``; its scaling section sizes the scoring task.
-
-    Returns:
-        ``{"final_accuracy", "final_mean_margin", "final_ece", "final_pairs",
-        "reward_mean", "reward_std"}``.
-    """
+def _export_and_score(checkpoint: str, src_located, model_dir: str, dest_located, eval_ds,
+                      use_gpu: bool) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    """Exports ``checkpoint`` to ``model_dir`` and scores ``eval_ds`` (when given) with it;
+    returns the rewards and the id of the node this ran on. The ``*_located`` filesystems
+    are the driver's (endpoint, keys), for a task whose environment has none."""
     import ray
 
+    from rayreward.core.checkpoint import export_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="rayreward-final-") as tmp:
+        local_checkpoint = _storage.download_dir(checkpoint, os.path.join(tmp, "checkpoint"), src_located)
+        local_model = os.path.join(tmp, "model") if _storage.is_uri(model_dir) else model_dir
+        export_checkpoint(local_checkpoint, local_model)
+        if _storage.is_uri(model_dir):
+            _storage.upload_dir(local_model, model_dir, dest_located)
+        scores = None if eval_ds is None else _score_pairs(local_model, None, eval_ds, use_gpu)
+    return scores, ray.get_runtime_context().get_node_id()
+
+
+def export_and_summarize(checkpoint: str, model_dir: str, eval_ds, job) -> dict[str, Any]:
+    """Exports the run's final checkpoint and scores the eval pairs with the exported model,
+    in a Ray task sized like a training worker (see the module docstring).
+
+    Args:
+        checkpoint: the checkpoint to export (local path or URI).
+        model_dir: where the model goes (local folder on the shared volume, or URI).
+        eval_ds: the run's tokenized eval pairs (``PreparedData.eval``), or None.
+        job: the ``JobConfig``; its scaling section sizes the task.
+
+    Returns:
+        ``{"exported_on": node id}``, and with eval pairs ``{"final_accuracy",
+        "final_mean_margin", "final_ece", "final_pairs", "reward_mean", "reward_std"}``.
+    """
+    scores, node = _where_a_worker_runs(job.scaling, checkpoint, model_dir, eval_ds)
+    summary: dict[str, Any] = {"exported_on": node}
+    if scores is not None:
+        summary.update(_summary(model_dir, *scores))
+    return summary
+
+
+def export_where_a_worker_runs(checkpoint: str, out_dir: str, scaling) -> str:
+    """``rayreward.core.checkpoint.export_checkpoint`` in a Ray task sized like one of the
+    workers of ``scaling`` (see the module docstring); a sweep's best model and ensemble
+    members are exported this way. Returns the id of the node it ran on."""
+    return _where_a_worker_runs(scaling, checkpoint, out_dir, None)[1]
+
+
+def _where_a_worker_runs(s, checkpoint: str, model_dir: str, eval_ds):
+    import ray
+
+    located = [_storage.filesystem(p) if _storage.is_uri(p) else None for p in (checkpoint, model_dir)]
+    if not s.use_gpu and _single_node_here():
+        return _export_and_score(checkpoint, located[0], model_dir, located[1], eval_ds, False)
+    task = ray.remote(_export_and_score).options(
+        num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0,
+        resources=dict(s.resources) or None, max_retries=1,
+    )
+    return ray.get(task.remote(checkpoint, located[0], model_dir, located[1], eval_ds, s.use_gpu))
+
+
+def _summary(model_dir: str, chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
     from rayreward.core.metrics import headline_metrics
     from rayreward.evaluation.normalization import RewardNormalization
 
-    s = job.scaling
-    located = _storage.filesystem(model_dir) if _storage.is_uri(model_dir) else None
-    if not s.use_gpu and _single_node_here():
-        # One machine and CPU workers: the driver scores the pairs itself, with the
-        # same cores a task would get, and no new worker process to start and import
-        # torch into (seconds of every run).
-        chosen, rejected = _score_pairs(model_dir, located, eval_ds, False)
-    else:
-        task = ray.remote(_score_pairs).options(
-            num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0
-        )
-        chosen, rejected = ray.get(task.remote(model_dir, located, eval_ds, s.use_gpu))
     headline = headline_metrics(chosen, rejected)
     summary = {f"final_{k}": v for k, v in headline.items()}
     rewards = np.concatenate([chosen, rejected])

@@ -12,6 +12,7 @@ model is exported to ``<run>/model`` and the final metrics to ``<run>/metrics.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from rayreward.core.universal import needs_universal, saved_world_size, universal_resume_folder, with_universal_loading
 from rayreward.runtime import storage as _storage
 from rayreward.job.config import (
     JobConfig,
@@ -107,19 +109,22 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
     # 4. Fit.
     result = _fit_interruptibly(trainer)
 
-    # 5. Export the final (or best) checkpoint and the metrics.
+    # 5. Export the final (or best) checkpoint where a worker could run (not in this
+    # driver: the head of a cluster is sized for drivers), and score the eval pairs with
+    # the exported model there (headline metrics, reward stats stored in its config for
+    # `score --normalize`).
+    from rayreward.run.final_eval import export_and_summarize, headline_line
+
     checkpoint = _final_checkpoint(result, job)
     model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
-    _export_to(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir)
+    final = export_and_summarize(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir,
+                                 prepared.eval, job)
     metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
     if job.storage.checkpoint_eval == "ray":
         metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
-    # 6. Sum up: the exported model on the eval pairs (headline metrics, reward stats
-    # stored in its config for `score --normalize`).
+    # 6. Sum up.
+    metrics.update(final)
     if prepared.eval is not None:
-        from rayreward.run.final_eval import headline_line, summarize
-
-        metrics.update(summarize(model_dir, prepared.eval, job))
         print_fn(f"[rayreward] exported model on the eval pairs: {headline_line(metrics)}")
     metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
                    num_workers=s.num_workers, zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
@@ -227,6 +232,31 @@ def train_loop(config: dict[str, Any]) -> None:
             "steps_per_epoch": int, "callbacks": [TrainerCallback]}`` from ``fit``.
     """
     import ray.train
+
+    job = job_from_dict(config["job"], check=False)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{rank}-")
+    # The run's latest checkpoint, when there is one (a restart, a resize, a re-run): its
+    # ZeRO shards decide how DeepSpeed loads it, so it is looked at before the arguments.
+    with contextlib.ExitStack() as stack:
+        checkpoint = ray.train.get_checkpoint()
+        resume = None if checkpoint is None else stack.enter_context(checkpoint.as_directory())
+        ds_config = config["deepspeed"]
+        if resume is not None and ds_config and needs_universal(resume, world_size):
+            # Saved at another world size (an elastic run that shrank or grew): resumed
+            # through DeepSpeed's universal checkpoint, optimizer state included.
+            if rank == 0:
+                logger.info("resuming %s (ZeRO shards of %s ranks) on %s ranks through DeepSpeed's universal "
+                            "checkpoint", resume, saved_world_size(resume), world_size)
+            resume = universal_resume_folder(resume)
+            ds_config = with_universal_loading(ds_config)
+        _train_worker(config, job, rank, world_size, output_dir, ds_config, resume)
+
+
+def _train_worker(config: dict[str, Any], job: JobConfig, rank: int, world_size: int, output_dir: str,
+                  ds_config: dict[str, Any], resume: str | None) -> None:
+    import ray.train
     from transformers.trainer_callback import PrinterCallback
 
     from rayreward.run.callbacks import Progress, ReportCheckpoints, latest_metrics
@@ -237,11 +267,7 @@ def train_loop(config: dict[str, Any]) -> None:
     from rayreward.data.tokenizer import fit_embeddings, is_builtin
     from rayreward.core.trainer import RewardTrainer
 
-    job = job_from_dict(config["job"], check=False)
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{rank}-")
-    kwargs = reward_config_kwargs(job, output_dir, config["max_steps"], config["deepspeed"])
+    kwargs = reward_config_kwargs(job, output_dir, config["max_steps"], ds_config)
     global_batch = None
     if job.scaling.elastic:
         # The global batch stays the one planned for max workers: fewer workers each
@@ -257,7 +283,7 @@ def train_loop(config: dict[str, Any]) -> None:
     builtin = is_builtin(job.model.name_or_path)
     model = load_base_model(job.model) if builtin else None
     args = RewardConfig(**kwargs)
-    if config["deepspeed"]:
+    if ds_config:
         import deepspeed
 
         from rayreward.runtime.native_ops import use_environment_ninja
@@ -298,24 +324,22 @@ def train_loop(config: dict[str, Any]) -> None:
     # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
     trainer.remove_callback(PrinterCallback)
     # 4. Train, from the run's latest checkpoint when there is one.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    if resume is None:
         trainer.train()
-    else:
-        with checkpoint.as_directory() as folder:
-            done, history = checkpoint_state(folder)
-            if done is not None and done >= args.max_steps:
-                # The run's last checkpoint (a re-run of a finished run, a restart after
-                # the last save, a resumed sweep trial): the Trainer would take one more
-                # step than planned from it. Nothing is left to train; its metrics are
-                # reported once more, for a sweep's trial interrupted before Tune had them.
-                if rank == 0:
-                    progress.emit(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
-                                       "nothing left to train", done, args.max_steps, "resume")
-                metrics = latest_metrics(history, done, config["steps_per_epoch"])
-                ray.train.report({**metrics, "world_size": world_size})
-                return
-            trainer.train(resume_from_checkpoint=folder)
+        return
+    done, history = checkpoint_state(resume)
+    if done is not None and done >= args.max_steps:
+        # The run's last checkpoint (a re-run of a finished run, a restart after the
+        # last save, a resumed sweep trial): the Trainer would take one more step than
+        # planned from it. Nothing is left to train; its metrics are reported once
+        # more, for a sweep's trial interrupted before Tune had them.
+        if rank == 0:
+            progress.emit(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
+                          "nothing left to train", done, args.max_steps, "resume")
+        metrics = latest_metrics(history, done, config["steps_per_epoch"])
+        ray.train.report({**metrics, "world_size": world_size})
+        return
+    trainer.train(resume_from_checkpoint=resume)
 
 
 def checkpoint_state(folder: str) -> tuple[int | None, list[dict]]:
@@ -384,12 +408,6 @@ def _final_checkpoint(result, job: JobConfig):
     if result.checkpoint is None:
         raise RuntimeError(f"the run {job.storage.name} ended without a checkpoint; check train.save_steps")
     return result.checkpoint
-
-
-def _export_to(checkpoint: str, model_dir: str) -> None:
-    from rayreward.core.checkpoint import export_checkpoint
-
-    export_checkpoint(checkpoint, model_dir)
 
 
 def _scheme(uri: str) -> str:

@@ -39,7 +39,9 @@ class Console:
 
     Args:
         log_path: the log file for everything that is not rayreward's own line
-            (appended to; its folder is created). None: nothing is redirected.
+            (appended to; its folder is created). None: nothing is redirected. A URI
+            (``s3://bucket/out/rayreward.log``): written to a local temporary file while
+            the command runs and copied there when it ends (object stores take whole files).
         verbose: show everything on the terminal (nothing is redirected).
 
     Example:
@@ -48,7 +50,15 @@ class Console:
     """
 
     def __init__(self, log_path: str | None, verbose: bool = False):
+        from rayreward.runtime import storage
+
         self.log_path = None if verbose else log_path
+        self.log_uri = None
+        if self.log_path and storage.is_uri(self.log_path):
+            import tempfile
+
+            self.log_uri = self.log_path
+            self.log_path = os.path.join(tempfile.gettempdir(), f"rayreward-{os.getpid()}-{os.path.basename(self.log_uri)}")
         self._out = sys.stdout
         self._log = None
         self._saved: tuple[int, int] | None = None
@@ -69,7 +79,8 @@ class Console:
             self._out = os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
             os.dup2(self._log.fileno(), 1)
             os.dup2(self._log.fileno(), 2)
-            self.say(f"[rayreward] log of Ray, DeepSpeed and transformers: {self.log_path} (-v shows it here)")
+            where = self.log_path if self.log_uri is None else f"{self.log_uri} (when the command ends; until then {self.log_path})"
+            self.say(f"[rayreward] log of Ray, DeepSpeed and transformers: {where} (-v shows it here)")
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -83,11 +94,27 @@ class Console:
         for fd in self._saved:
             os.close(fd)
         self._saved = None
+        self._log.close()
+        log = self._upload_log()
         if kind is not None and not issubclass(kind, KeyboardInterrupt):
-            self._out.write(f"[rayreward] stopped; the full log is {self.log_path}\n")
+            self._out.write(f"[rayreward] stopped; the full log is {log}\n")
         self._out.close()
         self._out = sys.stdout
-        self._log.close()
+
+    def _upload_log(self) -> str:
+        """Copies a URI's log to its place; returns where the log now is."""
+        if self.log_uri is None:
+            return self.log_path
+        from rayreward.runtime import storage
+
+        try:
+            with open(self.log_path, "rb") as f:
+                storage.write_bytes(self.log_uri, f.read())
+        except OSError as exc:
+            self._out.write(f"[rayreward] could not write the log to {self.log_uri} ({exc}); it stays in {self.log_path}\n")
+            return self.log_path
+        os.remove(self.log_path)
+        return self.log_uri
 
     def say(self, line: str) -> None:
         """Writes one of rayreward's lines to the terminal (and to the log)."""

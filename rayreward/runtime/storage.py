@@ -62,8 +62,11 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else os.path.join(base, *parts)
 
 
-def upload_dir(local_dir: str, dest: str) -> None:
-    """Copies a local folder to ``dest`` (a local path or a URI), replacing what is there."""
+def upload_dir(local_dir: str, dest: str, located=None) -> None:
+    """Copies a local folder to ``dest`` (a local path or a URI), replacing what is there.
+
+    ``located`` is ``filesystem(dest)`` computed elsewhere (see ``download_dir``).
+    """
     if not is_uri(dest):
         if os.path.abspath(local_dir) != os.path.abspath(dest):
             shutil.rmtree(dest, ignore_errors=True)
@@ -71,7 +74,7 @@ def upload_dir(local_dir: str, dest: str) -> None:
         return
     import pyarrow.fs as pafs
 
-    fs, path = filesystem(dest)
+    fs, path = located or filesystem(dest)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 

@@ -214,6 +214,7 @@ def launch(config: ServeConfig) -> Served:
 
     Ray must already be running (``ray.init``; ``rayreward serve`` joins a cluster or
     starts a local one). Serve's HTTP proxy is started on ``config.host:config.port``
+    (``bind_host``: 0.0.0.0 on a cluster, 127.0.0.1 on loopback, when ``host`` is unset)
     unless Serve already runs on this cluster, in which case its proxy keeps the
     address it started with (and the returned URL names the one asked for).
 
@@ -231,9 +232,22 @@ def launch(config: ServeConfig) -> Served:
     if not ray.is_initialized():
         raise RuntimeError("launch: Ray is not running; call ray.init(...) first (or use `rayreward serve`)")
     app = build_app(config)
-    serve.start(http_options={"host": config.host, "port": config.port})
+    host = bind_host(config)
+    serve.start(http_options={"host": host, "port": config.port})
     handle = serve.run(app, name=config.app_name, route_prefix=config.prefix, blocking=False)
-    return Served(handle, f"http://{config.host}:{config.port}{config.prefix}", config.app_name)
+    return Served(handle, f"http://{host}:{config.port}{config.prefix}", config.app_name)
+
+
+def bind_host(config: ServeConfig) -> str:
+    """Where Serve's HTTP proxy listens: ``serve.host`` when set; else 127.0.0.1 when every
+    node of the connected Ray is on loopback (embedded, or a local test cluster), and
+    0.0.0.0 on a real cluster, where the proxy on each node must be reachable from
+    the cluster's network (a Kubernetes Service, a load balancer)."""
+    from rayreward.runtime.ray_session import on_loopback
+
+    if config.host:
+        return config.host
+    return "127.0.0.1" if on_loopback() else "0.0.0.0"
 
 
 

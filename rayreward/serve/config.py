@@ -57,7 +57,10 @@ class ServeConfig:
     name: str | None = field(default=None, metadata={
         "help": "Deployment and application name; default: the (first) model folder's name."})
     route_prefix: str | None = field(default=None, metadata={"help": "HTTP path prefix; default: /<name>."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Address Serve's HTTP proxy binds to."})
+    host: str | None = field(default=None, metadata={
+        "help": "Address Serve's HTTP proxy binds to; null: 127.0.0.1 on an embedded Ray (or a cluster all on "
+                "127.0.0.1), 0.0.0.0 on a cluster (a Ray address given, or under `ray job submit`), where the "
+                "cluster's proxy serves every node."})
     port: int = field(default=8000, metadata={"help": "Port of Serve's HTTP proxy."})
     max_length: int | None = field(default=None, metadata={"help": "Token limit per text; null: the model's."})
     truncation: bool = field(default=True, metadata={

@@ -67,7 +67,7 @@ def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
 def write_report(job: JobConfig, base: dict, rows: list[dict], run_dir: str, keys: list[str],
                  print_fn: Callable[[str], None]) -> tuple[dict | None, dict[str, str]]:
     """Prints and writes the results table, then the best trial's config, plot and model."""
-    from rayreward.core.checkpoint import export_checkpoint
+    from rayreward.run.final_eval import export_where_a_worker_runs
 
     metric, mode = job.tune.metric, job.tune.mode
     files = {name: _storage.join(run_dir, f) for name, f in (
@@ -108,14 +108,15 @@ def write_report(job: JobConfig, base: dict, rows: list[dict], run_dir: str, key
     ) + yaml.safe_dump(config, sort_keys=False))
 
     # 4. The best checkpoint, exported as a Hugging Face model.
-    export_checkpoint(best["best_checkpoint"], files["model_dir"])
+    export_where_a_worker_runs(best["best_checkpoint"], files["model_dir"], job.scaling)
     summary = {"metric": metric, "mode": mode, "best_trial": best["trial"], "best_value": best[metric],
                "best_step": best["best_step"], "best_params": best["params"],
                "best_checkpoint": best["best_checkpoint"], "storage": storage_uri(job),
                "trials": [{k: v for k, v in r.items() if k != "history"} for r in rows], **files}
     if job.tune.ensemble_top_k:
         files["ensemble"] = _storage.join(run_dir, "ensemble")
-        summary["ensemble"] = export_ensemble(rows, metric, mode, job.tune.ensemble_top_k, files["ensemble"])
+        summary["ensemble"] = export_ensemble(rows, metric, mode, job.tune.ensemble_top_k, files["ensemble"],
+                                              scaling=job.scaling)
     _storage.write_text(files["summary"], json.dumps(summary, indent=1, default=str) + "\n")
     if "ensemble" in files:
         print_fn(f"[rayreward] {'ensemble:':13s}{files['ensemble']} ({len(summary['ensemble'])} trials; "
@@ -129,12 +130,14 @@ def write_report(job: JobConfig, base: dict, rows: list[dict], run_dir: str, key
     return best, files
 
 
-def export_ensemble(rows: list[dict], metric: str, mode: str, k: int, dest: str) -> list[str]:
+def export_ensemble(rows: list[dict], metric: str, mode: str, k: int, dest: str, scaling=None) -> list[str]:
     """Exports the best ``k`` trials' best checkpoints as an ensemble folder.
 
     Each becomes a Hugging Face model folder ``dest/member-<rank>-<trial>``, and
     ``dest/ensemble.json`` lists them (``rayreward.evaluation.ensemble``), so
     ``rayreward serve --model dest`` serves their mean, std and conservative reward.
+    With ``scaling`` (the sweep's ``ScalingSection``) each export runs in a Ray task sized
+    like a trial's worker (``rayreward.run.final_eval.export_where_a_worker_runs``), not here.
 
     Returns:
         The trial ids exported, best first (fewer than ``k`` when fewer trials have a
@@ -142,13 +145,17 @@ def export_ensemble(rows: list[dict], metric: str, mode: str, k: int, dest: str)
     """
     from rayreward.core.checkpoint import export_checkpoint
     from rayreward.evaluation.ensemble import MANIFEST, manifest_text
+    from rayreward.run.final_eval import export_where_a_worker_runs
 
     sign = 1 if mode == "max" else -1
     ranked = sorted((r for r in rows if r[metric] is not None and r["best_checkpoint"]),
                     key=lambda r: -sign * r[metric])[:k]
     names = [f"member-{rank}-{r['trial']}" for rank, r in enumerate(ranked)]
     for name, row in zip(names, ranked):
-        export_checkpoint(row["best_checkpoint"], _storage.join(dest, name))
+        if scaling is None:
+            export_checkpoint(row["best_checkpoint"], _storage.join(dest, name))
+        else:
+            export_where_a_worker_runs(row["best_checkpoint"], _storage.join(dest, name), scaling)
     source = f"top {len(ranked)} trials by {metric} ({mode})"
     _storage.write_text(_storage.join(dest, MANIFEST), manifest_text(names, source, [r[metric] for r in ranked]))
     return [r["trial"] for r in ranked]
