@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from rayreward.commands._job_args import add_job_arguments, load_job, preflight_job
 
@@ -19,15 +18,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from rayreward.job.config import step_plan, value_sources
-    from rayreward.job.tree import load_yaml
+    from rayreward.job.tree import ConfigError, load_yaml
 
     job, extras = load_job(args, extra_sections=("tune",))
     if "tune" in extras:
         problems = _tune_problems(extras["tune"], job)
         if problems:
-            print(f"rayreward check: {len(problems)} problem(s) in the tune section:\n"
-                  + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
-            return 2
+            raise ConfigError(problems, args.config, what="tune section")
     if not args.config_only:
         preflight_job(args, job)
     sources = value_sources(job, load_yaml(args.config) if args.config else {}, args.overrides)

@@ -23,10 +23,10 @@ class ConfigError(ValueError):
     The message has one line per problem, each ``field: got X; expected Y``.
     """
 
-    def __init__(self, problems: list[str], source: str | None = None):
+    def __init__(self, problems: list[str], source: str | None = None, what: str = "job config"):
         self.problems = list(problems)
         self.source = source
-        head = f"{len(self.problems)} problem(s) in the job config" + (f" {source}" if source else "")
+        head = f"{len(self.problems)} problem(s) in the {what}" + (f" {source}" if source else "")
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 

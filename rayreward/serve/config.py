@@ -152,13 +152,21 @@ def serve_config(raw: dict[str, Any] | None, overrides: list[str] | dict[str, An
     if not problems:
         problems += config.validate()
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(problems, source, what="serve config")
     return config
 
 
-def load_serve_config(path: str | None, overrides: list[str] | dict[str, Any] = ()) -> ServeConfig:
-    """``serve_config`` of a YAML file (None: defaults) and overrides."""
-    return serve_config(load_yaml(path) if path else {}, overrides, source=path)
+def load_serve_config(path: str | None, overrides: list[str] | dict[str, Any] = (),
+                      flags: dict[str, Any] | None = None) -> ServeConfig:
+    """The ``ServeConfig`` of a YAML file (None: defaults), then dotted overrides, then the
+    command line's flags (``{"serve.port": 8001}``), checked.
+
+    Raises:
+        ConfigError: every problem at once.
+    """
+    raw = apply_overrides(load_yaml(path) if path else {}, list(overrides) if not isinstance(overrides, dict)
+                          else overrides)
+    return serve_config(raw, flags or {}, source=path)
 
 
 def help_text() -> str:

@@ -329,6 +329,12 @@ def _trial_lines(print_fn: Callable[[str], None], keys: list[str], metric: str):
     return TrialLines(print_fn)
 
 
+def sweep_name(job: JobConfig) -> str:
+    """``storage.name``, else a new ``sweep-<date>-<time>`` (never the demo's ``demo``, which
+    is `rayreward train`'s run)."""
+    return job.storage.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+
+
 def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepOutcome:
     """Runs (or resumes) the sweep of ``job.tune`` on the Ray cluster this process is connected to.
 
@@ -362,8 +368,7 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
 
     t = job.tune
     job = resolve_scaling_on_cluster(job, print_fn)
-    # A sweep never takes the demo's run name (`rayreward train`'s run): it is fixed now.
-    name, storage = job.storage.name or time.strftime("sweep-%Y%m%d-%H%M%S"), storage_uri(job)
+    name, storage = sweep_name(job), storage_uri(job)
     job = dataclasses.replace(job, storage=dataclasses.replace(job.storage, name=name))
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
     run_dir = _storage.join(storage, name)
