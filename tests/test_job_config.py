@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rayreward.job.tree import apply_overrides, parse_scalar
+from rayreward.config.tree import apply_overrides, parse_scalar
 from rayreward.job.config import ConfigError, load_job_config, step_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,7 +211,7 @@ def test_train_section_is_typed_from_reward_config():
 
 
 def test_yaml_reads_1_2_scalars():
-    from rayreward.job.tree import parse_scalar
+    from rayreward.config.tree import parse_scalar
 
     assert parse_scalar("2e-5") == 2e-5 and parse_scalar("no") == "no" and parse_scalar("yes") == "yes"
     assert parse_scalar("true") is True and parse_scalar("null") is None and parse_scalar("12") == 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rayreward.job.tree import ConfigError
+from rayreward.config.tree import ConfigError
 from rayreward.serve.config import serve_config
 from rayreward.serve.requests import RequestError, parse_get_reward, parse_json, parse_score
 

@@ -331,7 +331,7 @@ def test_evaluate_suites_two_models_end_to_end(ray_local, tmp_path, capsys):
 
 def test_suite_metric_in_a_sweep_is_checked_before_ray(tmp_path):
     from rayreward.job.config import load_job_config
-    from rayreward.job.tree import ConfigError
+    from rayreward.config.tree import ConfigError
     from rayreward.tune.sweep import suite_slice, sweep_problems
 
     with pytest.raises(ConfigError) as err:

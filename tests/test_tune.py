@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from process_helpers import Watcher, wait_until_gone
-from rayreward.job.tree import ConfigError
+from rayreward.config.tree import ConfigError
 from rayreward.commands.cli import main
 from rayreward.job.config import load_job_config
 from rayreward.tune.sweep import param_space, sweep_problems

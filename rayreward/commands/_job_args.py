@@ -46,7 +46,7 @@ def load_job(args, extra_sections: tuple[str, ...] = ()):
     Raises:
         ConfigError: every problem of the config (the command line prints it, exit 2).
     """
-    from rayreward.job.tree import load_yaml
+    from rayreward.config.tree import load_yaml
     from rayreward.job.config import apply_overrides, job_from_dict
 
     raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.overrides)

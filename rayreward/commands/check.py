@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from rayreward.job.config import step_plan, value_sources
-    from rayreward.job.tree import ConfigError, load_yaml
+    from rayreward.config.tree import ConfigError, load_yaml
 
     job, extras = load_job(args, extra_sections=("tune",))
     if "tune" in extras:

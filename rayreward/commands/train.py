@@ -85,7 +85,7 @@ def _say_how_to_resume(args, job, run_dir: str) -> None:
 def _named_in_file(config: str | None) -> bool:
     if not config:
         return False
-    from rayreward.job.tree import load_yaml
+    from rayreward.config.tree import load_yaml
 
     return bool((load_yaml(config) or {}).get("storage", {}).get("name"))
 

@@ -24,7 +24,7 @@ def run(args) -> int:
     import dataclasses
 
     from rayreward.job.config import storage_uri
-    from rayreward.job.tree import ConfigError
+    from rayreward.config.tree import ConfigError
     from rayreward.runtime import storage as _storage
     from rayreward.runtime.console import Console, log_path_for
     from rayreward.runtime.ray_session import ray_session
@@ -69,7 +69,7 @@ def validate_tune_section(section, job=None) -> list[str]:
     its shape, then the sweep checks of ``rayreward.tune.sweep.sweep_problems``."""
     import dataclasses
 
-    from rayreward.job.tree import build
+    from rayreward.config.tree import build
     from rayreward.job.tune_section import TuneSection
     from rayreward.tune.sweep import sweep_problems
 

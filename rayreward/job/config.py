@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from rayreward.job.tree import ConfigError, apply_overrides, build, field_docs, load_yaml, unknown_key
+from rayreward.config.tree import ConfigError, apply_overrides, build, field_docs, load_yaml, unknown_key
 from rayreward.job.sections import (
     DeepSpeedSection,
     FailureSection,

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from rayreward.data.config import is_int, is_number
-from rayreward.job.tree import type_problems
+from rayreward.config.tree import type_problems
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")

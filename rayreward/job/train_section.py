@@ -18,7 +18,7 @@ import typing
 from typing import Any, Iterator, Mapping
 
 from rayreward.data.config import is_int, is_number
-from rayreward.job.tree import _describe, _matches, unknown_key
+from rayreward.config.tree import _describe, _matches, unknown_key
 
 # The demo's training settings, for the built-in models only (a tiny random model wants a
 # learning rate that would wreck a pretrained one); a `train:` section overlays them key by

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayreward.data.config import is_int, is_number
-from rayreward.job.tree import type_problems
+from rayreward.config.tree import type_problems
 
 SCHEDULERS = ("asha", "none")
 SEARCH_ALGS = ("random", "grid")

@@ -60,7 +60,7 @@ class RewardServer:
     """
 
     def __init__(self, config: dict[str, Any], members: list[Any]):
-        from rayreward.job.tree import build
+        from rayreward.config.tree import build
         from rayreward.serve.engine import RewardEngine
 
         problems: list[str] = []

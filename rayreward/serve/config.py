@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayreward.job.tree import ConfigError, apply_overrides, build, field_docs, load_yaml, type_problems
+from rayreward.config.tree import ConfigError, apply_overrides, build, field_docs, load_yaml, type_problems
 
 
 @dataclass

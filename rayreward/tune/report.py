@@ -11,7 +11,7 @@ import os
 from typing import Callable
 
 from rayreward.runtime import storage as _storage
-from rayreward.job.tree import apply_overrides
+from rayreward.config.tree import apply_overrides
 from rayreward.job.config import JobConfig, job_from_dict, run_name, storage_uri
 
 STATUS = {"TERMINATED": "finished", "ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}

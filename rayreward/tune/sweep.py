@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rayreward.runtime import storage as _storage
-from rayreward.job.tree import ConfigError, apply_overrides
+from rayreward.config.tree import ConfigError, apply_overrides
 from rayreward.job.config import (
     TOKENIZER_TRAIN_KEYS,
     tokenizer_spec,

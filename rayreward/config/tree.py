@@ -1,7 +1,9 @@
-"""Machinery behind the job config: YAML, dotted overrides, dataclass trees, type checks.
+"""Config machinery: YAML, dotted overrides, dataclass trees, type checks, problem lists.
 
-Kept apart from ``rayreward.job.config`` so that module reads as the list of sections and their
-rules, and this one as the (generic) way a nested dict becomes typed dataclasses.
+Generic: the job config (``rayreward.job.config``), the sweep's ``tune:`` section and the
+serve config (``rayreward.serve.config``) are each a schema of dataclasses read through it,
+so they read as their sections and rules, and this module as the one way a nested dict
+becomes typed dataclasses.
 """
 
 from __future__ import annotations
