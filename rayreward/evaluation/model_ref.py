@@ -118,7 +118,8 @@ def resolve_model(given: str | os.PathLike | ModelRef, revision: str | None = No
         folder = resolve_model_dir(local)
         return ModelRef(text, "uri", str(folder), uri=text, temporary=is_temporary_export(folder))
     if os.path.exists(os.path.expanduser(text)) or not is_hub_id(text):
-        folder = resolve_model_dir(os.path.expanduser(text))
+        # Absolute: scoring actors and serve replicas run in other working directories.
+        folder = resolve_model_dir(os.path.abspath(os.path.expanduser(text)))
         return ModelRef(text, "folder", str(folder), temporary=is_temporary_export(folder))
     snapshot = hub_snapshot(text, revision)
     folder = resolve_model_dir(snapshot)
