@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "rayreward"
 
 # The pipeline order: a module may import its own stage or an earlier one.
-STAGES = ["config", "runtime", "data", "core", "evaluation", "job", "run", "tune", "serve", "commands"]
+STAGES = ["config", "runtime", "data", "core", "evaluation", "job", "checks", "run", "tune", "serve", "commands"]
 
 # The one module allowed to touch a framework's private names; its docstring says why.
 ADAPTERS = {"rayreward.runtime._framework_internals"}

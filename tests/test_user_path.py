@@ -199,3 +199,23 @@ def test_every_tokenizer_setting_gives_rayreward_train_the_ids_of_the_in_process
             assert worker_tok.convert_tokens_to_ids("<|im_start|>") in chosen[0]
         if name == "eos_token":
             assert all(ids[-1] == worker_tok.convert_tokens_to_ids("<unk>") for ids in chosen)
+
+
+# -- one preflight: the command line and the Python entry point say the same ------------
+
+
+def test_fit_reports_the_command_lines_preflight_problems_before_any_work(tmp_path, capsys):
+    from rayreward import fit
+    from rayreward.checks.findings import PreflightError
+    from rayreward.commands.cli import main
+
+    overrides = ["model.name_or_path=/nonexistent/model", f"data.train={tmp_path / 'missing.jsonl'}",
+                 "storage.path=/proc/rayreward-runs"]
+    assert main(["train", *overrides]) == 2
+    err = capsys.readouterr().err
+    from_cli = [line.removeprefix("  - ") for line in err.splitlines() if line.startswith("  - ")]
+    with pytest.raises(PreflightError) as info:
+        fit(load_job_config(None, overrides))  # no Ray is running: the checks come first
+    assert info.value.problems == from_cli and len(from_cli) == 3
+    assert from_cli[0].startswith("model.name_or_path: got '/nonexistent/model'; no such folder")
+    assert "Traceback" not in err

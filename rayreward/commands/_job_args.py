@@ -19,19 +19,17 @@ def add_address_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")
 
 
-def preflight_job(args, job, full_pass: bool = True) -> None:
-    """Checks the job's data, model and storage before Ray starts (``rayreward.job.preflight``);
-    prints what the user should know (skipped rows, identical pairs, no eval data).
+def preflight_job(args, job) -> None:
+    """Checks the job's data, model and storage before Ray starts (``rayreward.checks.job``,
+    the same checks ``fit`` and ``run_sweep`` run); prints what the user should know
+    (skipped rows, identical pairs, no eval data).
 
     Raises:
         PreflightError: every problem found, one per line.
     """
-    from rayreward.job.preflight import check_job
+    from rayreward.checks.job import preflight_job as checks
 
-    found = check_job(job, full_pass=full_pass)
-    if not (job.data.eval or job.data.eval_split):
-        found.notes.append("no eval data: accuracy will not be measured; set data.eval=FILE or data.eval_split=0.05 "
-                           "to measure it")
+    found = checks(job)
     for note in found.notes:
         print(f"[rayreward] note: {note}", file=sys.stderr)
     found.raise_if_any(f"the inputs of {args.config or 'the job'}")

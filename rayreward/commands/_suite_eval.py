@@ -34,7 +34,8 @@ def run_suites(args) -> int:
     from rayreward.evaluation.score import scoring_session
     from rayreward.evaluation.suites.report import format_table, write_suite
     from rayreward.evaluation.suites.runner import load_suites, run_suites as score_all
-    from rayreward.job.preflight import check_model_ref, check_storage
+    from rayreward.checks.models import check_model_ref
+    from rayreward.checks.storage import check_storage
     from rayreward.runtime.console import Console
 
     # 1. options, models and data, before Ray starts

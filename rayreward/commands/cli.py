@@ -105,7 +105,7 @@ def user_error(exc: BaseException) -> BaseException | None:
     """
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.data.sources import DataSourceError
-    from rayreward.job.preflight import PreflightError
+    from rayreward.checks.findings import PreflightError
     from rayreward.config.tree import ConfigError
 
     kinds = (ConfigError, PreflightError, DataSourceError, DataFormatError, BadRowError)

@@ -47,7 +47,7 @@ def run(args) -> int:
     from rayreward.core.samples import format_table
     from rayreward.runtime.console import Console
     from rayreward.evaluation.score import scoring_session
-    from rayreward.job.preflight import check_scoring, check_storage
+    from rayreward.checks.scoring import check_scoring, check_storage
 
     if args.suite:
         from rayreward.commands._suite_eval import run_suites

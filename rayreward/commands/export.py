@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from rayreward.core.checkpoint import export_checkpoint
-    from rayreward.job.preflight import check_export
+    from rayreward.checks.scoring import check_export
 
     check_export(args.checkpoint, args.out, args.base_model).raise_if_any("the export's inputs")
     export_checkpoint(args.checkpoint, args.out, base_model=args.base_model)

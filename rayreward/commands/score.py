@@ -30,7 +30,7 @@ def run(args) -> int:
     from rayreward.runtime.console import Console
     from rayreward.evaluation.model_ref import resolve_model
     from rayreward.evaluation.score import OUTPUT_SUFFIXES, scoring_session, score
-    from rayreward.job.preflight import check_scoring, check_storage
+    from rayreward.checks.scoring import check_scoring, check_storage
 
     # 1. check what can be checked before Ray starts
     if not args.out.endswith(OUTPUT_SUFFIXES):

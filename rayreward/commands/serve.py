@@ -76,7 +76,8 @@ def run(args) -> int:
     import signal
     import threading
 
-    from rayreward.job.preflight import PreflightError, check_model_ref
+    from rayreward.checks.findings import PreflightError
+    from rayreward.checks.models import check_model_ref
 
     # 1. config and models, checked before Ray starts (errors become exit codes in cli)
     config = config_from_args(args)

@@ -47,9 +47,9 @@ def run(args) -> int:
 
                 events = Queue(actor_options={"num_cpus": 0})
                 with console.follow(events):
-                    outcome = fit(job, print_fn=console.say, progress=events)
+                    outcome = fit(job, print_fn=console.say, progress=events, preflight=False)
             else:
-                outcome = fit(job)
+                outcome = fit(job, preflight=False)
     except KeyboardInterrupt:
         _say_how_to_resume(args, job, run_dir)
         return 130

@@ -46,7 +46,7 @@ def run(args) -> int:
     # 3. Sweep, report, export; an embedded Ray is stopped with every process it started.
     console = Console(log_path_for(_storage.join(storage_uri(job), name), name), verbose=args.verbose)
     with console, ray_session(args.address, num_cpus=embedded_cpus(job), log_to_driver=False):
-        outcome = run_sweep(job, print_fn=console.say)
+        outcome = run_sweep(job, print_fn=console.say, preflight=False)
     return 130 if outcome.interrupted else 0
 
 

@@ -63,7 +63,8 @@ class RunOutcome:
     result: Any
 
 
-def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None) -> RunOutcome:
+def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None, preflight: bool = True
+        ) -> RunOutcome:
     """Trains, checkpoints and exports a reward model on the Ray cluster this process is connected to.
 
     Args:
@@ -73,11 +74,14 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
         print_fn: where the driver's progress lines go.
         progress: a ``ray.util.queue.Queue`` that rank 0 also puts its progress events
             into (``rayreward.run.callbacks.Progress``), for a console on the driver.
+        preflight: check the job's data, model and storage first (``rayreward.checks.job``,
+            what ``rayreward train`` runs before Ray starts); False when the caller did.
 
     Returns:
         A ``RunOutcome``.
 
     Raises:
+        PreflightError: the job's inputs have problems (every one listed), before any work.
         ray.train.TrainingFailedError: the workers failed more than ``failure.max_failures`` times.
 
     Example:
@@ -88,7 +92,10 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
     from rayreward.data import build_datasets
     from rayreward.job.deepspeed import deepspeed_config_for
 
-    # 1. Config: the values derived from it (GPUs or not, when left to the cluster).
+    # 1. Config: its inputs checked, the values derived from it (GPUs or not, when left
+    # to the cluster).
+    if preflight:
+        run_preflight(job, print_fn)
     job = resolve_scaling_on_cluster(job, print_fn)
     name, storage = run_name(job), storage_uri(job)
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
@@ -132,6 +139,21 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
                    **prepared.metrics())
     _storage.write_text(metrics_path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     return RunOutcome(run_dir, model_dir, metrics_path, metrics["checkpoint"], metrics, result)
+
+
+def run_preflight(job: JobConfig, print_fn=print) -> None:
+    """The checks ``rayreward train`` and ``tune`` run before Ray starts, for the Python
+    entry points: notes printed, every problem raised at once.
+
+    Raises:
+        PreflightError: the job's data, model or storage have problems.
+    """
+    from rayreward.checks.job import preflight_job
+
+    found = preflight_job(job)
+    for note in found.notes:
+        print_fn(f"[rayreward] note: {note}")
+    found.raise_if_any("the inputs of the job")
 
 
 def resolve_scaling_on_cluster(job: JobConfig, print_fn=print) -> JobConfig:

@@ -335,12 +335,14 @@ def sweep_name(job: JobConfig) -> str:
     return job.storage.name or time.strftime("sweep-%Y%m%d-%H%M%S")
 
 
-def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepOutcome:
+def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print, preflight: bool = True) -> SweepOutcome:
     """Runs (or resumes) the sweep of ``job.tune`` on the Ray cluster this process is connected to.
 
     Args:
         job: a validated ``JobConfig`` whose ``sweep_problems`` are empty.
         print_fn: where the driver's lines go.
+        preflight: check the job's data, model and storage first (``rayreward tune`` does
+            it before Ray starts, and passes False).
 
     Returns:
         A ``SweepOutcome``; with ``interrupted`` the outputs are not written (re-run to
@@ -348,6 +350,7 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
 
     Raises:
         ConfigError: ``sweep_problems(job)`` is not empty.
+        PreflightError: the job's inputs have problems.
 
     Example:
         >>> ray.init(address="local", num_cpus=6)
@@ -363,8 +366,11 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
     # 1. Config: checked in full, then the experiment's place.
     problems = sweep_problems(job)
     if problems:
-        raise ConfigError(problems)
-    from rayreward.run.fit import resolve_scaling_on_cluster
+        raise ConfigError(problems, what="sweep")
+    from rayreward.run.fit import resolve_scaling_on_cluster, run_preflight
+
+    if preflight:
+        run_preflight(job, print_fn)
 
     t = job.tune
     job = resolve_scaling_on_cluster(job, print_fn)
