@@ -412,3 +412,31 @@ def test_suite_metrics_callback_reports_the_official_score_at_each_save(tmp_path
         assert entry["rm-bench/hard"] == pytest.approx(expected["sections"]["hard"]["score"], abs=1e-9)
         assert "rm-bench/math" not in entry  # no math rows in this data
     assert model.training  # left in training mode
+
+
+def test_suite_command_refuses_bad_input_before_ray(tmp_path, capsys, monkeypatch):
+    from rayreward.commands.cli import main
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    bad = tmp_path / "v1.jsonl"
+    bad.write_text(json.dumps(dict(V1_ROWS[0], subset=None)) + "\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    cases = [
+        (["--suite", "rewardbench", "--model", str(model), "--data", str(bad)],
+         f"{bad}: not in the rewardbench schema (prompt (string), chosen (string), rejected (string), subset "
+         "(string)): row 0, field 'subset': expected a string, got NoneType 'None'"),
+        (["--suite", "rewardbench", "--model", str(tmp_path / "nope"), "--data", str(bad)],
+         "--model: got"),
+        (["--suite", "rewardbench", "--suite", "rm-bench", "--model", str(model), "--data", str(bad)],
+         f"--data {bad}: with several suites write SUITE=SOURCE with SUITE one of rewardbench, rm-bench"),
+        (["--suite", "rm-bench", "--model", str(model)],
+         "cannot load the hub data set 'THU-KEG/RM-Bench' split 'train'"),
+        (["--model", str(model), "--model", str(model), "--data", str(bad)],
+         "give one --model and one --data (several models need --suite)"),
+    ]
+    for args, expected in cases:
+        assert main(["evaluate", *args]) == 2
+        out, err = capsys.readouterr()
+        assert expected in err and "Traceback" not in err, err
+        assert out == ""  # stopped before Ray and before any scoring line
