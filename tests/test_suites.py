@@ -219,7 +219,7 @@ def test_hub_id_not_cached_offline_says_to_pass_a_local_file(monkeypatch, tmp_pa
     with pytest.raises(DataSourceError) as err:
         load_rows(get_suite("rewardbench2"), None)
     message = str(err.value)
-    assert "\n" not in message and "'allenai/reward-bench-2' split 'test'" in message
+    assert "\n" not in message and "the hub data set 'allenai/reward-bench-2' split 'test' cannot be loaded" in message
     assert "pass --data a local jsonl/json/parquet file or folder with the columns id (string)" in message
 
 
@@ -318,7 +318,7 @@ def test_evaluate_suites_two_models_end_to_end(ray_local, tmp_path, capsys):
             assert got["nan_rewards"] == 0 and got["rendering"] == "chat template"
             assert got["completions"] == len(pairs)
         assert_valid_png(out / f"{name}.png")
-        assert f"{name} (scores in %" in printed
+        assert f"{name}: {len(rows)} rows, scores in % (rules of {suite.RULES})" in printed
     # One table row per model, one column per section.
     assert "Chat Hard" in printed and "Precise IF" in printed and "normal" in printed
     a_label, b_label = "a/model", "b/model"
@@ -431,7 +431,7 @@ def test_suite_command_refuses_bad_input_before_ray(tmp_path, capsys, monkeypatc
         (["--suite", "rewardbench", "--suite", "rm-bench", "--model", str(model), "--data", str(bad)],
          f"--data {bad}: with several suites write SUITE=SOURCE with SUITE one of rewardbench, rm-bench"),
         (["--suite", "rm-bench", "--model", str(model)],
-         "cannot load the hub data set 'THU-KEG/RM-Bench' split 'train'"),
+         "the hub data set 'THU-KEG/RM-Bench' split 'train' cannot be loaded"),
         (["--model", str(model), "--model", str(model), "--data", str(bad)],
          "give one --model and one --data (several models need --suite)"),
     ]

@@ -84,16 +84,15 @@ def run_suites(args) -> int:
         print(f"[rayreward] {run.model}: {run.unique} completions scored ({run.rendering}) in {run.seconds:.1f} s, "
               f"{rate:.1f}/s{trunc}")
     for res in results:
-        print(f"\n{res.data.name} (scores in %, rules: {next(iter(res.scores.values()))['rules']})")
+        first = next(iter(res.scores.values()))
+        print(f"\n{res.data.name}: {len(res.data.rows)} rows, scores in % (rules of {first['rules']})")
         print(format_table(res))
+        if first["missing"]:  # the data's, the same for every model
+            zero = " (scored 0, as the official code does)" if res.data.name == "rewardbench" else ""
+            print(f"  no data for {', '.join(first['missing'])}{zero}")
         for model, s in res.scores.items():
-            notes = []
-            if s["missing"]:
-                notes.append(f"no data for {', '.join(s['missing'])}")
             if s["nan_rewards"]:
-                notes.append(f"{s['nan_rewards']} NaN rewards in {s['nan_rows']} rows, counted wrong")
-            if notes:
-                print(f"  {model}: {'; '.join(notes)}")
+                print(f"  {model}: {s['nan_rewards']} NaN rewards in {s['nan_rows']} rows, counted wrong")
         if args.out:
             paths = write_suite(res, runs, args.out)
             print(f"wrote {', '.join(str(p) for p in paths.values())}")
