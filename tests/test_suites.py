@@ -440,3 +440,19 @@ def test_suite_command_refuses_bad_input_before_ray(tmp_path, capsys, monkeypatc
         out, err = capsys.readouterr()
         assert expected in err and "Traceback" not in err, err
         assert out == ""  # stopped before Ray and before any scoring line
+
+
+def test_an_ensemble_folder_is_scored_through_its_members(tmp_path):
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer
+    from rayreward.evaluation.ensemble import write_ensemble
+    from rayreward.evaluation.suites.runner import model_dirs
+
+    tok = builtin_tokenizer()
+    for seed in (0, 1):
+        folder = tmp_path / "ens" / f"member-{seed}"
+        tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=seed).save_pretrained(folder)
+        tok.save_pretrained(folder)
+    write_ensemble(tmp_path / "ens", ["member-0", "member-1"])
+    assert model_dirs(str(tmp_path / "ens")) == [tmp_path / "ens" / "member-0", tmp_path / "ens" / "member-1"]
+    assert model_dirs(str(tmp_path / "ens" / "member-1")) == [tmp_path / "ens" / "member-1"]

@@ -32,7 +32,8 @@ def add_model_and_data(parser: argparse.ArgumentParser, model_help: str, suites:
                             help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob")
         return
     parser.add_argument("--model", required=True, metavar="DIR", action="append",
-                        help=model_help + "; with --suite, repeat it to compare several models")
+                        help=model_help + "; with --suite also an ensemble folder (its members' mean reward), "
+                             "and repeat it to compare several models")
     parser.add_argument("--data", metavar="SOURCE", action="append", default=None,
                         help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob; with --suite, "
                              "the suite's data in its public schema or a hub id (default: the public data set), "

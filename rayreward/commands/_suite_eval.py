@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from rayreward.evaluation.suites import SUITES
+
 
 def _data_by_suite(suites: list[str], data: list[str] | None) -> dict[str, str | None] | str:
     """``--data`` values per suite, or an error message."""
@@ -17,7 +19,9 @@ def _data_by_suite(suites: list[str], data: list[str] | None) -> dict[str, str |
         name, sep, source = value.partition("=")
         if sep and name in out:
             out[name] = source
-        elif len(suites) == 1 and not (sep and name in ("rewardbench", "rewardbench2", "rm-bench")):
+        elif sep and name in SUITES:
+            return f"--data {value}: names the suite {name}, which no --suite asks for"
+        elif len(suites) == 1:
             out[suites[0]] = value
         else:
             return (f"--data {value}: with several suites write SUITE=SOURCE with SUITE one of "

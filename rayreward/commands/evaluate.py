@@ -13,8 +13,8 @@ HELP = ("Evaluate a reward model on preference pairs: accuracy, rewards, margin,
 def add_arguments(parser) -> None:
     from rayreward.evaluation.suites import SUITES
 
-    add_model_and_data(parser, "model directory (save_pretrained), a training run's directory, a checkpoint "
-                               "or an ensemble folder", suites=True)
+    add_model_and_data(parser, "model directory (save_pretrained), a training run's directory or a checkpoint",
+                       suites=True)
     parser.add_argument("--suite", action="append", default=None, metavar="SUITE", choices=list(SUITES),
                         help=f"score a public benchmark ({', '.join(SUITES)}); repeat for several; writes "
                              "SUITE.json, SUITE_rewards.parquet and SUITE.png under --out")
