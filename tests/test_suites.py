@@ -251,7 +251,7 @@ def _train_tiny(path, steps, seed):
 
     tok = builtin_tokenizer()
     model = tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=seed)
-    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(SAMPLE_DATA / "train.jsonl", 160)]
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(SAMPLE_DATA / "train.jsonl", 48)]
     args = RewardConfig(output_dir=str(path / "trainer"), max_steps=steps, per_device_train_batch_size=16,
                         learning_rate=3e-3, report_to=[], save_strategy="no", activation_checkpointing=False,
                         use_cpu=True, max_length=256, disable_tqdm=True, seed=seed)
@@ -287,7 +287,7 @@ def test_evaluate_suites_two_models_end_to_end(ray_local, tmp_path, capsys):
     from test_evaluate import assert_valid_png
 
     files = _write_suite_files(tmp_path / "data")
-    models = [str(_train_tiny(tmp_path / "a", 6, 0)), str(_train_tiny(tmp_path / "b", 2, 1))]
+    models = [str(_train_tiny(tmp_path / "a", 3, 0)), str(_train_tiny(tmp_path / "b", 1, 1))]
     out = tmp_path / "suites"
     args = ["evaluate", "--suite", "rewardbench", "--suite", "rewardbench2", "--suite", "rm-bench",
             "--model", models[0], "--model", models[1], "--out", str(out), "--cpus-per-actor", "0.5", "--batch-rows", "16"]
