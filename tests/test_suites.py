@@ -219,7 +219,7 @@ def test_hub_id_not_cached_offline_says_to_pass_a_local_file(monkeypatch, tmp_pa
     with pytest.raises(DataSourceError) as err:
         load_rows(get_suite("rewardbench2"), None)
     message = str(err.value)
-    assert "\n" not in message and "'allenai/reward-bench-2' split 'test'" in message
+    assert "\n" not in message and "the hub data set 'allenai/reward-bench-2' split 'test' cannot be loaded" in message
     assert "pass --data a local jsonl/json/parquet file or folder with the columns id (string)" in message
 
 
@@ -251,7 +251,7 @@ def _train_tiny(path, steps, seed):
 
     tok = builtin_tokenizer()
     model = tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=seed)
-    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(SAMPLE_DATA / "train.jsonl", 160)]
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(SAMPLE_DATA / "train.jsonl", 48)]
     args = RewardConfig(output_dir=str(path / "trainer"), max_steps=steps, per_device_train_batch_size=16,
                         learning_rate=3e-3, report_to=[], save_strategy="no", activation_checkpointing=False,
                         use_cpu=True, max_length=256, disable_tqdm=True, seed=seed)
@@ -287,7 +287,7 @@ def test_evaluate_suites_two_models_end_to_end(ray_local, tmp_path, capsys):
     from test_evaluate import assert_valid_png
 
     files = _write_suite_files(tmp_path / "data")
-    models = [str(_train_tiny(tmp_path / "a", 6, 0)), str(_train_tiny(tmp_path / "b", 2, 1))]
+    models = [str(_train_tiny(tmp_path / "a", 3, 0)), str(_train_tiny(tmp_path / "b", 1, 1))]
     out = tmp_path / "suites"
     args = ["evaluate", "--suite", "rewardbench", "--suite", "rewardbench2", "--suite", "rm-bench",
             "--model", models[0], "--model", models[1], "--out", str(out), "--cpus-per-actor", "0.5", "--batch-rows", "16"]
@@ -318,7 +318,7 @@ def test_evaluate_suites_two_models_end_to_end(ray_local, tmp_path, capsys):
             assert got["nan_rewards"] == 0 and got["rendering"] == "chat template"
             assert got["completions"] == len(pairs)
         assert_valid_png(out / f"{name}.png")
-        assert f"{name} (scores in %" in printed
+        assert f"{name}: {len(rows)} rows, scores in % (rules of {suite.RULES})" in printed
     # One table row per model, one column per section.
     assert "Chat Hard" in printed and "Precise IF" in printed and "normal" in printed
     a_label, b_label = "a/model", "b/model"
@@ -412,3 +412,47 @@ def test_suite_metrics_callback_reports_the_official_score_at_each_save(tmp_path
         assert entry["rm-bench/hard"] == pytest.approx(expected["sections"]["hard"]["score"], abs=1e-9)
         assert "rm-bench/math" not in entry  # no math rows in this data
     assert model.training  # left in training mode
+
+
+def test_suite_command_refuses_bad_input_before_ray(tmp_path, capsys, monkeypatch):
+    from rayreward.commands.cli import main
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    bad = tmp_path / "v1.jsonl"
+    bad.write_text(json.dumps(dict(V1_ROWS[0], subset=None)) + "\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    cases = [
+        (["--suite", "rewardbench", "--model", str(model), "--data", str(bad)],
+         f"{bad}: not in the rewardbench schema (prompt (string), chosen (string), rejected (string), subset "
+         "(string)): row 0, field 'subset': expected a string, got NoneType 'None'"),
+        (["--suite", "rewardbench", "--model", str(tmp_path / "nope"), "--data", str(bad)],
+         "--model: got"),
+        (["--suite", "rewardbench", "--suite", "rm-bench", "--model", str(model), "--data", str(bad)],
+         f"--data {bad}: with several suites write SUITE=SOURCE with SUITE one of rewardbench, rm-bench"),
+        (["--suite", "rm-bench", "--model", str(model)],
+         "the hub data set 'THU-KEG/RM-Bench' split 'train' cannot be loaded"),
+        (["--model", str(model), "--model", str(model), "--data", str(bad)],
+         "give one --model and one --data (several models need --suite)"),
+    ]
+    for args, expected in cases:
+        assert main(["evaluate", *args]) == 2
+        out, err = capsys.readouterr()
+        assert expected in err and "Traceback" not in err, err
+        assert out == ""  # stopped before Ray and before any scoring line
+
+
+def test_an_ensemble_folder_is_scored_through_its_members(tmp_path):
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import builtin_tokenizer
+    from rayreward.evaluation.ensemble import write_ensemble
+    from rayreward.evaluation.suites.runner import model_dirs
+
+    tok = builtin_tokenizer()
+    for seed in (0, 1):
+        folder = tmp_path / "ens" / f"member-{seed}"
+        tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=seed).save_pretrained(folder)
+        tok.save_pretrained(folder)
+    write_ensemble(tmp_path / "ens", ["member-0", "member-1"])
+    assert model_dirs(str(tmp_path / "ens")) == [tmp_path / "ens" / "member-0", tmp_path / "ens" / "member-1"]
+    assert model_dirs(str(tmp_path / "ens" / "member-1")) == [tmp_path / "ens" / "member-1"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from rayreward.evaluation.suites import SUITES
+
 
 def _data_by_suite(suites: list[str], data: list[str] | None) -> dict[str, str | None] | str:
     """``--data`` values per suite, or an error message."""
@@ -17,7 +19,9 @@ def _data_by_suite(suites: list[str], data: list[str] | None) -> dict[str, str |
         name, sep, source = value.partition("=")
         if sep and name in out:
             out[name] = source
-        elif len(suites) == 1 and not (sep and name in ("rewardbench", "rewardbench2", "rm-bench")):
+        elif sep and name in SUITES:
+            return f"--data {value}: names the suite {name}, which no --suite asks for"
+        elif len(suites) == 1:
             out[suites[0]] = value
         else:
             return (f"--data {value}: with several suites write SUITE=SOURCE with SUITE one of "
@@ -84,16 +88,15 @@ def run_suites(args) -> int:
         print(f"[rayreward] {run.model}: {run.unique} completions scored ({run.rendering}) in {run.seconds:.1f} s, "
               f"{rate:.1f}/s{trunc}")
     for res in results:
-        print(f"\n{res.data.name} (scores in %, rules: {next(iter(res.scores.values()))['rules']})")
+        first = next(iter(res.scores.values()))
+        print(f"\n{res.data.name}: {len(res.data.rows)} rows, scores in % (rules of {first['rules']})")
         print(format_table(res))
+        if first["missing"]:  # the data's, the same for every model
+            zero = " (scored 0, as the official code does)" if res.data.name == "rewardbench" else ""
+            print(f"  no data for {', '.join(first['missing'])}{zero}")
         for model, s in res.scores.items():
-            notes = []
-            if s["missing"]:
-                notes.append(f"no data for {', '.join(s['missing'])}")
             if s["nan_rewards"]:
-                notes.append(f"{s['nan_rewards']} NaN rewards in {s['nan_rows']} rows, counted wrong")
-            if notes:
-                print(f"  {model}: {'; '.join(notes)}")
+                print(f"  {model}: {s['nan_rewards']} NaN rewards in {s['nan_rows']} rows, counted wrong")
         if args.out:
             paths = write_suite(res, runs, args.out)
             print(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -79,8 +79,9 @@ def _hub_rows(suite: ModuleType, spec: str, field: str) -> list[dict[str, Any]]:
     except Exception as exc:  # offline and not cached, no such data set, no such split
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise DataSourceError(
-            f"{field}: cannot load the hub data set {spec!r} split {suite.SPLIT!r} ({reason}); offline, pass "
-            f"{field} a local jsonl/json/parquet file or folder with the columns {schema}"
+            f"{field}: {spec!r} is no local file or folder, and the hub data set {spec!r} split {suite.SPLIT!r} "
+            f"cannot be loaded ({reason}); offline, pass {field} a local jsonl/json/parquet file or folder with "
+            f"the columns {schema}"
         ) from None
     return [dict(r) for r in ds]
 

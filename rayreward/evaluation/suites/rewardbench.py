@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 NAME = "rewardbench"
 HUB_ID = "allenai/reward-bench"
 SPLIT = "filtered"
-RULES = "allenai/reward-bench @ 05a9005 (2026-01-31): rewardbench/constants.py, rewardbench/utils.py"
+RULES = "allenai/reward-bench @ 05a9005 (2026-01-31)"
 COLUMNS = {"prompt": "string", "chosen": "string", "rejected": "string", "subset": "string"}
 SCHEMA = {"prompt": "string", "chosen": "string", "chosen_model": "string", "rejected": "string",
           "rejected_model": "string", "subset": "string", "id": "int64"}

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 NAME = "rewardbench2"
 HUB_ID = "allenai/reward-bench-2"
 SPLIT = "test"
-RULES = "allenai/reward-bench @ 05a9005 (2026-01-31): scripts/run_v2.py, rewardbench/utils.py"
+RULES = "allenai/reward-bench @ 05a9005 (2026-01-31)"
 COLUMNS = {"id": "string", "prompt": "string", "chosen": "list of string", "rejected": "list of string",
            "num_correct": "int64", "subset": "string"}
 SCHEMA = {"id": "string", "prompt": "string", "chosen": "list<string>", "rejected": "list<string>",

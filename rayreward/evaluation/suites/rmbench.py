@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 NAME = "rm-bench"
 HUB_ID = "THU-KEG/RM-Bench"
 SPLIT = "train"
-RULES = "THU-KEG/RM-Bench @ 73c52d7 (2025-07-18): scripts/utils.py compute_accuracy"
+RULES = "THU-KEG/RM-Bench @ 73c52d7 (2025-07-18)"
 COLUMNS = {"prompt": "string", "chosen": "list of 3 strings", "rejected": "list of 3 strings", "domain": "string"}
 SCHEMA = {"id": "int64", "prompt": "string", "chosen": "list<string>", "rejected": "list<string>",
           "domain": "string"}
