@@ -27,7 +27,8 @@ def answers_by_prompt(pairs: list[dict]) -> dict[str, list[tuple[str, str]]]:
 def ranked_rows(pairs: list[dict], seed: int = 0, k_range=(2, 5), with_ranking_every: int = 3) -> list[dict]:
     """One ranked row per prompt: K in ``k_range`` answers, ``scores`` with ties, or a ``ranking``.
 
-    Every third row gives a strict ``ranking`` (ties broken at random) instead of scores.
+    Every third row gives a strict ``ranking`` (ties broken at random) instead of scores;
+    the other column is then null, as a table with both columns holds it.
     """
     rng = random.Random(seed)
     rows = []
@@ -45,9 +46,9 @@ def ranked_rows(pairs: list[dict], seed: int = 0, k_range=(2, 5), with_ranking_e
         row = {"prompt": prompt, "responses": [text for text, _ in picked]}
         if i % with_ranking_every == 0:
             keyed = sorted(range(len(picked)), key=lambda j: (-scores[j], rng.random()))
-            row["ranking"] = keyed
+            row["ranking"], row["scores"] = keyed, None
         else:
-            row["scores"] = scores
+            row["ranking"], row["scores"] = None, scores
         rows.append(row)
     return rows
 

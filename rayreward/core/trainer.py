@@ -22,15 +22,19 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import EvalPrediction
 
 from rayreward.core.config import RewardConfig
-from rayreward.core.loss import pairwise_loss
+from rayreward.core.attributes import record_attributes
+from rayreward.core.group_data import GroupDataset, group_format_of, tokenize_groups
+from rayreward.core.group_metrics import flat_rating_metrics, ranking_metrics, rating_metrics
+from rayreward.core.loss import pairwise_loss, ranking_loss, regression_loss
 from rayreward.core.metrics import reward_metrics
 from rayreward.core.loading import model_and_tokenizer, prepared_model_init
 from rayreward.core.model import prepare_model, warn_if_pad_is_final_eos
-from rayreward.core.packed import packed_rewards, plan_packing
+from rayreward.core.packed import packed_group_rewards, packed_rewards, plan_packing
 from rayreward.core.pairs import PairDataset, prepare_hf_dataset, tokenize_pairs
 from rayreward.data.collators import RewardDataCollatorWithPadding
 from rayreward.data.feeding import BatchStream
 from rayreward.data.formats import BadRowError, DataFormatError, LengthStats
+from rayreward.data.group_collators import GroupCollator, is_group_batch, is_rating_batch
 from rayreward.data.packing import is_packed, pair_length
 
 logger = logging.getLogger(__name__)
@@ -164,17 +168,34 @@ class RewardTrainer(Trainer):
             eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args, "eval_dataset")
         if isinstance(train_dataset, PairDataset):
             warn_if_pad_is_final_eos(tokenizer, train_dataset.pairs)
+        self.data_kind = self._data_kind(train_dataset, eval_dataset, args)
+        self._attribute_stats = None
+        if self.data_kind == "ratings" and args.standardize_targets:
+            if not isinstance(train_dataset, GroupDataset):
+                raise ValueError("standardize_targets needs the training ratings (train_dataset) to compute the "
+                                 "mean and std of each attribute")
+            self._attribute_stats = train_dataset.label_statistics()
+        if args.attributes and model is not None:
+            mean, std = self._attribute_stats or (None, None)
+            record_attributes(model, args.attributes, args.combination_weights(), mean, std)
 
         self._user_compute_metrics = compute_metrics
         self._train_rewards: dict[str, list[float]] = defaultdict(list)
         # Length grouping and packing (rayreward.data.packing). The packing collator feeds
         # training only; evaluation keeps padded batches of whole pairs.
         self.packing = plan_packing(model, args)
-        self._train_collator = None if data_collator is not None else self.packing.collator(tokenizer.pad_token_id)
+        if self.data_kind == "pairs":
+            self._train_collator = None if data_collator is not None else self.packing.collator(tokenizer.pad_token_id)
+            default_collator = RewardDataCollatorWithPadding(tokenizer, args.pad_to_multiple_of)
+        else:
+            self._train_collator = None if data_collator is not None else self.packing.group_collator(
+                tokenizer.pad_token_id, args.pad_to_multiple_of)
+            default_collator = GroupCollator(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"),
+                                             args.pad_to_multiple_of)
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or RewardDataCollatorWithPadding(tokenizer, args.pad_to_multiple_of),
+            data_collator=data_collator or default_collator,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
@@ -192,10 +213,14 @@ class RewardTrainer(Trainer):
         """Raw pairs -> tokenized ones (see ``rayreward.core.pairs``); prepared data passes through."""
         if dataset is None or dataset in self._prepared:
             return dataset
-        if _is_hf_dataset(dataset):
+        group_fmt = None if isinstance(dataset, (PairDataset, GroupDataset)) else group_format_of(dataset)
+        if group_fmt is not None:
+            out, stats = tokenize_groups(dataset, tokenizer, group_fmt, name, self.max_length, args.length_policy,
+                                         args.attributes)
+        elif _is_hf_dataset(dataset):
             out, stats = prepare_hf_dataset(dataset, tokenizer, name, self.max_length, args.length_policy,
                                             args.dataset_num_proc)
-        elif isinstance(dataset, (PairDataset, torch.utils.data.IterableDataset)):
+        elif isinstance(dataset, (PairDataset, GroupDataset, torch.utils.data.IterableDataset)):
             return dataset
         else:
             out, stats = tokenize_pairs(dataset, tokenizer, name, self.max_length, args.length_policy)
@@ -204,6 +229,28 @@ class RewardTrainer(Trainer):
             logger.warning("%s: %s", name, stats.describe(self.max_length, args.length_policy))
         self._prepared.add(out)
         return out
+
+    @staticmethod
+    def _data_kind(train_dataset, eval_dataset, args: RewardConfig) -> str:
+        """``pairs``, ``groups`` or ``ratings``: what the data is, checked against ``loss_type``."""
+        sets = [train_dataset] + (list(eval_dataset.values()) if isinstance(eval_dataset, Mapping) else [eval_dataset])
+        kinds = {d.kind if isinstance(d, GroupDataset) else "pairs" for d in sets
+                 if d is not None and not isinstance(d, BatchStream)}
+        streams = [d for d in sets if isinstance(d, BatchStream)]
+        kinds |= {getattr(d, "kind", "pairs") for d in streams}
+        if len(kinds) > 1:
+            raise ValueError(f"the train and eval data have different shapes ({', '.join(sorted(kinds))}); give "
+                             "them one shape")
+        kind = kinds.pop() if kinds else "pairs"
+        if kind == "ratings" and args.loss_type != "regression":
+            raise ValueError(f"ratings data (a 'response' and attribute columns) trains with loss_type='regression', "
+                             f"not {args.loss_type!r}")
+        if kind != "ratings" and args.loss_type == "regression":
+            raise ValueError(f"loss_type='regression' needs ratings data ('prompt', 'response' and one column per "
+                             f"attribute); this data is {kind}")
+        if kind == "pairs" and args.loss_type == "plackett_luce":
+            logger.info("plackett_luce on pairs is the Bradley-Terry loss without margin")
+        return kind
 
     def _prepare_eval(self, eval_dataset, name: str):
         if eval_dataset is None or isinstance(eval_dataset, str):
@@ -235,7 +282,9 @@ class RewardTrainer(Trainer):
             return None
         if not self.packing.group_by_length:
             return torch.utils.data.RandomSampler(dataset)
-        if isinstance(dataset, PairDataset):
+        if isinstance(dataset, GroupDataset):
+            lengths = dataset.lengths()
+        elif isinstance(dataset, PairDataset):
             lengths = [pair_length(p) for p in dataset.pairs]
         else:
             lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
@@ -305,7 +354,43 @@ class RewardTrainer(Trainer):
         rewards = logits[:, 0].float()
         return rewards[:n], rewards[n:]
 
+    def compute_outputs(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Head outputs ``(sequences, num_labels)`` of a batch of groups or ratings (one forward pass)."""
+        if "packed_input_ids" in inputs:
+            return packed_group_rewards(model, inputs, getattr(self.args, "attention_backend", "auto"))
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
+
+    def combined_rewards(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Head outputs -> one reward per sequence (the attributes' weighted sum)."""
+        if outputs.shape[-1] == 1:
+            return outputs[:, 0]
+        weights = torch.tensor(self.args.combination_weights(), dtype=outputs.dtype, device=outputs.device)
+        return outputs @ weights
+
+    def _group_loss(self, model, inputs, return_outputs: bool):
+        outputs = self.compute_outputs(model, inputs)
+        if is_rating_batch(inputs):
+            stats = self._attribute_stats
+            mean, std = (torch.tensor(s, device=outputs.device) for s in stats) if stats else (None, None)
+            loss = regression_loss(outputs, inputs["ratings"], mean, std)
+            result = {"outputs": outputs, "labels": inputs["ratings"]}
+        else:
+            rewards = self.combined_rewards(outputs)
+            loss = ranking_loss(self.args.loss_type, rewards, inputs["scores"], inputs["group_index"],
+                                self.args.center_rewards_coefficient)
+            result = {"rewards": rewards, "scores": inputs["scores"], "group_index": inputs["group_index"]}
+            if model.training:
+                with torch.no_grad():
+                    s, g, r = inputs["scores"], inputs["group_index"], rewards.detach()
+                    prefer = (g[:, None] == g[None, :]) & (s[:, None] > s[None, :])
+                    right = (r[:, None] > r[None, :]) & prefer
+                    self._train_rewards["accuracy"].append((right.sum() / prefer.sum().clamp(min=1)).item())
+                    self._train_rewards["rewards/mean"].append(r.mean().item())
+        return (loss, result) if return_outputs else loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if is_group_batch(inputs) or is_rating_batch(inputs):
+            return self._group_loss(model, inputs, return_outputs)
         chosen, rejected = self.compute_rewards(model, inputs)
         margin = inputs.get("margin") if self.args.use_margin else None
         loss = pairwise_loss(chosen, rejected, margin, self.args.center_rewards_coefficient)
@@ -327,14 +412,59 @@ class RewardTrainer(Trainer):
         loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
+        if "rewards" in out:
+            return loss, *self._group_predictions(out)
+        if "outputs" in out:
+            return loss, out["outputs"].detach(), out["labels"].to(out["outputs"].device)
         logits = torch.stack([out["rewards_chosen"], out["rewards_rejected"]], dim=1).detach()
         labels = torch.zeros(logits.shape[0], device=logits.device)
         return loss, logits, labels
 
+    def _group_predictions(self, out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards and scores of a batch of groups as ``(groups, width)`` arrays padded with NaN.
+
+        The width is the largest group of the data, fixed so that the Trainer can
+        concatenate the batches of an evaluation.
+        """
+        rewards, scores, index = out["rewards"].detach(), out["scores"], out["group_index"]
+        groups, inverse = torch.unique(index, return_inverse=True)
+        width = max(self._group_width(), int(torch.bincount(inverse).max()))
+        r = torch.full((len(groups), width), float("nan"), device=rewards.device)
+        s = torch.full((len(groups), width), float("nan"), device=rewards.device)
+        slot = torch.zeros_like(inverse)
+        seen = torch.zeros(len(groups), dtype=torch.long, device=index.device)
+        for i, g in enumerate(inverse.tolist()):
+            slot[i] = seen[g]
+            seen[g] += 1
+        r[inverse, slot] = rewards
+        s[inverse, slot] = scores.to(r.dtype)
+        return r, s
+
+    def _group_width(self) -> int:
+        sets = [self.train_dataset] + (list(self.eval_dataset.values()) if isinstance(self.eval_dataset, Mapping)
+                                       else [self.eval_dataset])
+        return max([d.max_group_size() for d in sets if isinstance(d, GroupDataset)] + [2])
+
     def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
-        metrics = reward_metrics(logits[:, 0], logits[:, 1])
+        if self.data_kind == "groups":
+            import numpy as np
+
+            labels = prediction.label_ids
+            groups = [(r[~np.isnan(r)], s[~np.isnan(s)]) for r, s in zip(logits, labels)]
+            metrics = {k: v for k, v in ranking_metrics(groups).items()
+                       if k in ("top1_accuracy", "best_of_k_accuracy", "pairwise_accuracy", "kendall_tau")}
+            metrics["accuracy"] = metrics["pairwise_accuracy"]
+        elif self.data_kind == "ratings":
+            from rayreward.core.attributes import attribute_spec
+
+            spec = attribute_spec(self.model.config)
+            values = spec.values(torch.as_tensor(logits)).numpy()
+            names = list(spec.names) or ["reward"]
+            metrics = flat_rating_metrics(rating_metrics(values, prediction.label_ids, names))
+        else:
+            metrics = reward_metrics(logits[:, 0], logits[:, 1])
         if self._user_compute_metrics is not None:
             metrics.update(self._user_compute_metrics(prediction))
         return metrics
