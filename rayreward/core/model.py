@@ -223,7 +223,7 @@ def prepare_model(model: nn.Module, args, peft_config=None):
     return model
 
 
-def load_base_model(model_section):
+def load_base_model(model_section, num_labels: int = 1):
     """The model a job trains, from its ``model`` section (object or dict).
 
     ``dtype: auto`` (the default) loads float32 master weights whatever the checkpoint
@@ -237,6 +237,8 @@ def load_base_model(model_section):
         kwargs["attn_implementation"] = section["attn_implementation"]
     if section.get("trust_remote_code"):
         kwargs["trust_remote_code"] = True
+    if num_labels != 1:  # one output per reward attribute
+        kwargs["num_labels"] = num_labels
     return load_reward_model(section["name_or_path"], **kwargs)
 
 

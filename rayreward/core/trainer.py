@@ -452,7 +452,10 @@ class RewardTrainer(Trainer):
             import numpy as np
 
             labels = prediction.label_ids
-            groups = [(r[~np.isnan(r)], s[~np.isnan(s)]) for r, s in zip(logits, labels)]
+            # NaN pads a group to the batch's width; across batches of a stream (whose
+            # largest group is not known up front) the Trainer pads with -100 in both.
+            real = [~np.isnan(s) & ~((s == -100) & (r == -100)) for r, s in zip(logits, labels)]
+            groups = [(r[m], s[m]) for r, s, m in zip(logits, labels, real)]
             metrics = {k: v for k, v in ranking_metrics(groups).items()
                        if k in ("top1_accuracy", "best_of_k_accuracy", "pairwise_accuracy", "kendall_tau")}
             metrics["accuracy"] = metrics["pairwise_accuracy"]

@@ -91,9 +91,10 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
     ds_config = deepspeed_config_for(job)
 
     # 2. Data: tokenized on the cluster, counted before training.
-    prepared = build_datasets(job.data, job.model.name_or_path)
+    prepared = build_datasets(job.data, job.model.name_or_path, job.train["attributes"])
     plan = step_plan(job, prepared.num_train_pairs)
-    print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training pairs, "
+    unit = {"pairs": "pairs", "groups": "ranked groups", "ratings": "rated responses"}[prepared.kind]
+    print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training {unit}, "
              f"{_describe_workers(job.scaling)} workers, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
              f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
 
@@ -113,7 +114,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
         metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
     # 6. Sum up: the exported model on the eval pairs (headline metrics, reward stats
     # stored in its config for `score --normalize`).
-    if prepared.eval is not None:
+    if prepared.eval is not None and prepared.kind == "pairs":
         from rayreward.run.final_eval import headline_line, summarize
 
         metrics.update(summarize(model_dir, prepared.eval, job))
@@ -163,7 +164,7 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         train_loop,
         train_loop_config={"job": to_dict(job), "deepspeed": ds_config, "max_steps": plan.max_steps,
                            "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks),
-                           "progress": progress},
+                           "progress": progress, "data_kind": prepared.kind},
         # All nodes on 127.0.0.1 (embedded Ray, test clusters): the rendezvous listens there too.
         torch_config=loopback_torch_config() if on_loopback() else None,
         scaling_config=ScalingConfig(
@@ -240,7 +241,8 @@ def train_loop(config: dict[str, Any]) -> None:
     # model is built before them, with no zero.Init: its random initialisation must be
     # the one `rayreward export` rebuilds as the base of a LoRA checkpoint.
     builtin = is_builtin(job.model.name_or_path)
-    model = load_base_model(job.model) if builtin else None
+    num_labels = len(job.train["attributes"] or ()) or 1  # one head output per reward attribute
+    model = load_base_model(job.model, num_labels) if builtin else None
     args = RewardConfig(**kwargs)
     if config["deepspeed"]:
         import deepspeed
@@ -251,24 +253,25 @@ def train_loop(config: dict[str, Any]) -> None:
 
         # Adopt Ray's process group now: ZeRO-3's zero.Init needs the world size at load.
         deepspeed.init_distributed()
-    model = model if builtin else load_base_model(job.model)
+    model = model if builtin else load_base_model(job.model, num_labels)
     tokenizer = load_tokenizer(job.model.name_or_path)
+    kind = config.get("data_kind", "pairs")
     # 2. Data: this worker's shards, as collated batches; packed (decoders) or
     # length-grouped (encoders) as the speed switches of `train` resolve for this model.
     if global_batch is None:
         train = BatchStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
                             shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
-                            seed=job.data.seed, epochs=None, packing=plan_packing(model, args),
+                            seed=job.data.seed, epochs=None, packing=plan_packing(model, args), kind=kind,
                             length_group_batches=args.length_group_batches)
     else:
         train = GlobalBatchStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
                                   global_batch=global_batch, rank=rank, world_size=world_size,
                                   shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
-                                  seed=job.data.seed, packing=plan_packing(model, args))
+                                  seed=job.data.seed, packing=plan_packing(model, args), kind=kind)
     evaluation = None
     if job.data.eval or job.data.eval_split:
         evaluation = BatchStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
-                                 shuffle="none", epochs=1)
+                                 shuffle="none", epochs=1, kind=kind)
     # 3. Trainer, fed by Ray Data: it loads a BatchStream as it comes (see BatchStream).
     progress = Progress(config["steps_per_epoch"], sink=config.get("progress"))
     trainer = RewardTrainer(

@@ -236,7 +236,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
     job = job_from_dict(apply_overrides(base, config), check=False)
     trial_dir = _storage.join(run_dir, f"trial_{ray.tune.get_context().get_trial_id()}")
     # 2. Data, and the step plan the results table compares the trial's last step with.
-    prepared = prepared or build_datasets(job.data, job.model.name_or_path)
+    prepared = prepared or build_datasets(job.data, job.model.name_or_path, job.train["attributes"])
     plan = step_plan(job, prepared.num_train_pairs)
     _storage.write_text(_storage.join(trial_dir, PLAN_FILE), json.dumps(
         {"max_steps": plan.max_steps, "steps_per_epoch": plan.steps_per_epoch, **prepared.metrics()}, indent=1))
@@ -326,7 +326,7 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
     if not any(k.split(".", 1)[0] in ("data", "model") for k in keys):
         from rayreward.data import build_datasets
 
-        prepared = build_datasets(job.data, job.model.name_or_path)
+        prepared = build_datasets(job.data, job.model.name_or_path, job.train["attributes"])
         print_fn(f"[rayreward] data: {prepared.num_train_pairs} training pairs, tokenized once for all trials")
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base_config(job), run_dir=run_dir, prepared=prepared), TRIAL_RESOURCES)
