@@ -65,3 +65,30 @@ def ratings_rows(pairs: list[dict], seed: int = 0, missing: float = 0.2) -> list
                 h = HELPFULNESS[kind]
             rows.append({"prompt": prompt, "response": text, "helpfulness": h, "politeness": p})
     return rows
+
+
+THREE = ["helpfulness", "politeness", "brevity"]
+THREE_WEIGHTS = [0.5, 0.3, 0.2]
+
+
+def export_rated_model(path, steps: int = 6):
+    """A tiny Llama with three attribute outputs trained a few steps on sample ratings
+    (``brevity``: 1 for answers under 100 characters) and exported as ``rayreward`` exports it."""
+    from rayreward import RewardConfig, RewardTrainer
+    from rayreward.core import tiny
+    from rayreward.data.tokenizer import SAMPLE_DATA_DIR, builtin_tokenizer
+
+    import json
+
+    pairs = [json.loads(line) for line in open(SAMPLE_DATA_DIR / "train.jsonl", encoding="utf-8")]
+    rows = [dict(r, brevity=float(len(r["response"]) < 100)) for r in ratings_rows(pairs)[:200]]
+    tok = builtin_tokenizer()
+    model = tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=0, num_labels=3)
+    args = RewardConfig(output_dir=str(path) + "-out", loss_type="regression", attributes=THREE,
+                        attribute_weights=THREE_WEIGHTS, max_steps=steps, per_device_train_batch_size=8,
+                        learning_rate=2e-3, save_strategy="no", report_to=[], disable_tqdm=True,
+                        dataloader_pin_memory=False, seed=0)
+    trainer = RewardTrainer(model=model, args=args, tokenizer=tok, train_dataset=rows)
+    trainer.train()
+    trainer.save_model(str(path))
+    return path, rows

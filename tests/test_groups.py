@@ -226,3 +226,17 @@ def test_regression_masks_missing_labels_and_standardises():
     regression_loss(grad_pred, labels).backward()
     assert grad_pred.grad[0, 1] == 0 and grad_pred.grad[2, 0] == 0  # unrated cells get no gradient
     assert not torch.isnan(grad_pred.grad).any()
+
+
+def test_job_config_checks_loss_type_and_tune_can_sweep_it(tmp_path):
+    from rayreward.job.config import load_job_config
+
+    with pytest.raises(ValueError, match="loss_type"):
+        load_job_config(None, ["train.loss_type=listwise"])
+    job = load_job_config(None, ["train.loss_type=plackett_luce", "data.format=ranked"])
+    assert job.train["loss_type"] == "plackett_luce" and job.data.format == "ranked"
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("tune:\n  metric: eval_best_of_k_accuracy\n  mode: max\n  num_samples: 2\n  search_space:\n"
+                     "    train.loss_type:\n      choice: [bradley_terry, plackett_luce]\n")
+    job = load_job_config(str(sweep), [])
+    assert job.tune.search_space["train.loss_type"] == {"choice": ["bradley_terry", "plackett_luce"]}
