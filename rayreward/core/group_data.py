@@ -49,7 +49,11 @@ class GroupDataset(torch.utils.data.Dataset):
         return [max(len(s) for s in e["input_ids_responses"]) for e in self.examples]
 
     def max_group_size(self) -> int:
-        return max((len(e["scores"]) for e in self.examples), default=0) if self.kind == "groups" else 1
+        """Responses in the largest group (1 for ratings); computed once."""
+        if not hasattr(self, "_max_group_size"):
+            self._max_group_size = (max((len(e["scores"]) for e in self.examples), default=0)
+                                    if self.kind == "groups" else 1)
+        return self._max_group_size
 
     def label_statistics(self) -> tuple[list[float], list[float]]:
         """Per-attribute mean and standard deviation of the rated cells (std 1 where it is 0)."""

@@ -24,12 +24,12 @@ from transformers.trainer_utils import EvalPrediction
 from rayreward.core.config import RewardConfig
 from rayreward.core.attributes import record_attributes
 from rayreward.core.group_data import GroupDataset, group_format_of, tokenize_groups
-from rayreward.core.group_metrics import flat_rating_metrics, ranking_metrics, rating_metrics
-from rayreward.core.loss import pairwise_loss, ranking_loss, regression_loss
+from rayreward.core.group_training import GroupTraining
+from rayreward.core.loss import pairwise_loss
 from rayreward.core.metrics import reward_metrics
 from rayreward.core.loading import model_and_tokenizer, prepared_model_init
 from rayreward.core.model import prepare_model, warn_if_pad_is_final_eos
-from rayreward.core.packed import packed_group_rewards, packed_rewards, plan_packing
+from rayreward.core.packed import packed_rewards, plan_packing
 from rayreward.core.pairs import PairDataset, prepare_hf_dataset, tokenize_pairs
 from rayreward.data.collators import RewardDataCollatorWithPadding
 from rayreward.data.feeding import BatchStream
@@ -68,12 +68,15 @@ def _is_hf_dataset(dataset) -> bool:
     return isinstance(dataset, (datasets.Dataset, datasets.IterableDataset))
 
 
-class RewardTrainer(Trainer):
+class RewardTrainer(GroupTraining, Trainer):
     """Trains a sequence-classification model with one output as a reward model.
 
     Chosen and rejected sequences go through the model in one concatenated forward
     pass; the loss is ``-logsigmoid(r_chosen - r_rejected - margin)`` averaged over the
     batch, plus the optional centering term (see ``rayreward.core.loss.pairwise_loss``).
+    Ranked groups, chosen/rejected lists and ratings (``rayreward.data.groups``) train
+    with ``args.loss_type`` from one forward pass of each group's K responses; with
+    ``args.attributes`` the head has one output per attribute (``num_labels``).
 
     Args:
         model: a model, or a hub id/folder loaded with
@@ -101,8 +104,9 @@ class RewardTrainer(Trainer):
             sequence classification with the score head trained and saved.
 
     Raises:
-        ValueError: two different tokenizers, no tokenizer to be found, a model with
-            ``num_labels != 1``, or settings that contradict each other.
+        ValueError: two different tokenizers, no tokenizer to be found, a model whose
+            ``num_labels`` is not 1 (or the number of ``args.attributes``), data whose
+            shape does not fit ``args.loss_type``, or settings that contradict each other.
 
     Example:
         >>> trainer = RewardTrainer(model="Qwen/Qwen2.5-0.5B", train_dataset=pairs)
@@ -230,28 +234,6 @@ class RewardTrainer(Trainer):
         self._prepared.add(out)
         return out
 
-    @staticmethod
-    def _data_kind(train_dataset, eval_dataset, args: RewardConfig) -> str:
-        """``pairs``, ``groups`` or ``ratings``: what the data is, checked against ``loss_type``."""
-        sets = [train_dataset] + (list(eval_dataset.values()) if isinstance(eval_dataset, Mapping) else [eval_dataset])
-        kinds = {d.kind if isinstance(d, GroupDataset) else "pairs" for d in sets
-                 if d is not None and not isinstance(d, BatchStream)}
-        streams = [d for d in sets if isinstance(d, BatchStream)]
-        kinds |= {getattr(d, "kind", "pairs") for d in streams}
-        if len(kinds) > 1:
-            raise ValueError(f"the train and eval data have different shapes ({', '.join(sorted(kinds))}); give "
-                             "them one shape")
-        kind = kinds.pop() if kinds else "pairs"
-        if kind == "ratings" and args.loss_type != "regression":
-            raise ValueError(f"ratings data (a 'response' and attribute columns) trains with loss_type='regression', "
-                             f"not {args.loss_type!r}")
-        if kind != "ratings" and args.loss_type == "regression":
-            raise ValueError(f"loss_type='regression' needs ratings data ('prompt', 'response' and one column per "
-                             f"attribute); this data is {kind}")
-        if kind == "pairs" and args.loss_type == "plackett_luce":
-            logger.info("plackett_luce on pairs is the Bradley-Terry loss without margin")
-        return kind
-
     def _prepare_eval(self, eval_dataset, name: str):
         if eval_dataset is None or isinstance(eval_dataset, str):
             return eval_dataset
@@ -354,40 +336,6 @@ class RewardTrainer(Trainer):
         rewards = logits[:, 0].float()
         return rewards[:n], rewards[n:]
 
-    def compute_outputs(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Head outputs ``(sequences, num_labels)`` of a batch of groups or ratings (one forward pass)."""
-        if "packed_input_ids" in inputs:
-            return packed_group_rewards(model, inputs, getattr(self.args, "attention_backend", "auto"))
-        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
-
-    def combined_rewards(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Head outputs -> one reward per sequence (the attributes' weighted sum)."""
-        if outputs.shape[-1] == 1:
-            return outputs[:, 0]
-        weights = torch.tensor(self.args.combination_weights(), dtype=outputs.dtype, device=outputs.device)
-        return outputs @ weights
-
-    def _group_loss(self, model, inputs, return_outputs: bool):
-        outputs = self.compute_outputs(model, inputs)
-        if is_rating_batch(inputs):
-            stats = self._attribute_stats
-            mean, std = (torch.tensor(s, device=outputs.device) for s in stats) if stats else (None, None)
-            loss = regression_loss(outputs, inputs["ratings"], mean, std)
-            result = {"outputs": outputs, "labels": inputs["ratings"]}
-        else:
-            rewards = self.combined_rewards(outputs)
-            loss = ranking_loss(self.args.loss_type, rewards, inputs["scores"], inputs["group_index"],
-                                self.args.center_rewards_coefficient)
-            result = {"rewards": rewards, "scores": inputs["scores"], "group_index": inputs["group_index"]}
-            if model.training:
-                with torch.no_grad():
-                    s, g, r = inputs["scores"], inputs["group_index"], rewards.detach()
-                    prefer = (g[:, None] == g[None, :]) & (s[:, None] > s[None, :])
-                    right = (r[:, None] > r[None, :]) & prefer
-                    self._train_rewards["accuracy"].append((right.sum() / prefer.sum().clamp(min=1)).item())
-                    self._train_rewards["rewards/mean"].append(r.mean().item())
-        return (loss, result) if return_outputs else loss
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if is_group_batch(inputs) or is_rating_batch(inputs):
             return self._group_loss(model, inputs, return_outputs)
@@ -420,52 +368,11 @@ class RewardTrainer(Trainer):
         labels = torch.zeros(logits.shape[0], device=logits.device)
         return loss, logits, labels
 
-    def _group_predictions(self, out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards and scores of a batch of groups as ``(groups, width)`` arrays padded with NaN.
-
-        The width is the largest group of the data, fixed so that the Trainer can
-        concatenate the batches of an evaluation.
-        """
-        rewards, scores, index = out["rewards"].detach(), out["scores"], out["group_index"]
-        groups, inverse = torch.unique(index, return_inverse=True)
-        width = max(self._group_width(), int(torch.bincount(inverse).max()))
-        r = torch.full((len(groups), width), float("nan"), device=rewards.device)
-        s = torch.full((len(groups), width), float("nan"), device=rewards.device)
-        slot = torch.zeros_like(inverse)
-        seen = torch.zeros(len(groups), dtype=torch.long, device=index.device)
-        for i, g in enumerate(inverse.tolist()):
-            slot[i] = seen[g]
-            seen[g] += 1
-        r[inverse, slot] = rewards
-        s[inverse, slot] = scores.to(r.dtype)
-        return r, s
-
-    def _group_width(self) -> int:
-        sets = [self.train_dataset] + (list(self.eval_dataset.values()) if isinstance(self.eval_dataset, Mapping)
-                                       else [self.eval_dataset])
-        return max([d.max_group_size() for d in sets if isinstance(d, GroupDataset)] + [2])
-
     def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
-        if self.data_kind == "groups":
-            import numpy as np
-
-            labels = prediction.label_ids
-            # NaN pads a group to the batch's width; across batches of a stream (whose
-            # largest group is not known up front) the Trainer pads with -100 in both.
-            real = [~np.isnan(s) & ~((s == -100) & (r == -100)) for r, s in zip(logits, labels)]
-            groups = [(r[m], s[m]) for r, s, m in zip(logits, labels, real)]
-            metrics = {k: v for k, v in ranking_metrics(groups).items()
-                       if k in ("top1_accuracy", "best_of_k_accuracy", "pairwise_accuracy", "kendall_tau")}
-            metrics["accuracy"] = metrics["pairwise_accuracy"]
-        elif self.data_kind == "ratings":
-            from rayreward.core.attributes import attribute_spec
-
-            spec = attribute_spec(self.model.config)
-            values = spec.values(torch.as_tensor(logits)).numpy()
-            names = list(spec.names) or ["reward"]
-            metrics = flat_rating_metrics(rating_metrics(values, prediction.label_ids, names))
+        if self.data_kind != "pairs":
+            metrics = self._group_metrics(logits, prediction.label_ids)
         else:
             metrics = reward_metrics(logits[:, 0], logits[:, 1])
         if self._user_compute_metrics is not None:
