@@ -240,3 +240,34 @@ def test_job_config_checks_loss_type_and_tune_can_sweep_it(tmp_path):
                      "    train.loss_type:\n      choice: [bradley_terry, plackett_luce]\n")
     job = load_job_config(str(sweep), [])
     assert job.tune.search_space["train.loss_type"] == {"choice": ["bradley_terry", "plackett_luce"]}
+
+
+def test_files_are_read_and_checked_row_by_row_before_ray(tmp_path):
+    """The reader of `rayreward train`: a bad group row names file, line and field; CSV ratings' empty cells are missing."""
+    import json
+
+    from rayreward.data.formats import BadRowError, ColumnNames
+    from rayreward.data.reader import ReadPlan, probe, read_rows
+    from rayreward.data.sources import resolve_source
+
+    path = tmp_path / "ranked.jsonl"
+    good = {"prompt": PROMPT, "responses": [A, B, C], "scores": [2, 1, 1]}
+    path.write_text("\n".join(json.dumps(r) for r in [good, dict(good, scores=None, ranking=[0, 2, 2])]) + "\n")
+    source = resolve_source(str(path), "data.train", role="train")
+    with pytest.raises(BadRowError, match=r"ranked.jsonl, row 2, field 'ranking'.*not a permutation"):
+        probe(source, "auto", ColumnNames(), "error")
+    fmt, _, _, samples = probe(source, "auto", ColumnNames(), "skip")
+    assert fmt == "ranked" and len(samples) == 1 and json.loads(samples[0]["_group"])["scores"] == [2, 1, 1]
+    rows = list(read_rows(ReadPlan(source, fmt, ColumnNames(), False, False), source.files[0]))
+    assert [r["_problem"] is None for r in rows] == [True, False] and rows[1]["_field"] == "ranking"
+
+    csv = tmp_path / "ratings.csv"
+    csv.write_text('prompt,response,helpful,polite\n"Q?"," A.",4,\n"Q?"," B.",,x\n')
+    source = resolve_source(str(csv), "data.train", role="train")
+    with pytest.raises(DataFormatError, match="needs the names of the rated attributes"):
+        probe(source, "auto", ColumnNames(), "error")
+    fmt, _, _, _ = probe(source, "auto", ColumnNames(), "skip", attributes=("helpful", "polite"))
+    plan = ReadPlan(source, fmt, ColumnNames(), False, False, attributes=("helpful", "polite"))
+    first, second = read_rows(plan, source.files[0])
+    assert json.loads(first["_group"]) == {"prompt": "Q?", "response": " A.", "helpful": 4.0, "polite": None}
+    assert second["_field"] == "polite" and "must be a number, got str" in second["_problem"]
