@@ -271,3 +271,20 @@ def test_files_are_read_and_checked_row_by_row_before_ray(tmp_path):
     first, second = read_rows(plan, source.files[0])
     assert json.loads(first["_group"]) == {"prompt": "Q?", "response": " A.", "helpful": 4.0, "polite": None}
     assert second["_field"] == "polite" and "must be a number, got str" in second["_problem"]
+
+
+def test_check_reports_shape_and_loss_mismatch_before_ray(tmp_path):
+    import json
+
+    from rayreward.job.config import load_job_config
+    from rayreward.job.preflight import check_job
+
+    data = tmp_path / "ratings.jsonl"
+    data.write_text(json.dumps({"prompt": PROMPT, "response": A, "helpful": 3.0, "polite": None}) + "\n")
+    common = [f"data.train={data}", f"storage.path={tmp_path / 'runs'}"]
+    found = check_job(load_job_config(None, common))
+    assert any("needs the names of the rated attributes" in p for p in found.problems), found.problems
+    found = check_job(load_job_config(None, common + ["train.attributes=[helpful,polite]"]))
+    assert any("trains with train.loss_type=regression" in p for p in found.problems), found.problems
+    found = check_job(load_job_config(None, common + ["train.attributes=[helpful,polite]", "train.loss_type=regression"]))
+    assert found.problems == []
