@@ -60,11 +60,17 @@ def models(tmp_path_factory):
     from rayreward.evaluation.ensemble import write_ensemble
     from rayreward.evaluation.normalization import save_normalization
 
+    from group_data import export_rated_model
+
     root = tmp_path_factory.mktemp("serve-models")
     a, b = _save_model(root / "ens" / "a", 3), _save_model(root / "ens" / "b", 4)
     save_normalization(a, MEAN, STD, source="test")
     write_ensemble(root / "ens", ["a", "b"], source="test")
-    return {"a": a, "b": b, "ensemble": root / "ens"}
+    # Two three-attribute models (trained 4 and 6 steps on sample ratings) as one ensemble.
+    x, _ = export_rated_model(root / "attrs" / "x", steps=4)
+    y, _ = export_rated_model(root / "attrs" / "y", steps=6)
+    write_ensemble(root / "attrs", ["x", "y"], source="test")
+    return {"a": a, "b": b, "ensemble": root / "ens", "attrs": root / "attrs", "x": x, "y": y}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +99,9 @@ def served(models):
     ens = launch(serve_config({"serve": {**common, "models": [str(models["ensemble"])], "name": "ens",
                                          "max_length": 24, "truncation": False, "conservative_k": 2.0,
                                          "scaling": {"cpus_per_replica": 0.5}}}))
-    yield {"rm": rm, "ens": ens}
+    attrs = launch(serve_config({"serve": {**common, "models": [str(models["attrs"])], "name": "attrs",
+                                           "scaling": {"cpus_per_replica": 0.5}}}))
+    yield {"rm": rm, "ens": ens, "attrs": attrs}
     serve.shutdown()
     ray.shutdown()
 
@@ -391,3 +399,30 @@ def test_serve_binds_loopback_on_an_embedded_ray_and_all_interfaces_only_on_a_cl
     assert config.host is None and on_loopback()
     assert bind_host(config) == "127.0.0.1"
     assert bind_host(serve_config({"serve": {"models": ["runs/rm/model"], "host": "::1"}})) == "::1"
+
+
+def test_three_attribute_ensemble_returns_each_attribute_and_the_combination(served, models):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from group_data import THREE, THREE_WEIGHTS
+
+    url = served["attrs"].url
+    body = _post(f"{url}/score", {"texts": TEXTS[:2]}).json()
+    members = []
+    for m in ("x", "y"):
+        model = AutoModelForSequenceClassification.from_pretrained(models[m]).eval()
+        tok = AutoTokenizer.from_pretrained(models[m])
+        with torch.no_grad():
+            members.append([model(**tok(t + tok.eos_token, return_tensors="pt")).logits[0].tolist() for t in TEXTS[:2]])
+    mean = torch.tensor(members, dtype=torch.float64).mean(0)  # texts x attributes
+    assert list(body["attributes"]) == THREE
+    for a, name in enumerate(THREE):
+        assert body["attributes"][name] == pytest.approx(mean[:, a].tolist(), abs=1e-5)
+    combined = (mean @ torch.tensor(THREE_WEIGHTS, dtype=torch.float64)).tolist()
+    assert body["rewards"] == pytest.approx(combined, abs=1e-5)
+    # OpenRLHF's /get_reward: the combined reward only
+    reward = _post(f"{url}/get_reward", {"query": TEXTS[:2]}).json()
+    assert reward["rewards"] == pytest.approx(combined, abs=1e-5) and "attributes" not in reward
+    info = requests.get(f"{url}/info", timeout=30).json()
+    assert info["attributes"] == THREE and info["attribute_weights"] == THREE_WEIGHTS

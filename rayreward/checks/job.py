@@ -60,15 +60,29 @@ def check_job(job, full_pass: bool = True) -> Findings:
     found.problems += model_problems
     if not model_problems:
         found.problems += _tokenizer_problems(tokenizer, job)
+    attributes = tuple(job.train["attributes"] or ()) or None
     for spec, name in ((d.train, "data.train"), (d.eval, "data.eval")):
         if spec:
-            check_pairs(spec, name, d, found, None if model_problems else tokenizer, full_pass)
+            fmt = check_pairs(spec, name, d, found, None if model_problems else tokenizer, full_pass,
+                              attributes=attributes)
+            problem = _loss_problem(fmt, job.train["loss_type"])
+            if problem:
+                found.problems.append(f"{name}: {problem}")
     found.problems += check_storage(job.storage.path, "storage.path")
     return found
 
 
+def _loss_problem(fmt: str | None, loss_type: str) -> str | None:
+    """Why ``train.loss_type`` cannot train data of format ``fmt``, or None."""
+    if fmt == "ratings" and loss_type != "regression":
+        return f"ratings data trains with train.loss_type=regression, got {loss_type!r}"
+    if fmt is not None and fmt != "ratings" and loss_type == "regression":
+        return f"train.loss_type=regression needs ratings data ('response' + attribute columns); got {fmt} data"
+    return None
+
+
 def check_pairs(spec: str, name: str, data_cfg, found: Findings, tokenizer=None, full_pass: bool = True,
-                bad_rows: str | None = None) -> str | None:
+                bad_rows: str | None = None, attributes: tuple[str, ...] | None = None) -> str | None:
     """Checks one source of preference pairs; returns its format (None when unreadable).
 
     ``tokenizer`` is a zero-argument callable (loaded only when the format needs it).
@@ -81,7 +95,7 @@ def check_pairs(spec: str, name: str, data_cfg, found: Findings, tokenizer=None,
     names = data_cfg.columns.names()
     try:
         source = resolve_source(str(spec), field=name, role="eval" if name.endswith("eval") else "train")
-        fmt, has_prompt, has_margin, _ = probe(source, data_cfg.format, names, on_bad)
+        fmt, has_prompt, has_margin, _ = probe(source, data_cfg.format, names, on_bad, attributes=attributes)
     except BadRowError as exc:
         found.problems.append(f"{name}: {exc}")
         return None
@@ -96,7 +110,7 @@ def check_pairs(spec: str, name: str, data_cfg, found: Findings, tokenizer=None,
                                   "expected data.chat_template (a Jinja template or a file holding one)")
     if not full_pass or source.filesystem.type_name != "local" or sum(source.sizes) > FULL_PASS_BYTES:
         return fmt
-    plan = ReadPlan(source, fmt, names, has_prompt, has_margin)
+    plan = ReadPlan(source, fmt, names, has_prompt, has_margin, attributes=attributes)
     vocab = len(tok) if tok is not None and fmt in ("pretokenized", "token_ids") else None
     _full_pass(plan, name, on_bad, getattr(data_cfg, "identical_pairs", "warn"), vocab, found)
     return fmt

@@ -96,6 +96,9 @@ def check_model(name_or_path: str, trust_remote_code: bool = False, name: str = 
     heads = [a for a in getattr(config, "architectures", None) or [] if a.endswith("ForSequenceClassification")]
     # A plain base model's config says num_labels=2 by default; only a classification
     # head that is there in the weights has to have one output.
+    attributes = getattr(config, "rayreward_attributes", None) or []
+    if labels == len(attributes) > 1:
+        return []  # a multi-attribute reward model: one output per named attribute
     if (one_output or heads) and labels != 1:
         return [f"{name}: got a classification model with {labels} outputs (num_labels={labels}); expected a "
                 "reward model with one output (or a base model without a classification head)"]

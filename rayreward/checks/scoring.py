@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from rayreward.checks.findings import Findings
@@ -32,7 +33,8 @@ def check_scoring(model: str, data: str, pairs_only: bool, text_column: str | No
     except (DataSourceError, DataFormatError) as exc:
         found.problems.append(str(exc) if str(exc).startswith("--data") else f"--data: {exc}")
         return found
-    if pairs_only and layout.kind != "pairs":
+    rated = layout.kind == "single" and _rates_columns(model, first[1])
+    if pairs_only and layout.kind == "single" and not rated:
         found.problems.append(f"--data: got columns {sorted(first[1])} in {source.display(source.files[0])}; "
                               "expected preference pairs ('chosen' and 'rejected'); to score single answers use "
                               "`rayreward score`")
@@ -40,11 +42,23 @@ def check_scoring(model: str, data: str, pairs_only: bool, text_column: str | No
     if layout.kind == "pairs":
         cfg = DataConfig(train=str(data), columns=ColumnsConfig(prompt=prompt_column))
         check_pairs(str(data), "--data", cfg, found, full_pass=True)
+    elif layout.kind == "groups" and source.filesystem.type_name == "local" and sum(source.sizes) <= FULL_PASS_BYTES:
+        _full_pass(ReadPlan(source, layout.fmt, layout.names, False, False), "--data", "error", None, None, found)
     elif source.filesystem.type_name == "local" and sum(source.sizes) <= FULL_PASS_BYTES:
         names = layout.names
         plan = ReadPlan(source, layout.fmt, names, layout.fmt != "implicit_prompt" and names.prompt in first[1], False)
         _full_pass(plan, "--data", "error", None, None, found)
     return found
+
+
+def _rates_columns(model: str, first_row) -> bool:
+    """Whether ``model`` is a multi-attribute model whose attributes are all columns of the data (ratings)."""
+    try:
+        with open(os.path.join(os.path.expanduser(str(model)), "config.json"), encoding="utf-8") as f:
+            names = json.load(f).get("rayreward_attributes") or []
+    except (OSError, ValueError):
+        return False
+    return bool(names) and all(n in first_row for n in names)
 
 
 def check_export(checkpoint: str, out: str, base_model: str | None) -> Findings:

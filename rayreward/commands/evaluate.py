@@ -86,6 +86,12 @@ def run(args) -> int:
         return 2
     # 3. report
     m = result.metrics
+    if "accuracy" not in m:  # ranked groups or ratings
+        print(f"{m['model']} on {m['data']}: " + " | ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.headline.items()))
+        if result.paths:
+            print(f"wrote {', '.join(str(p) for p in result.paths.values())}")
+        return 0
     if result.samples is not None:
         print(format_table(result.samples))
     print(f"{m['model']} on {m['data']}: {format_headline(result.headline)}")

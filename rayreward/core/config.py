@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +13,9 @@ from rayreward.data.config import DEFAULT_LENGTH_POLICY, DEFAULT_MAX_LENGTH
 from rayreward.data.formats import LENGTH_POLICIES
 from rayreward.runtime._framework_internals import training_arguments_dict_fields
 
-# The attention backends (rayreward.core.attention implements them); here, so that the
-# config imports no torch code.
+# The losses (rayreward.core.loss) and attention backends (rayreward.core.attention) a
+# RewardConfig may name; kept here, where the config is checked.
+LOSS_TYPES = ("bradley_terry", "plackett_luce", "regression")
 ATTENTION_BACKENDS = ("auto", "dense", "segment", "varlen", "flex")
 
 
@@ -113,6 +115,36 @@ class RewardConfig(TrainingArguments):
     use_margin: bool = field(
         default=True,
         metadata={"help": "Subtract the data's 'margin' column inside the loss when the data has one."},
+    )
+    loss_type: str = field(
+        default="bradley_terry",
+        metadata={
+            "help": "The loss. 'bradley_terry' (default): -logsigmoid(r_chosen - r_rejected - margin) for pairs, "
+            "and over every ordered pair of a ranked group (from one forward pass of its K responses); "
+            "'plackett_luce': the listwise likelihood of each group's order (ties: Breslow); 'regression': "
+            "mean squared error on ratings (the 'response' + attribute columns shape)."
+        },
+    )
+    attributes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Names of the rated attributes: ratings data has one numeric column per name (missing = not "
+            "rated), and the model gets one output per attribute. None: one scalar reward."
+        },
+    )
+    attribute_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "One weight per attribute; the combined reward is sum(weight * attribute) and is what "
+            "rankings train and score/serve report. Recorded in the exported config. None: equal weights 1/A."
+        },
+    )
+    standardize_targets: bool = field(
+        default=False,
+        metadata={
+            "help": "Regression: fit (rating - mean) / std per attribute, with mean and std from the training "
+            "data (recorded in the exported config, so scores come back in rating units)."
+        },
     )
     group_by_length: bool | None = field(
         default=None,
@@ -214,6 +246,7 @@ class RewardConfig(TrainingArguments):
             raise ValueError(
                 f"length_group_batches: got {self.length_group_batches!r}; expected a positive integer"
             )
+        self._check_attributes()
         super().__post_init__()
         if self.pad_to_multiple_of == "auto":
             # Neuron compiles one graph per input shape; rounding bounds how many. Asking
@@ -222,3 +255,36 @@ class RewardConfig(TrainingArguments):
             import importlib.util
 
             self.pad_to_multiple_of = 128 if importlib.util.find_spec("torch_neuronx") else None
+
+    def _check_attributes(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type: got {self.loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+        if isinstance(self.attributes, str):  # a single name, e.g. from the command line
+            self.attributes = [a.strip() for a in self.attributes.split(",") if a.strip()]
+        if self.attributes is not None:
+            names = list(self.attributes)
+            if not names or not all(isinstance(a, str) and a for a in names) or len(set(names)) != len(names):
+                raise ValueError(f"attributes: got {self.attributes!r}; expected a list of distinct, non-empty names")
+            self.attributes = names
+        if self.attribute_weights is not None:
+            if self.attributes is None:
+                raise ValueError("attribute_weights needs attributes (one weight per attribute name)")
+            weights = list(self.attribute_weights)
+            if len(weights) != len(self.attributes) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights
+            ):
+                raise ValueError(
+                    f"attribute_weights: got {self.attribute_weights!r}; expected {len(self.attributes)} finite "
+                    f"numbers, one per attribute ({', '.join(self.attributes)})"
+                )
+            self.attribute_weights = [float(w) for w in weights]
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the reward head: one per attribute, or one."""
+        return len(self.attributes) if self.attributes else 1
+
+    def combination_weights(self) -> list[float]:
+        """The weights that combine the attributes into one reward (equal weights by default)."""
+        n = self.num_labels
+        return list(self.attribute_weights) if self.attribute_weights else [1.0 / n] * n

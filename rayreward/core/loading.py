@@ -42,6 +42,8 @@ def model_and_tokenizer(model, model_init, tokenizer, args: RewardConfig, quanti
             raise ValueError("quantization_config is set both on the trainer and in args.model_init_kwargs; "
                              "set it in one place")
         init_kwargs["quantization_config"] = quantization_config
+    if getattr(args, "num_labels", 1) != 1:  # one output per reward attribute
+        init_kwargs.setdefault("num_labels", args.num_labels)
     if isinstance(model, str):
         # The new head is initialised at random: seed it, as TRL does.
         set_seed(args.seed)

@@ -27,7 +27,8 @@ def load_reward_model(name_or_path: str, **kwargs):
 
     Args:
         name_or_path: a hub id, a folder, or ``builtin:tiny-llama`` and the like.
-        **kwargs: ``from_pretrained`` keyword arguments (``num_labels`` is always 1).
+        **kwargs: ``from_pretrained`` keyword arguments (``num_labels`` is 1 unless given: a
+            multi-attribute model has one output per attribute).
     """
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -36,7 +37,7 @@ def load_reward_model(name_or_path: str, **kwargs):
     from rayreward.data.tokenizer import is_builtin, load_tokenizer
 
     if is_builtin(name_or_path):
-        return tiny.build_model(name_or_path, load_tokenizer(name_or_path))
+        return tiny.build_model(name_or_path, load_tokenizer(name_or_path), num_labels=kwargs.get("num_labels", 1))
     kwargs = dict(kwargs)
     if "torch_dtype" in kwargs and "dtype" not in kwargs:
         kwargs["dtype"] = kwargs.pop("torch_dtype")
@@ -48,7 +49,7 @@ def load_reward_model(name_or_path: str, **kwargs):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype: got {dtype!r}; expected 'auto', 'float32', 'bfloat16', 'float16' or a torch.dtype")
         kwargs["dtype"] = getattr(torch, dtype)
-    kwargs["num_labels"] = 1
+    kwargs["num_labels"] = kwargs.get("num_labels", 1)  # more than 1: one output per reward attribute
     model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
     if asked and warn_if_low_precision(model, f"dtype={dtype!r} was asked for when loading {name_or_path}"):
         _LOW_PRECISION_ASKED.add(model)
@@ -212,7 +213,14 @@ def freeze_replaced_heads(model: nn.Module) -> None:
 
 def prepare_model(model: nn.Module, args, peft_config=None):
     """Applies the config's model settings (fp32 master weights, dropout, cache, PEFT, checkpointing hooks)."""
-    if getattr(model.config, "num_labels", 1) != 1:
+    wanted = getattr(args, "num_labels", 1)
+    if wanted != 1 and getattr(model.config, "num_labels", 1) != wanted:
+        raise ValueError(
+            f"The model has num_labels={model.config.num_labels}, but the config names {wanted} attributes "
+            f"({', '.join(args.attributes)}); build or load it with num_labels={wanted}, one output per attribute, "
+            "or pass its name as a string"
+        )
+    if wanted == 1 and getattr(model.config, "num_labels", 1) != 1:
         raise ValueError(
             f"The model has num_labels={model.config.num_labels}, but reward models require num_labels=1 "
             "(one scalar reward per sequence); load it with "
@@ -230,7 +238,7 @@ def prepare_model(model: nn.Module, args, peft_config=None):
     return model
 
 
-def load_base_model(model_section):
+def load_base_model(model_section, num_labels: int = 1):
     """The model a job trains, from its ``model`` section (object or dict).
 
     ``dtype: auto`` (the default) loads float32 master weights whatever the checkpoint
@@ -246,6 +254,8 @@ def load_base_model(model_section):
         kwargs["trust_remote_code"] = True
     if section.get("revision"):
         kwargs["revision"] = section["revision"]
+    if num_labels != 1:  # one output per reward attribute
+        kwargs["num_labels"] = num_labels
     return load_reward_model(section["name_or_path"], **kwargs)
 
 

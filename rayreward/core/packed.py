@@ -55,6 +55,22 @@ def packed_rewards(
     Raises:
         ValueError: ``attention`` names a backend the model or device cannot run.
     """
+    return read_rewards(packed_head_output(model, batch, attention), batch)
+
+
+def packed_group_rewards(model: nn.Module, batch: Mapping[str, torch.Tensor], attention: str = "auto") -> torch.Tensor:
+    """Head outputs ``(responses, num_labels)`` of a packed group batch (``pack_groups``), fp32.
+
+    The same forward pass as ``packed_rewards``; the scores are read at the last token
+    of each response (``response_index``).
+    """
+    scores = packed_head_output(model, batch, attention)
+    ri = batch["response_index"]
+    return scores[ri[:, 0], ri[:, 1], :].float()
+
+
+def packed_head_output(model: nn.Module, batch: Mapping[str, torch.Tensor], attention: str = "auto") -> torch.Tensor:
+    """The reward head's per-token output ``(rows, length, num_labels)`` over a packed batch."""
     inner = unwrap_model(model)
     head = reward_head(inner)
     ids = batch["packed_input_ids"]
@@ -72,7 +88,7 @@ def packed_rewards(
         model(input_ids=ids, position_ids=batch["packed_position_ids"], **kwargs)
     finally:
         handle.remove()
-    return read_rewards(caught[-1], batch)
+    return caught[-1]
 
 
 def read_rewards(scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +120,15 @@ class PackingPlan:
     @property
     def packs(self) -> bool:
         return self.padding_free or self.share_prefix
+
+    def group_collator(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        """The packing collator of ranked groups and ratings, or None when the plan does not pack."""
+        if not self.packs:
+            return None
+        from rayreward.data.group_packing import PackedGroupCollator
+
+        return PackedGroupCollator(pad_token_id, share_prefix=self.share_prefix, padding_free=self.padding_free,
+                                   pad_to_multiple_of=pad_to_multiple_of)
 
     def collator(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> PackedPairCollator | None:
         """The packing collator, or None when the plan does not pack."""
@@ -189,4 +214,4 @@ def _model_type(model: nn.Module) -> str:
 
 
 
-__all__ = ["PACKABLE_MODEL_TYPES", "PackingPlan", "packed_rewards", "packing_problem", "plan_packing"]
+__all__ = ["PACKABLE_MODEL_TYPES", "PackingPlan", "packed_group_rewards", "packed_rewards", "packing_problem", "plan_packing"]

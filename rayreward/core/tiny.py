@@ -22,8 +22,9 @@ def builtin_names() -> list[str]:
     return [BUILTIN_PREFIX + k for k in _ARCHS]
 
 
-def build_model(name: str, tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
-    """Builds a randomly initialised ``*ForSequenceClassification`` with one output.
+def build_model(name: str, tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
+                num_labels: int = 1):
+    """Builds a randomly initialised ``*ForSequenceClassification`` (one output by default).
 
     Args:
         name: ``tiny-llama``, ``tiny-gpt2`` or ``tiny-bert``, with or without the
@@ -32,6 +33,7 @@ def build_model(name: str, tokenizer, hidden_size: int = 64, num_layers: int = 2
         hidden_size: width of the model.
         num_layers: number of transformer blocks.
         seed: initialisation seed; the same seed gives the same weights.
+        num_labels: outputs of the head (one per reward attribute).
 
     Returns:
         The model, with ``config.pad_token_id`` matching the tokenizer.
@@ -44,7 +46,7 @@ def build_model(name: str, tokenizer, hidden_size: int = 64, num_layers: int = 2
         raise ValueError(f"unknown built-in model {name!r}; choose one of {', '.join(builtin_names())}")
     arch = _ARCHS[key]
     vocab = len(tokenizer)
-    common = dict(num_labels=1, pad_token_id=tokenizer.pad_token_id, vocab_size=vocab)
+    common = dict(num_labels=num_labels, pad_token_id=tokenizer.pad_token_id, vocab_size=vocab)
     if arch == "llama":
         config = AutoConfig.for_model(
             "llama", hidden_size=hidden_size, intermediate_size=hidden_size * 2,

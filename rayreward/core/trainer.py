@@ -22,6 +22,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import EvalPrediction
 
 from rayreward.core.config import RewardConfig
+from rayreward.core.attributes import record_attributes
+from rayreward.core.group_data import GroupDataset, group_format_of, tokenize_groups
+from rayreward.core.group_training import GroupTraining
 from rayreward.core.loss import pairwise_loss
 from rayreward.core.metrics import reward_metrics
 from rayreward.core.loading import model_and_tokenizer, prepared_model_init
@@ -31,6 +34,7 @@ from rayreward.core.pairs import PairDataset, prepare_hf_dataset, tokenize_pairs
 from rayreward.data.collators import RewardDataCollatorWithPadding
 from rayreward.data.feeding import BatchStream
 from rayreward.data.formats import BadRowError, DataFormatError, LengthStats
+from rayreward.data.group_collators import GroupCollator, is_group_batch, is_rating_batch
 from rayreward.data.packing import is_packed, pair_length
 
 logger = logging.getLogger(__name__)
@@ -64,12 +68,15 @@ def _is_hf_dataset(dataset) -> bool:
     return isinstance(dataset, (datasets.Dataset, datasets.IterableDataset))
 
 
-class RewardTrainer(Trainer):
+class RewardTrainer(GroupTraining, Trainer):
     """Trains a sequence-classification model with one output as a reward model.
 
     Chosen and rejected sequences go through the model in one concatenated forward
     pass; the loss is ``-logsigmoid(r_chosen - r_rejected - margin)`` averaged over the
     batch, plus the optional centering term (see ``rayreward.core.loss.pairwise_loss``).
+    Ranked groups, chosen/rejected lists and ratings (``rayreward.data.groups``) train
+    with ``args.loss_type`` from one forward pass of each group's K responses; with
+    ``args.attributes`` the head has one output per attribute (``num_labels``).
 
     Args:
         model: a model, or a hub id/folder loaded with
@@ -97,8 +104,9 @@ class RewardTrainer(Trainer):
             sequence classification with the score head trained and saved.
 
     Raises:
-        ValueError: two different tokenizers, no tokenizer to be found, a model with
-            ``num_labels != 1``, or settings that contradict each other.
+        ValueError: two different tokenizers, no tokenizer to be found, a model whose
+            ``num_labels`` is not 1 (or the number of ``args.attributes``), data whose
+            shape does not fit ``args.loss_type``, or settings that contradict each other.
 
     Example:
         >>> trainer = RewardTrainer(model="Qwen/Qwen2.5-0.5B", train_dataset=pairs)
@@ -166,17 +174,34 @@ class RewardTrainer(Trainer):
             eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args, "eval_dataset")
         if isinstance(train_dataset, PairDataset):
             warn_if_pad_is_final_eos(tokenizer, train_dataset.pairs)
+        self.data_kind = self._data_kind(train_dataset, eval_dataset, args)
+        self._attribute_stats = None
+        if self.data_kind == "ratings" and args.standardize_targets:
+            if not isinstance(train_dataset, GroupDataset):
+                raise ValueError("standardize_targets needs the training ratings (train_dataset) to compute the "
+                                 "mean and std of each attribute")
+            self._attribute_stats = train_dataset.label_statistics()
+        if args.attributes and model is not None:
+            mean, std = self._attribute_stats or (None, None)
+            record_attributes(model, args.attributes, args.combination_weights(), mean, std)
 
         self._user_compute_metrics = compute_metrics
         self._train_rewards: dict[str, list[float]] = defaultdict(list)
         # Length grouping and packing (rayreward.data.packing). The packing collator feeds
         # training only; evaluation keeps padded batches of whole pairs.
         self.packing = plan_packing(model, args)
-        self._train_collator = None if data_collator is not None else self.packing.collator(tokenizer.pad_token_id)
+        if self.data_kind == "pairs":
+            self._train_collator = None if data_collator is not None else self.packing.collator(tokenizer.pad_token_id)
+            default_collator = RewardDataCollatorWithPadding(tokenizer, args.pad_to_multiple_of)
+        else:
+            self._train_collator = None if data_collator is not None else self.packing.group_collator(
+                tokenizer.pad_token_id, args.pad_to_multiple_of)
+            default_collator = GroupCollator(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"),
+                                             args.pad_to_multiple_of)
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or RewardDataCollatorWithPadding(tokenizer, args.pad_to_multiple_of),
+            data_collator=data_collator or default_collator,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
@@ -194,10 +219,14 @@ class RewardTrainer(Trainer):
         """Raw pairs -> tokenized ones (see ``rayreward.core.pairs``); prepared data passes through."""
         if dataset is None or dataset in self._prepared:
             return dataset
-        if _is_hf_dataset(dataset):
+        group_fmt = None if isinstance(dataset, (PairDataset, GroupDataset)) else group_format_of(dataset)
+        if group_fmt is not None:
+            out, stats = tokenize_groups(dataset, tokenizer, group_fmt, name, self.max_length, args.length_policy,
+                                         args.attributes)
+        elif _is_hf_dataset(dataset):
             out, stats = prepare_hf_dataset(dataset, tokenizer, name, self.max_length, args.length_policy,
                                             args.dataset_num_proc)
-        elif isinstance(dataset, (PairDataset, torch.utils.data.IterableDataset)):
+        elif isinstance(dataset, (PairDataset, GroupDataset, torch.utils.data.IterableDataset)):
             return dataset
         else:
             out, stats = tokenize_pairs(dataset, tokenizer, name, self.max_length, args.length_policy)
@@ -237,7 +266,9 @@ class RewardTrainer(Trainer):
             return None
         if not self.packing.group_by_length:
             return torch.utils.data.RandomSampler(dataset)
-        if isinstance(dataset, PairDataset):
+        if isinstance(dataset, GroupDataset):
+            lengths = dataset.lengths()
+        elif isinstance(dataset, PairDataset):
             lengths = [pair_length(p) for p in dataset.pairs]
         else:
             lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
@@ -308,6 +339,8 @@ class RewardTrainer(Trainer):
         return rewards[:n], rewards[n:]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if is_group_batch(inputs) or is_rating_batch(inputs):
+            return self._group_loss(model, inputs, return_outputs)
         chosen, rejected = self.compute_rewards(model, inputs)
         margin = inputs.get("margin") if self.args.use_margin else None
         loss = pairwise_loss(chosen, rejected, margin, self.args.center_rewards_coefficient)
@@ -329,6 +362,10 @@ class RewardTrainer(Trainer):
         loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
+        if "rewards" in out:
+            return loss, *self._group_predictions(out)
+        if "outputs" in out:
+            return loss, out["outputs"].detach(), out["labels"].to(out["outputs"].device)
         logits = torch.stack([out["rewards_chosen"], out["rewards_rejected"]], dim=1).detach()
         labels = torch.zeros(logits.shape[0], device=logits.device)
         return loss, logits, labels
@@ -336,7 +373,10 @@ class RewardTrainer(Trainer):
     def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
-        metrics = reward_metrics(logits[:, 0], logits[:, 1])
+        if self.data_kind != "pairs":
+            metrics = self._group_metrics(logits, prediction.label_ids)
+        else:
+            metrics = reward_metrics(logits[:, 0], logits[:, 1])
         if self._user_compute_metrics is not None:
             metrics.update(self._user_compute_metrics(prediction))
         return metrics

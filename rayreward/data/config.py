@@ -11,7 +11,9 @@ from dataclasses import dataclass, field, fields
 
 from rayreward.data.formats import FORMATS, LENGTH_POLICIES, ColumnNames
 
-FORMAT_CHOICES = ("auto",) + FORMATS
+# The pair formats, then the shapes of rayreward.data.groups (repeated here: that module
+# imports the tokenizer-facing encoders).
+FORMAT_CHOICES = ("auto",) + FORMATS + ("ranked", "ranked_lists", "ratings")
 BAD_ROW_POLICIES = ("error", "skip")
 SHUFFLE_MODES = ("local", "global", "none")
 IDENTICAL_PAIR_POLICIES = ("warn", "error")

@@ -18,6 +18,40 @@ import torch
 from rayreward.data.collators import RewardDataCollatorWithPadding
 
 PAIR_COLUMNS = ("input_ids_chosen", "input_ids_rejected")
+# The columns of tokenized groups and ratings (rayreward.data.pipeline.groups_table).
+GROUP_COLUMNS = ("input_ids_responses", "scores", "input_ids", "labels")
+
+
+def _rows(batch: dict) -> list[dict]:
+    """The examples of a numpy batch (pairs, groups or ratings) as dicts."""
+    columns = [c for c in (*PAIR_COLUMNS, "margin", *GROUP_COLUMNS) if c in batch]
+    count = len(batch[columns[0]])
+    return [{c: batch[c][i] for c in columns} for i in range(count)]
+
+
+def _collators(pad: "_PadSpec", packing: Any, pad_to_multiple_of: int | None):
+    """``(pairs collator, groups/ratings collator)`` for a packing plan (None: padded)."""
+    from rayreward.data.group_collators import GroupCollator
+
+    pairs = packing.collator(pad.pad_token_id, pad_to_multiple_of) if packing is not None else None
+    groups = packing.group_collator(pad.pad_token_id, pad_to_multiple_of) if packing is not None else None
+    return (pairs or RewardDataCollatorWithPadding(pad, pad_to_multiple_of=pad_to_multiple_of),
+            groups or GroupCollator(pad.pad_token_id, pad.padding_side, pad_to_multiple_of))
+
+
+def _collate(collators, examples: list[dict]):
+    pairs, groups = collators
+    return pairs(examples) if "input_ids_chosen" in examples[0] else groups(examples)
+
+
+def _example_length(example: dict) -> int:
+    if "input_ids_responses" in example:
+        return max(len(s) for s in example["input_ids_responses"])
+    if "input_ids" in example:
+        return len(example["input_ids"])
+    from rayreward.data.packing import pair_length
+
+    return pair_length(example)
 
 
 @dataclass(frozen=True)
@@ -85,8 +119,7 @@ def iter_pair_batches(
     if shuffle not in ("local", "global", "none"):
         raise ValueError(f"shuffle must be 'local', 'global' or 'none', got {shuffle!r}")
     pad = _pad_spec(tokenizer_or_pad_id, padding_side)
-    collate = packing.collator(pad.pad_token_id, pad_to_multiple_of) if packing is not None else None
-    collate = collate or RewardDataCollatorWithPadding(pad, pad_to_multiple_of=pad_to_multiple_of)
+    collators = _collators(pad, packing, pad_to_multiple_of)
     group = packing is not None and packing.group_by_length
     options: dict[str, Any] = {}
     if shuffle != "none" and shuffle_buffer_size > 1:
@@ -98,17 +131,17 @@ def iter_pair_batches(
         batch_size=fetch, batch_format="numpy", drop_last=drop_last and not group,
         prefetch_batches=prefetch_batches, **options
     )):
-        columns = [c for c in (*PAIR_COLUMNS, "margin") if c in batch]
-        pairs = [{c: batch[c][i] for c in columns} for i in range(len(batch["input_ids_chosen"]))]
+        pairs = _rows(batch)
         if not group:
-            yield collate(pairs)
+            yield _collate(collators, pairs)
             continue
         from rayreward.data.packing import length_grouped_batches
 
-        for chunk in length_grouped_batches(pairs, batch_size, rng=random.Random(f"{seed}:{epoch}:{k}")):
+        lengths = [_example_length(p) for p in pairs]
+        for chunk in length_grouped_batches(pairs, batch_size, lengths, rng=random.Random(f"{seed}:{epoch}:{k}")):
             if drop_last and len(chunk) < batch_size:
                 continue
-            yield collate(chunk)
+            yield _collate(collators, chunk)
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -126,15 +159,18 @@ class BatchStream(torch.utils.data.IterableDataset):
         tokenizer_or_pad_id: the tokenizer (or its pad token id) used to pad.
         batch_size: pairs per batch.
         epochs: passes over the shard; None for an endless stream.
+        kind: what the shard holds: ``pairs``, ``groups`` (ranked) or ``ratings``.
         **options: the keyword arguments of ``iter_pair_batches``.
 
     Example:
         >>> stream = BatchStream(ray.train.get_dataset_shard("train"), tokenizer, 8, epochs=None)
     """
 
-    def __init__(self, shard, tokenizer_or_pad_id: Any, batch_size: int, epochs: int | None = None, **options: Any):
+    def __init__(self, shard, tokenizer_or_pad_id: Any, batch_size: int, epochs: int | None = None,
+                 kind: str = "pairs", **options: Any):
         self.shard, self.pad, self.batch_size = shard, tokenizer_or_pad_id, batch_size
         self.epochs, self.options = epochs, options
+        self.kind = kind  # "pairs", "groups" or "ratings": what RewardTrainer trains on
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch = 0
@@ -187,16 +223,14 @@ class GlobalBatchStream(BatchStream):
 
     def __init__(self, dataset, tokenizer_or_pad_id: Any, batch_size: int, *, global_batch: int, rank: int,
                  world_size: int, shuffle: str = "local", shuffle_buffer_size: int = 1000, seed: int = 42,
-                 packing: Any = None, pad_to_multiple_of: int | None = None):
-        super().__init__(dataset, tokenizer_or_pad_id, batch_size, epochs=None)
+                 packing: Any = None, pad_to_multiple_of: int | None = None, kind: str = "pairs"):
+        super().__init__(dataset, tokenizer_or_pad_id, batch_size, epochs=None, kind=kind)
         if not 0 <= rank < world_size <= global_batch:
             raise ValueError(f"rank {rank} of {world_size} workers cannot share global batches of {global_batch}")
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.shuffle, self.shuffle_buffer_size, self.seed = shuffle, shuffle_buffer_size, seed
         self.accumulation = accumulation_steps(global_batch, batch_size, world_size)
-        pad = _pad_spec(tokenizer_or_pad_id, None)
-        collate = packing.collator(pad.pad_token_id, pad_to_multiple_of) if packing is not None else None
-        self.collate = collate or RewardDataCollatorWithPadding(pad, pad_to_multiple_of=pad_to_multiple_of)
+        self.collators = _collators(_pad_spec(tokenizer_or_pad_id, None), packing, pad_to_multiple_of)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         import numpy as np
@@ -204,7 +238,7 @@ class GlobalBatchStream(BatchStream):
         for pairs in self.global_batches():
             mine = np.array_split(np.arange(len(pairs)), self.world_size)[self.rank]
             for part in np.array_split(mine, self.accumulation):
-                yield self.collate([pairs[i] for i in part])
+                yield _collate(self.collators, [pairs[i] for i in part])
 
     def global_batches(self) -> Iterator[list[dict]]:
         """The stream's global batches as lists of pairs (the same on every worker)."""
@@ -219,9 +253,9 @@ class GlobalBatchStream(BatchStream):
             # A fixed read batch (not one that depends on the world size) keeps the
             # shuffle buffer's order the same at every world size.
             for batch in self.shard.iter_batches(batch_size=self.global_batch, batch_format="numpy", **options):
-                columns = [c for c in (*PAIR_COLUMNS, "margin") if c in batch]
-                count = len(batch["input_ids_chosen"])
-                pending += [{c: batch[c][i] for c in columns} for i in range(count)]
+                rows = _rows(batch)
+                count = len(rows)
+                pending += rows
                 seen += count
                 while len(pending) >= self.global_batch:
                     yield pending[:self.global_batch]

@@ -28,12 +28,14 @@ this, two 1-CPU actors on a 2-CPU cluster hung forever (seen).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from rayreward.data.formats import BadRowError, ColumnNames, DataFormatError, LengthStats, PairEncoder
+from rayreward.data.groups import GROUP_FORMATS, GroupEncoder
 from rayreward.data.config import DataConfig
 from rayreward.data.reader import ReadPlan, pair_datasource, probe
 from rayreward.data.sources import Source, resolve_source
@@ -115,6 +117,13 @@ class PreparedData:
     _tallies: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
+    def kind(self) -> str:
+        """What the data holds: ``pairs``, ``groups`` (ranked responses) or ``ratings``."""
+        if self.format == "ratings":
+            return "ratings"
+        return "groups" if self.format in GROUP_FORMATS else "pairs"
+
+    @property
     def num_train_pairs(self) -> int | None:
         """Number of training pairs, or None for a stream (known only once read)."""
         return self.train_counts.pairs if self.train_counts else None
@@ -137,7 +146,7 @@ class PreparedData:
         return out
 
 
-def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str) -> PreparedData:
+def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=None) -> PreparedData:
     """Reads, checks and tokenizes the train (and eval) pairs with Ray Data.
 
     Ray must be initialised by the caller (``ray.init(...)``).
@@ -147,6 +156,7 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str) -> PreparedD
         tokenizer: the job's ``TokenizerSpec`` (model, revision, chat template, EOS/pad
             tokens: the one the training workers load too), or a model id/folder/``builtin:``
             name with ``cfg.chat_template``; each tokenizer actor loads it once.
+        attributes: the rated attributes (``train.attributes``), for ratings data.
 
     Returns:
         A ``PreparedData``.
@@ -173,13 +183,15 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str) -> PreparedD
     # 2. Format and tokenizer, checked on a few rows.
     spec = tokenizer if isinstance(tokenizer, TokenizerSpec) else TokenizerSpec(str(tokenizer), chat_template=cfg.chat_template)
     tokenizer = spec.load()
-    plans = {"train": _plan(train_source, cfg, names, tokenizer)}
+    attributes = tuple(attributes) if attributes else None
+    plans = {"train": _plan(train_source, cfg, names, tokenizer, attributes)}
     if eval_source is not None:
-        plans["eval"] = _plan(eval_source, cfg, names, tokenizer)
+        plans["eval"] = _plan(eval_source, cfg, names, tokenizer, attributes)
     elif cfg.eval_split:
         base = plans["train"]
         plans = {
-            part: ReadPlan(base.source, base.fmt, names, base.has_prompt, base.has_margin, part, cfg.eval_split, cfg.seed)
+            part: ReadPlan(base.source, base.fmt, names, base.has_prompt, base.has_margin, part, cfg.eval_split, cfg.seed,
+                           attributes)
             for part in ("train", "eval")
         }
 
@@ -197,12 +209,20 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str) -> PreparedD
     return prepared
 
 
-def _plan(source: Source, cfg: DataConfig, names: ColumnNames, tokenizer) -> ReadPlan:
-    fmt, has_prompt, has_margin, samples = probe(source, cfg.format, names, cfg.on_bad_rows)
+def _plan(source: Source, cfg: DataConfig, names: ColumnNames, tokenizer, attributes=None) -> ReadPlan:
+    fmt, has_prompt, has_margin, samples = probe(source, cfg.format, names, cfg.on_bad_rows, attributes=attributes)
     # Fails now, not inside an actor, on a missing chat template or an untokenizable row.
-    PairEncoder(tokenizer, fmt, ColumnNames(), cfg.max_length, cfg.length_policy).encode_rows(samples)
+    _encoder(tokenizer, fmt, names, cfg.max_length, cfg.length_policy, attributes).encode_rows(
+        [json.loads(r["_group"]) for r in samples] if fmt in GROUP_FORMATS else samples)
     logger.info("%s: %d %s file(s), format %s", source.field, len(source.files), source.kind, fmt)
-    return ReadPlan(source, fmt, names, has_prompt, has_margin)
+    return ReadPlan(source, fmt, names, has_prompt, has_margin, attributes=attributes)
+
+
+def _encoder(tokenizer, fmt: str, names: ColumnNames, max_length, length_policy, attributes=None):
+    """The encoder of a format: ``PairEncoder`` for pairs (internal column names), ``GroupEncoder`` for the rest."""
+    if fmt in GROUP_FORMATS:
+        return GroupEncoder(tokenizer, fmt, names, max_length, length_policy, attributes)
+    return PairEncoder(tokenizer, fmt, ColumnNames(), max_length, length_policy)
 
 
 def _tokenized(plan: ReadPlan, cfg: DataConfig, spec: TokenizerSpec):
@@ -221,6 +241,8 @@ def _tokenized(plan: ReadPlan, cfg: DataConfig, spec: TokenizerSpec):
             "has_margin": plan.has_margin,
             "on_bad_rows": cfg.on_bad_rows,
             "tally": tally,
+            "names": plan.names,
+            "attributes": plan.attributes,
         },
         batch_format="pyarrow",
         batch_size=cfg.tokenize_batch_size,
@@ -295,9 +317,11 @@ class TokenizePairs:
     or are dropped; every bad, filtered and truncated row is counted in the tally.
     """
 
-    def __init__(self, spec, fmt, max_length, length_policy, has_margin, on_bad_rows, tally):
+    def __init__(self, spec, fmt, max_length, length_policy, has_margin, on_bad_rows, tally, names=ColumnNames(),
+                 attributes=None):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one actor per CPU already
-        self.encoder = PairEncoder(spec.load(), fmt, ColumnNames(), max_length, length_policy)
+        self.fmt = fmt
+        self.encoder = _encoder(spec.load(), fmt, names, max_length, length_policy, attributes)
         self.has_margin, self.on_bad_rows, self.tally = has_margin, on_bad_rows, tally
         import ray
 
@@ -313,11 +337,15 @@ class TokenizePairs:
             ray.get(self.tally.add.remote({"bad_rows": len(bad)}, bad))
             raise RuntimeError(f"{BadRowError(*bad[0])} (data.on_bad_rows: skip drops such rows instead)")
         self.encoder.stats = LengthStats()
+        if self.fmt in GROUP_FORMATS:
+            good = [json.loads(r["_group"]) for r in good]
         pairs = [p for p in self.encoder.encode_rows(good) if p is not None] if good else []
         s = self.encoder.stats
         delta = {"rows_read": len(rows), "bad_rows": len(bad), "filtered": s.filtered,
                  "truncated": s.truncated, "pairs": len(pairs), "longest": s.longest}
         ray.get(self.tally.add.remote(delta, bad[:MAX_BAD_ROW_EXAMPLES], self.node))
+        if self.fmt in GROUP_FORMATS:
+            return groups_table(pairs, self.fmt)
         return pairs_table(pairs, self.has_margin)
 
 
@@ -333,6 +361,23 @@ def pairs_table(pairs: list[dict[str, Any]], has_margin: bool):
     if has_margin:
         columns["margin"] = pa.array([p["margin"] for p in pairs], type=pa.float32())
     return pa.table(columns)
+
+
+def groups_table(examples: list[dict[str, Any]], fmt: str):
+    """The Arrow block of tokenized groups (``input_ids_responses``, ``scores``) or ratings
+    (``input_ids``, ``labels`` with NaN where not rated)."""
+    import pyarrow as pa
+
+    if fmt == "ratings":
+        return pa.table({
+            "input_ids": pa.array([e["input_ids"] for e in examples], type=pa.list_(pa.int32())),
+            "labels": pa.array([e["labels"] for e in examples], type=pa.list_(pa.float32())),
+        })
+    return pa.table({
+        "input_ids_responses": pa.array([e["input_ids_responses"] for e in examples],
+                                        type=pa.list_(pa.list_(pa.int32()))),
+        "scores": pa.array([e["scores"] for e in examples], type=pa.list_(pa.float32())),
+    })
 
 
 def _tally_class():

@@ -30,6 +30,16 @@ from rayreward.data.formats import (
     row_problem,
     token_ids_column,
 )
+from rayreward.data.groups import (
+    GROUP_FORMATS,
+    RANKING,
+    RESPONSE,
+    RESPONSES,
+    SCORES,
+    check_attribute_columns,
+    detect_group_format,
+    group_row_problem,
+)
 from rayreward.data.sources import DataSourceError, Source
 
 META_COLUMNS = ("_source", "_row", "_field", "_problem")
@@ -49,9 +59,26 @@ class ReadPlan:
     part: str | None = None  # "train" / "eval" of a hashed split, or None for all rows
     eval_split: float = 0.0
     seed: int = 0
+    attributes: tuple[str, ...] | None = None  # the rated attributes (ratings only)
+
+    @property
+    def is_group(self) -> bool:
+        """Ranked groups or ratings: rows travel to the tokenizers as one JSON text (``_group``)."""
+        return self.fmt in GROUP_FORMATS
+
+    def group_source_columns(self) -> list[str]:
+        """The user's columns a group row is made of."""
+        n = self.names
+        if self.fmt == "ranked":
+            return [n.prompt, RESPONSES, RANKING, SCORES]
+        if self.fmt == "ranked_lists":
+            return [n.prompt, n.chosen, n.rejected]
+        return [n.prompt, RESPONSE, *(self.attributes or ())]
 
     @property
     def data_columns(self) -> tuple[str, ...]:
+        if self.is_group:
+            return ("_group",)
         if self.fmt == "pretokenized":
             cols = PRETOKENIZED_COLUMNS
         elif self.fmt == "token_ids":
@@ -64,6 +91,8 @@ class ReadPlan:
 
     def source_columns(self) -> dict[str, str]:
         """Internal column -> the column of the user's data."""
+        if self.is_group:
+            return {c: c for c in self.group_source_columns()}
         n = self.names
         mapping = {c: c for c in (*PRETOKENIZED_COLUMNS, *TOKEN_IDS_COLUMNS.values())}
         mapping.update({"chosen": n.chosen, "rejected": n.rejected, "prompt": n.prompt})
@@ -81,6 +110,7 @@ class ReadPlan:
             "margin": pa.float64(),
             **{c: pa.list_(pa.int64()) for c in (*PRETOKENIZED_COLUMNS, *TOKEN_IDS_COLUMNS.values())},
         }
+        types["_group"] = pa.string()
         meta = [("_source", pa.string()), ("_row", pa.int64()), ("_field", pa.string()), ("_problem", pa.string())]
         return pa.schema([(c, types[c]) for c in self.data_columns] + meta)
 
@@ -206,6 +236,8 @@ def _lines(f) -> Iterator[tuple[int, bytes]]:
 
 def canonical_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """Checks a raw row; returns it under the internal column names, and its problem."""
+    if plan.is_group:
+        return _group_row(plan, raw)
     mapping = plan.source_columns()
     # A margin is checked wherever it appears (as the trainer does), but carried only
     # when the data set's first row has one: a column is the data set's, not a row's.
@@ -236,6 +268,26 @@ def canonical_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], 
     if "margin" in row:
         row["margin"] = float(row["margin"])
     return row, None
+
+
+def _group_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """A group row checked, as one JSON text: its shape varies (texts or messages, K per row)."""
+    from rayreward.data.formats import _plain
+
+    row = {c: _plain(raw[c]) for c in plan.group_source_columns() if c in raw}
+    if plan.source.kind == "csv":
+        # CSV has no types and no nulls: attribute columns arrive as text, "" meaning not rated.
+        for name in plan.attributes or ():
+            value = row.get(name)
+            if isinstance(value, str):
+                try:
+                    row[name] = None if not value.strip() else float(value)
+                except ValueError:
+                    pass
+    problem = group_row_problem(row, plan.fmt, plan.names, plan.attributes)
+    if problem:
+        return {}, problem
+    return {"_group": json.dumps(row)}, None
 
 
 def read_rows(plan: ReadPlan, path: str) -> Iterator[dict[str, Any]]:
@@ -302,7 +354,8 @@ def pair_datasource(plan: ReadPlan):
     return PairDatasource()
 
 
-def probe(source: Source, fmt: str, names: ColumnNames, on_bad_rows: str, n_rows: int = 16) -> tuple[str, bool, bool, list[dict]]:
+def probe(source: Source, fmt: str, names: ColumnNames, on_bad_rows: str, n_rows: int = 16,
+          attributes: tuple[str, ...] | None = None) -> tuple[str, bool, bool, list[dict]]:
     """Reads the first rows of the first file on the driver (no Ray) to fix the format.
 
     Returns:
@@ -328,16 +381,22 @@ def probe(source: Source, fmt: str, names: ColumnNames, on_bad_rows: str, n_rows
     if not raws:
         raise DataSourceError(f"{where}: no readable row in the first file of {source.field}; is the file empty?")
     first = raws[0][1]
-    detected = detect_format(first.keys(), first, names, source=where)
+    detected = detect_group_format(first.keys(), first, names) or detect_format(first.keys(), first, names, source=where)
     if fmt == "auto":
         fmt = detected
+    elif fmt in GROUP_FORMATS:
+        if detected != fmt:
+            raise DataFormatError(f"{where}: format {fmt!r} does not fit the columns {sorted(first)} "
+                                  f"(they look like {detected!r})")
     elif fmt != "pretokenized" and any(c not in first for c in (names.chosen, names.rejected)):
         raise DataFormatError(f"{where}: format {fmt!r} needs columns '{names.chosen}' and '{names.rejected}'")
     has_prompt = fmt in ("explicit_prompt", "conversational") and names.prompt in first
-    has_margin = names.margin in first
+    has_margin = names.margin in first and fmt not in GROUP_FORMATS
     if fmt == "pretokenized" and any(c not in first for c in PRETOKENIZED_COLUMNS):
         raise DataFormatError(f"{where}: format 'pretokenized' needs all of {', '.join(PRETOKENIZED_COLUMNS)}")
-    plan = ReadPlan(source, fmt, names, has_prompt, has_margin)
+    if fmt == "ratings":
+        check_attribute_columns(first.keys(), attributes, where)
+    plan = ReadPlan(source, fmt, names, has_prompt, has_margin, attributes=attributes)
     samples = []
     for number, raw in raws:
         row, problem = canonical_row(plan, raw)

@@ -49,6 +49,10 @@ class EvalResult:
 
     @property
     def headline(self) -> dict[str, float]:
+        if "top1_accuracy" in self.metrics:  # ranked groups
+            return {k: self.metrics[k] for k in ("top1_accuracy", "best_of_k_accuracy", "kendall_tau", "groups")}
+        if "attributes" in self.metrics:  # ratings
+            return {f"{n}/{k}": v[k] for n, v in self.metrics["attributes"].items() for k in ("rmse", "spearman")}
         return {k: self.metrics[k] for k in ("accuracy", "mean_margin", "ece", "pairs")}
 
 
@@ -104,6 +108,18 @@ def evaluate(
                          "statistics would not reach; download it to a folder and evaluate that folder")
     # 1. data and layout
     ds, columns, first, layout = read_with_layout(data, None, prompt_column)
+    if layout.kind == "groups" or layout.kind == "single":
+        from rayreward.evaluation.evaluate_groups import evaluate_ranked, evaluate_ratings, rating_names
+
+        names = rating_names(model_dir, columns) if layout.kind == "single" else None
+        if layout.kind == "groups" or names:
+            scored = score_dataset(ds, model_dir, layout, pool, batch_tokens=batch_tokens, max_length=max_length,
+                                   source=str(data))
+            if names:
+                metrics, paths = evaluate_ratings(scored, names, model_dir, data, out_dir)
+            else:
+                metrics, paths = evaluate_ranked(scored, layout, model_dir, data, out_dir)
+            return EvalResult(metrics, np.array([]), np.array([]), paths)
     if layout.kind != "pairs":
         raise DataFormatError(f"--data {data}: evaluate needs preference pairs ('chosen' and 'rejected'); "
                               f"found columns {sorted(columns)}. To score single answers use `rayreward score`.")

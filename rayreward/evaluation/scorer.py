@@ -23,6 +23,7 @@ from rayreward.data.formats import (
     detect_format,
     row_problem,
 )
+from rayreward.data.groups import GroupEncoder, detect_group_format, group_row_problem
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class Layout:
 
     Attributes:
         kind: ``pairs`` (chosen and rejected answers, rewards ``reward_chosen`` and
-            ``reward_rejected``) or ``single`` (one answer, reward ``reward``).
-        fmt: a format of ``rayreward.data.formats``.
+            ``reward_rejected``), ``single`` (one answer, reward ``reward``) or ``groups``
+            (K ranked responses or chosen/rejected lists, ``rewards``: one per response).
+        fmt: a format of ``rayreward.data.formats`` (``ranked``/``ranked_lists`` for groups).
         names: the columns; for ``single``, ``names.chosen`` is the answer column.
     """
 
@@ -56,6 +58,8 @@ class Layout:
 
     @property
     def reward_columns(self) -> tuple[str, ...]:
+        if self.kind == "groups":
+            return ("rewards",)
         return ("reward_chosen", "reward_rejected") if self.kind == "pairs" else ("reward",)
 
 
@@ -77,6 +81,9 @@ def detect_layout(
         DataFormatError: no known layout fits; the message lists the columns found.
     """
     cols = list(columns)
+    group_fmt = detect_group_format(cols, first_row, ColumnNames(prompt=prompt_column)) if text_column is None else None
+    if group_fmt in ("ranked", "ranked_lists"):
+        return Layout("groups", group_fmt, ColumnNames(prompt=prompt_column))
     if text_column is None and "chosen" in cols and "rejected" in cols:
         names = ColumnNames(prompt=prompt_column)
         return Layout("pairs", detect_format(cols, first_row, names, source=source), names)
@@ -161,7 +168,7 @@ class RewardScorer:
         import torch
 
         from rayreward.core.model import ensure_pad_token, load_reward_model
-        from rayreward.data.tokenizer import load_tokenizer
+        from rayreward.data.tokenizer import is_builtin, load_tokenizer
         from rayreward.evaluation.normalization import load_normalization
 
         if batch_tokens < 1:
@@ -171,7 +178,12 @@ class RewardScorer:
         # A ModelRef (evaluation.model_ref) loads from this machine's copy, or fetches one.
         name, kwargs = model_dir.local() if hasattr(model_dir, "local") else (str(model_dir), {})
         self.loaded_from = name
-        tokenizer, model = load_tokenizer(name, **kwargs), load_reward_model(name, **kwargs)
+        from transformers import AutoConfig
+
+        tokenizer = load_tokenizer(name, **kwargs)
+        # A multi-attribute model has one output per attribute (its config says how many).
+        labels = getattr(AutoConfig.from_pretrained(name, **kwargs), "num_labels", 1) if not is_builtin(name) else 1
+        model = load_reward_model(name, **kwargs, **({"num_labels": labels} if labels != 1 else {}))
         ensure_pad_token(tokenizer, model)
         self._attach(model, tokenizer, layout, batch_tokens, max_length, source)
         self.keep_columns = None if keep_columns is None else list(keep_columns)
@@ -185,7 +197,10 @@ class RewardScorer:
 
     def _attach(self, model, tokenizer, layout: Layout, batch_tokens: int, max_length: int | None,
                 source: str) -> None:
+        from rayreward.core.attributes import attribute_spec
+
         self.model, self.tokenizer = model, tokenizer
+        self.spec = attribute_spec(model.config)
         self.layout, self.batch_tokens, self.source = layout, batch_tokens, source
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.keep_columns, self.with_lengths, self.normalization = None, False, None
@@ -212,18 +227,32 @@ class RewardScorer:
 
         rows = table.to_pylist()
         self._check(rows)
-        rewards, tokens, truncated = self.score_rows(rows)
+        if self.layout.kind == "groups":
+            rewards, tokens, truncated = self.score_groups(rows)
+        else:
+            rewards, tokens, truncated = self.score_rows(rows)
         keep = table if self.keep_columns is None else table.select([c for c in self.keep_columns if c in table.column_names])
-        for name in self.layout.reward_columns:
-            keep = keep.append_column(name, pa.array(rewards[name], pa.float64()))
+        for name, values in rewards.items():
+            kind = pa.list_(pa.float64()) if self.layout.kind == "groups" else pa.float64()
+            keep = keep.append_column(name, pa.array(values, kind))
         if self.with_lengths:
             keep = keep.append_column(TOKENS_COLUMN, pa.array(tokens, pa.int64()))
             keep = keep.append_column(TRUNCATED_COLUMN, pa.array(truncated, pa.bool_()))
         return keep
 
+    @property
+    def attribute_columns(self) -> tuple[str, ...]:
+        """The per-attribute columns ``score`` adds for a multi-attribute model (single answers)."""
+        if not self.spec.multi or self.layout.kind != "single":
+            return ()
+        return tuple(f"reward_{name}" for name in self.spec.names)
+
     def _check(self, rows: list[dict[str, Any]]) -> None:
         for i, row in enumerate(rows):
-            problem = row_problem(row, self.layout.fmt, self.layout.names)
+            if self.layout.kind == "groups":
+                problem = group_row_problem(row, self.layout.fmt, self.layout.names)
+            else:
+                problem = row_problem(row, self.layout.fmt, self.layout.names)
             if problem:
                 field_name, text = problem
                 if self.layout.kind == "single":
@@ -268,20 +297,56 @@ class RewardScorer:
         """Rewards of checked rows, with each row's token count and truncation flag."""
         sides = self.encode(rows)
         seqs = [ids for side in sides.values() for ids in side.ids]
-        values = self.rewards(seqs).tolist()
+        attributes = self.attribute_values(seqs)
+        values = self._combined(attributes).tolist()
         rewards, n = {}, len(rows)
         for k, name in enumerate(sides):
             rewards[name] = values[k * n:(k + 1) * n]
+        for a, name in enumerate(self.attribute_columns):
+            rewards[name] = attributes[:, a].tolist()
         tokens = [max(len(side.full[i]) for side in sides.values()) for i in range(n)]
         truncated = [any(i in side.long for side in sides.values()) for i in range(n)]
         return rewards, tokens, truncated
 
+    def score_groups(self, rows: list[dict[str, Any]]) -> tuple[dict[str, list], list[int], list[bool]]:
+        """Rewards of checked group rows (one list per row, in response order), token counts, truncation."""
+        whole = GroupEncoder(self.tokenizer, self.layout.fmt, self.layout.names)
+        cutter = PairEncoder(self.tokenizer, "explicit_prompt", self.layout.names, self.max_length, "truncate")
+        encoded = whole.encode_rows(rows)
+        seqs, sizes, tokens, truncated = [], [], [], []
+        for e in encoded:
+            full = e["input_ids_responses"]
+            tokens.append(max(len(s) for s in full))
+            truncated.append(bool(self.max_length) and tokens[-1] > self.max_length)
+            seqs += [cutter.truncate(s) if self.max_length else s for s in full]
+            sizes.append(len(full))
+        values = self.rewards(seqs).tolist()
+        out, start = [], 0
+        for k in sizes:
+            out.append(values[start:start + k])
+            start += k
+        return {"rewards": out}, tokens, truncated
+
     def rewards(self, seqs: list[list[int]]):
-        """Rewards of token-id sequences, as a float64 numpy array (normalized if asked)."""
+        """Rewards of token-id sequences, as a float64 numpy array (normalized if asked).
+
+        A multi-attribute model's reward is the weighted sum of its attributes
+        (``rayreward.core.attributes``).
+        """
+        return self._combined(self.attribute_values(seqs))
+
+    def _combined(self, values):
+        import torch
+
+        out = self.spec.combine(torch.as_tensor(values)).numpy() if self.spec.multi else values[:, 0]
+        return self.normalization.apply(out) if self.normalization is not None else out
+
+    def attribute_values(self, seqs: list[list[int]]):
+        """Head outputs of token-id sequences in rating units, ``(n, num_labels)`` float64."""
         import numpy as np
         import torch
 
-        out = np.zeros(len(seqs), dtype=np.float64)
+        out = np.zeros((len(seqs), self.model.config.num_labels), dtype=np.float64)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         pad = self.tokenizer.pad_token_id
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
@@ -300,9 +365,9 @@ class RewardScorer:
                 mask[row, span] = 1
             with torch.inference_mode():
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            out[chunk] = logits[:, 0].float().cpu().numpy()
+            out[chunk] = self.spec.values(logits.float()).cpu().double().numpy()
             start += size
-        return self.normalization.apply(out) if self.normalization is not None else out
+        return out
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -103,9 +103,10 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
     ds_config = deepspeed_config_for(job)
 
     # 2. Data: tokenized on the cluster, counted before training.
-    prepared = build_datasets(job.data, tokenizer_spec(job))
+    prepared = build_datasets(job.data, tokenizer_spec(job), job.train["attributes"])
     plan = step_plan(job, prepared.num_train_pairs)
-    print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training pairs, "
+    unit = {"pairs": "pairs", "groups": "ranked groups", "ratings": "rated responses"}[prepared.kind]
+    print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training {unit}, "
              f"{_describe_workers(job.scaling)}, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
              f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
 
@@ -124,14 +125,15 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
 
     checkpoint = _final_checkpoint(result, job)
     model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
+    # Groups and ratings have their own metrics (rayreward evaluate); the headline is for pairs.
     final = export_and_summarize(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir,
-                                 prepared.eval, job)
+                                 prepared.eval if prepared.kind == "pairs" else None, job)
     metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
     if job.storage.checkpoint_eval == "ray":
         metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
     # 6. Sum up.
     metrics.update(final)
-    if prepared.eval is not None:
+    if "final_accuracy" in final:
         print_fn(f"[rayreward] exported model on the eval pairs: {headline_line(metrics)}")
     metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
                    num_workers=s.num_workers, zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
@@ -206,7 +208,7 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         train_loop,
         train_loop_config={"job": to_dict(job), "deepspeed": ds_config, "max_steps": plan.max_steps,
                            "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks),
-                           "progress": progress},
+                           "progress": progress, "data_kind": prepared.kind},
         # All nodes on 127.0.0.1 (embedded Ray, test clusters): the rendezvous listens there too.
         torch_config=loopback_torch_config() if on_loopback() else None,
         scaling_config=ScalingConfig(
@@ -303,7 +305,8 @@ def _train_worker(config: dict[str, Any], job: JobConfig, rank: int, world_size:
     # model is built before them, with no zero.Init: its random initialisation must be
     # the one `rayreward export` rebuilds as the base of a LoRA checkpoint.
     builtin = is_builtin(job.model.name_or_path)
-    model = load_base_model(job.model) if builtin else None
+    num_labels = len(job.train["attributes"] or ()) or 1  # one head output per reward attribute
+    model = load_base_model(job.model, num_labels) if builtin else None
     args = RewardConfig(**kwargs)
     if ds_config:
         import deepspeed
@@ -314,26 +317,27 @@ def _train_worker(config: dict[str, Any], job: JobConfig, rank: int, world_size:
 
         # Adopt Ray's process group now: ZeRO-3's zero.Init needs the world size at load.
         deepspeed.init_distributed()
-    model = model if builtin else load_base_model(job.model)
+    model = model if builtin else load_base_model(job.model, num_labels)
     # The tokenizer Ray Data tokenized with (same spec): its ids are the ones in the shards.
     tokenizer = tokenizer_spec(job).load()
     fit_embeddings(model, tokenizer)
+    kind = config.get("data_kind", "pairs")
     # 2. Data: this worker's shards, as collated batches; packed (decoders) or
     # length-grouped (encoders) as the speed switches of `train` resolve for this model.
     if global_batch is None:
         train = BatchStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
                             shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
-                            seed=job.data.seed, epochs=None, packing=plan_packing(model, args),
+                            seed=job.data.seed, epochs=None, packing=plan_packing(model, args), kind=kind,
                             length_group_batches=args.length_group_batches)
     else:
         train = GlobalBatchStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
                                   global_batch=global_batch, rank=rank, world_size=world_size,
                                   shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
-                                  seed=job.data.seed, packing=plan_packing(model, args))
+                                  seed=job.data.seed, packing=plan_packing(model, args), kind=kind)
     evaluation = None
     if job.data.eval or job.data.eval_split:
         evaluation = BatchStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
-                                 shuffle="none", epochs=1)
+                                 shuffle="none", epochs=1, kind=kind)
     # 3. Trainer, fed by Ray Data: it loads a BatchStream as it comes (see BatchStream).
     progress = Progress(config["steps_per_epoch"], sink=config.get("progress"))
     trainer = RewardTrainer(

@@ -146,7 +146,7 @@ class RewardServer:
             self.engine.require_normalization()
         encoded = self.engine.encode(request)
         rows = await asyncio.gather(*(self._forward(ids) for ids in encoded.ids))
-        body = self.engine.summarize(np.stack(rows), encoded.n_rows, request.pairs, normalize)
+        body = self.engine.summarize(np.stack(rows), encoded.n_rows, request.pairs, normalize, request.attributes)
         body["truncated"] = encoded.truncated
         return body
 

@@ -81,6 +81,10 @@ class RewardEngine:
                                      num_threads=num_threads, device=device) for m in self.members]
         self.stats = [load_normalization(s.model) for s in self.scorers]
         self.truncation, self.conservative_k = truncation, conservative_k
+        # Attributes are reported (and averaged over an ensemble) when every member has
+        # the same ones; otherwise only the combined reward.
+        specs = {s.spec.names for s in self.scorers}
+        self.attributes: tuple[str, ...] = specs.pop() if len(specs) == 1 else ()
 
     @property
     def ensemble(self) -> bool:
@@ -126,16 +130,32 @@ class RewardEngine:
     def forward(self, ids: Sequence[tuple[list[int], ...]]) -> np.ndarray:
         """Raw rewards, shape ``(texts, members)``: each member scores its own ids in
         forward passes bounded by tokens, longest texts first (``RewardScorer.rewards``)."""
-        columns = [scorer.rewards([t[m] for t in ids]) for m, scorer in enumerate(self.scorers)]
+        columns = []
+        for m, scorer in enumerate(self.scorers):
+            values = scorer.attribute_values([t[m] for t in ids])
+            combined = scorer._combined(values)[:, None]
+            columns.append(np.concatenate([combined, values], axis=1) if self.attributes else combined)
+        # (texts, members, 1 + attributes): the combined reward first, then each attribute.
         return np.stack(columns, axis=1)
 
-    def summarize(self, raw: np.ndarray, n_rows: int, pairs: bool, normalize: bool) -> dict[str, Any]:
+    def summarize(self, raw: np.ndarray, n_rows: int, pairs: bool, normalize: bool,
+                  attributes: bool = True) -> dict[str, Any]:
         """The response body for one request's raw rewards (``forward`` rows of it).
+
+        A multi-attribute model (all members with the same attributes) adds
+        ``attributes``: ``{name: [value per text]}`` (the members' mean), or
+        ``attributes_chosen``/``attributes_rejected`` for pairs; ``rewards`` is the
+        combined reward (normalized when asked; the attributes are in rating units).
 
         Raises:
             RequestError: normalization asked of a model without stored statistics.
         """
         from rayreward.core.metrics import preference_probability
+
+        values = None
+        if raw.ndim == 3:
+            values = raw[:, :, 1:].mean(axis=1) if self.attributes and attributes else None
+            raw = raw[:, :, 0]
 
         if normalize:
             self.require_normalization()
@@ -155,6 +175,13 @@ class RewardEngine:
         else:
             out["rewards"] = mean.tolist()
             out.update({key: value.tolist() for key, value in ensemble.items()})
+        if values is not None:
+            named = {n: values[:, a] for a, n in enumerate(self.attributes)}
+            if pairs:
+                out["attributes_chosen"] = {n: v[:n_rows].tolist() for n, v in named.items()}
+                out["attributes_rejected"] = {n: v[n_rows:].tolist() for n, v in named.items()}
+            else:
+                out["attributes"] = {n: v.tolist() for n, v in named.items()}
         if self.ensemble:
             out["members"] = raw.T.tolist()
         out["normalized"] = bool(normalize)
@@ -179,6 +206,8 @@ class RewardEngine:
                 s.max_length for s in self.scorers) else None,
             "truncation": self.truncation,
             "ensemble": self.ensemble,
+            "attributes": list(self.attributes) or None,
+            "attribute_weights": list(self.scorers[0].spec.weights) if self.attributes else None,
             "conservative_k": self.conservative_k if self.ensemble else None,
             "rayreward_version": rayreward.__version__,
         }

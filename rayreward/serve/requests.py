@@ -55,6 +55,7 @@ class ParsedRequest:
     rows: list[dict[str, Any]]
     fields: list[str]
     normalize: bool | None = None
+    attributes: bool = True  # a multi-attribute model's attributes in the answer (not for /get_reward)
 
     @property
     def pairs(self) -> bool:
@@ -84,8 +85,10 @@ def parse_get_reward(body: dict[str, Any]) -> ParsedRequest:
                                                "normalize)")
     texts = _list(body, "query", str)
     layout = detect_layout(["text"], {"text": texts[0]})
-    return _checked(layout, [{"text": t} for t in texts], [f"query[{i}]" for i in range(len(texts))],
-                    _normalize(body))
+    request = _checked(layout, [{"text": t} for t in texts], [f"query[{i}]" for i in range(len(texts))],
+                       _normalize(body))
+    request.attributes = False  # OpenRLHF reads one reward per query: the combined one
+    return request
 
 
 def parse_score(body: dict[str, Any]) -> ParsedRequest:

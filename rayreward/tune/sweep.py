@@ -274,7 +274,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
     job = job_from_dict(apply_overrides(base, config), check=False)
     trial_dir = _storage.join(run_dir, f"trial_{ray.tune.get_context().get_trial_id()}")
     # 2. Data, and the step plan the results table compares the trial's last step with.
-    prepared = prepared or build_datasets(job.data, tokenizer_spec(job))
+    prepared = prepared or build_datasets(job.data, tokenizer_spec(job), job.train["attributes"])
     plan = step_plan(job, prepared.num_train_pairs)
     _storage.write_text(_storage.join(trial_dir, PLAN_FILE), json.dumps(
         {"max_steps": plan.max_steps, "steps_per_epoch": plan.steps_per_epoch, **prepared.metrics()}, indent=1))
@@ -385,7 +385,7 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print, preflight
     if not any(k.split(".", 1)[0] in ("data", "model") or k in TOKENIZER_TRAIN_KEYS for k in keys):
         from rayreward.data import build_datasets
 
-        prepared = build_datasets(job.data, tokenizer_spec(job))
+        prepared = build_datasets(job.data, tokenizer_spec(job), job.train["attributes"])
         print_fn(f"[rayreward] data: {prepared.num_train_pairs} training pairs, tokenized once for all trials")
     suites = suite_slice(job)
     if suites:

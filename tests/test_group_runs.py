@@ -1,0 +1,111 @@
+"""End to end on the local Ray: `rayreward train` on ranked groups (Ray Data + Ray Train +
+DeepSpeed ZeRO-2, the built-in tiny Llama), then `evaluate` and `score` on its export;
+`score` and `evaluate` of a three-attribute model on ratings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import SAMPLE_DATA, read_jsonl
+from data_helpers import write_jsonl
+from group_data import THREE, THREE_WEIGHTS, export_rated_model, ranked_rows, ratings_rows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ranked_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ranked")
+    train = write_jsonl(root / "train.jsonl", ranked_rows(read_jsonl(SAMPLE_DATA / "train.jsonl")))
+    evaluation = write_jsonl(root / "eval.jsonl", ranked_rows(read_jsonl(SAMPLE_DATA / "eval.jsonl"), seed=1))
+    return root, train, evaluation
+
+
+@pytest.fixture(scope="module")
+def ranked_run(ray_local, ranked_files):
+    from rayreward.commands.cli import main
+
+    root, train, evaluation = ranked_files
+    assert main(["train", f"data.train={train}", f"data.eval={evaluation}", "train.loss_type=plackett_luce",
+                 "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4", "train.logging_steps=2",
+                 "train.per_device_train_batch_size=8", "data.tokenize_actors=1", f"storage.path={root / 'runs'}",
+                 "storage.name=ranked"]) == 0
+    return root / "runs" / "ranked"
+
+
+def _rewards(model_dir, texts):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            out.append(model(**tok(text + tok.eos_token, return_tensors="pt")).logits[0].tolist())
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_train_evaluate_and_score_ranked_groups(ranked_run, ranked_files, tmp_path):
+    from rayreward.commands.cli import main
+    from rayreward.core.group_metrics import ranking_metrics
+    from rayreward.data.groups import group_scores
+
+    _, _, evaluation = ranked_files
+    metrics = json.loads((ranked_run / "metrics.json").read_text())
+    assert metrics["step"] == 8 and metrics["data/train_pairs"] == 120
+    assert 0.6 < metrics["eval_pairwise_accuracy"] <= 1 and -1 <= metrics["eval_kendall_tau"] <= 1
+    model_dir = ranked_run / "model"
+
+    # evaluate: the metrics of the exported model's own rewards, response by response
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(evaluation), "--out", str(tmp_path / "ev"),
+                 "--num-actors", "1", "--cpus-per-actor", "0.5"]) == 0
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    rows = read_jsonl(evaluation)
+    groups = [([r[0] for r in _rewards(model_dir, [row["prompt"] + x for x in row["responses"]])],
+               group_scores(row, "ranked")) for row in rows]
+    expected = ranking_metrics(groups)
+    for key in ("top1_accuracy", "best_of_k_accuracy", "pairwise_accuracy", "kendall_tau"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert got["groups"] == len(rows) and got["pairwise_accuracy"] > 0.6
+
+    # score: one reward per response of each group, in response order
+    out = tmp_path / "scored.jsonl"
+    assert main(["score", "--model", str(model_dir), "--data", str(evaluation), "--out", str(out),
+                 "--num-actors", "1", "--cpus-per-actor", "0.5"]) == 0
+    scored = read_jsonl(out)
+    assert [len(r["rewards"]) for r in scored] == [len(r["responses"]) for r in rows]
+    for row, (rewards, _) in zip(scored[:5], groups[:5]):
+        assert row["rewards"] == pytest.approx(rewards, abs=1e-5)
+
+
+@pytest.mark.timeout(900)
+def test_three_attribute_model_scores_and_evaluates_ratings(ray_local, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from rayreward.commands.cli import main
+
+    model_dir, rows = export_rated_model(tmp_path / "rated")
+    loaded = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert loaded.config.num_labels == 3 and loaded.config.rayreward_attributes == THREE
+    assert loaded.config.rayreward_attribute_weights == THREE_WEIGHTS
+    data = write_jsonl(tmp_path / "ratings.jsonl", rows[:40])
+    out = tmp_path / "scored.jsonl"
+    assert main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(out),
+                 "--num-actors", "1", "--cpus-per-actor", "0.5"]) == 0
+    scored = read_jsonl(out)
+    direct = _rewards(model_dir, [r["prompt"] + r["response"] for r in rows[:3]])
+    for row, values in zip(scored, direct):
+        assert [row[f"reward_{n}"] for n in THREE] == pytest.approx(values, abs=1e-5)
+        assert row["reward"] == pytest.approx(sum(w * v for w, v in zip(THREE_WEIGHTS, values)), abs=1e-5)
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--num-actors", "1", "--cpus-per-actor", "0.5"]) == 0
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())["attributes"]
+    for a, name in enumerate(THREE):
+        rated = [(r[f"reward_{name}"], row[name]) for r, row in zip(scored, rows[:40]) if row[name] is not None]
+        rmse = math.sqrt(sum((p - y) ** 2 for p, y in rated) / len(rated))
+        assert got[name]["rated"] == len(rated) and got[name]["rmse"] == pytest.approx(rmse, abs=1e-6)
