@@ -111,14 +111,14 @@ def evaluate(
     if layout.kind == "groups" or layout.kind == "single":
         from rayreward.evaluation.evaluate_groups import evaluate_ranked, evaluate_ratings, rating_names
 
-        names = rating_names(model_dir, columns) if layout.kind == "single" else None
+        names = rating_names(ref.path, columns) if layout.kind == "single" else None
         if layout.kind == "groups" or names:
-            scored = score_dataset(ds, model_dir, layout, pool, batch_tokens=batch_tokens, max_length=max_length,
+            scored = score_dataset(ds, ref, layout, pool, batch_tokens=batch_tokens, max_length=max_length,
                                    source=str(data))
             if names:
-                metrics, paths = evaluate_ratings(scored, names, model_dir, data, out_dir)
+                metrics, paths = evaluate_ratings(scored, names, ref.label, data, out_dir)
             else:
-                metrics, paths = evaluate_ranked(scored, layout, model_dir, data, out_dir)
+                metrics, paths = evaluate_ranked(scored, layout, ref.label, data, out_dir)
             return EvalResult(metrics, np.array([]), np.array([]), paths)
     if layout.kind != "pairs":
         raise DataFormatError(f"--data {data}: evaluate needs preference pairs ('chosen' and 'rejected'); "
