@@ -184,8 +184,11 @@ def test_rayjob_train_submits_from_a_sidecar_and_has_a_cpu_data_group():
 
 # -- the released KubeRay CRDs, unknown fields rejected as the API server's strict validation does
 
-CRDS = ROOT.parent / "shared" / "kuberay-crds"
-needs_crds = pytest.mark.skipif(not CRDS.is_dir(), reason=f"the released KubeRay CRDs are not in {CRDS}")
+# The released KubeRay CRDs (rayclusters/rayjobs, v1.5.1 and v1.7.0, from the KubeRay
+# repository's config/crd/bases): $RAYREWARD_KUBERAY_CRDS, else the folder beside the project.
+CRDS = Path(os.environ.get("RAYREWARD_KUBERAY_CRDS") or ROOT.parent / "shared" / "kuberay-crds")
+needs_crds = pytest.mark.skipif(not CRDS.is_dir(), reason=f"KubeRay CRDs not found in {CRDS}: set "
+                                "RAYREWARD_KUBERAY_CRDS to a folder of rayclusters-/rayjobs-v1.5.1.yaml and v1.7.0.yaml")
 
 
 def strict_schema(schema):
