@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -446,7 +447,7 @@ def test_an_ensemble_folder_is_scored_through_its_members(tmp_path):
     from rayreward.core import tiny
     from rayreward.data.tokenizer import builtin_tokenizer
     from rayreward.evaluation.ensemble import write_ensemble
-    from rayreward.evaluation.suites.runner import model_dirs
+    from rayreward.evaluation.suites.runner import model_refs
 
     tok = builtin_tokenizer()
     for seed in (0, 1):
@@ -454,5 +455,6 @@ def test_an_ensemble_folder_is_scored_through_its_members(tmp_path):
         tiny.build_model("tiny-llama", tok, hidden_size=32, num_layers=2, seed=seed).save_pretrained(folder)
         tok.save_pretrained(folder)
     write_ensemble(tmp_path / "ens", ["member-0", "member-1"])
-    assert model_dirs(str(tmp_path / "ens")) == [tmp_path / "ens" / "member-0", tmp_path / "ens" / "member-1"]
-    assert model_dirs(str(tmp_path / "ens" / "member-1")) == [tmp_path / "ens" / "member-1"]
+    paths = [Path(ref.path) for ref in model_refs(str(tmp_path / "ens"))]
+    assert paths == [tmp_path / "ens" / "member-0", tmp_path / "ens" / "member-1"]
+    assert [Path(ref.path) for ref in model_refs(str(tmp_path / "ens" / "member-1"))] == [tmp_path / "ens" / "member-1"]
