@@ -101,8 +101,8 @@ def test_every_quickstart_command_runs_with_the_paths_it_shows(ray_local, minilm
             body = json.loads(argv[argv.index("-d") + 1])
             got = requests.post(f"http://{url}" if "://" not in url else url, json=body, timeout=120).json()
             offline = _offline_pair_rewards(main, body["pairs"], tmp_path)
-            assert got["reward_chosen"] == pytest.approx(offline[0], abs=1e-5)
-            assert got["reward_rejected"] == pytest.approx(offline[1], abs=1e-5)
+            assert got["reward_chosen"] == pytest.approx([offline[0]], abs=1e-5)
+            assert got["reward_rejected"] == pytest.approx([offline[1]], abs=1e-5)
             _stop(served["proc"])
             took["curl"] = time.monotonic() - started
             continue
