@@ -29,7 +29,7 @@ from tests.conftest import read_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-CPU_SIZED = ["train.max_steps=2", "train.bf16=false", "train.per_device_train_batch_size=4", "data.max_length=128",
+CPU_SIZED = ["train.max_steps=2", "scaling.num_workers=1", "train.bf16=false", "train.per_device_train_batch_size=4", "data.max_length=128",
              "data.tokenize_actors=1", "data.tokenize_num_cpus=0.5", "train.eval_steps=2", "train.save_steps=2",
              "train.logging_steps=1"]
 TUNE_SIZED = ["tune.num_samples=1", "tune.max_concurrent_trials=1", "tune.scheduler.type=none"]
