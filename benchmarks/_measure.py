@@ -15,6 +15,21 @@ from importlib import metadata
 from pathlib import Path
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+HH_ENV = "RAYREWARD_HH_RLHF_DIR"
+
+
+def hh_data_dir() -> Path:
+    """The folder of hh-rlhf harmless-base pairs (``train.jsonl``, ``test.jsonl``) the benchmarks read.
+
+    ``$RAYREWARD_HH_RLHF_DIR``, else ``data/hh-rlhf-harmless`` in the folder beside the
+    repository (the test suite looks in the same two places).
+    """
+    named = os.environ.get(HH_ENV)
+    folder = Path(named) if named else Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless"
+    if not (folder / "train.jsonl").exists():
+        raise SystemExit(f"hh-rlhf pairs not found in {folder}: set {HH_ENV} to a folder holding train.jsonl and "
+                         "test.jsonl (rows of Anthropic/hh-rlhf, harmless-base, as the tests use)")
+    return folder
 
 
 def machine() -> dict:

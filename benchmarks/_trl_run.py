@@ -25,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from _measure import PeakRSS, linear_params, train_flops  # noqa: E402
+from _measure import PeakRSS, hh_data_dir, linear_params, train_flops  # noqa: E402
 
-HH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless"
 
 
 def minilm_dir() -> Path:
@@ -83,7 +82,7 @@ DECODER_CONFIGS = {
 
 def read_rows(split: str, n: int) -> list[dict]:
     rows = []
-    with open(HH_DIR / f"{split}.jsonl", encoding="utf-8") as f:
+    with open(hh_data_dir() / f"{split}.jsonl", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             rows.append({"chosen": row["chosen"], "rejected": row["rejected"]})

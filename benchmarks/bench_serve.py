@@ -30,9 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import machine, record_section  # noqa: E402
+from _measure import hh_data_dir, machine, record_section  # noqa: E402
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl"
 CONCURRENCY = (1, 8, 32)
 NAIVE = '''
 import torch
@@ -113,7 +112,7 @@ def main() -> None:
     from rayreward.serve.app import launch
     from rayreward.serve.config import serve_config
 
-    rows = [json.loads(line) for line in HH.open(encoding="utf-8")]
+    rows = [json.loads(line) for line in (hh_data_dir() / "test.jsonl").open(encoding="utf-8")]
     texts = [r["chosen"][-600:] for r in rows][: args.texts]
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     tok = builtin_tokenizer()

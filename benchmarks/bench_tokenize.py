@@ -31,15 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import PeakRSS, machine, record_section  # noqa: E402
+from _measure import PeakRSS, hh_data_dir, machine, record_section  # noqa: E402
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl"
 TOKENIZER = "builtin:tiny-llama"
 MAX_LENGTH = 1024
 
 
 def read_hh(repeat: int) -> list[dict]:
-    with open(HH, encoding="utf-8") as f:
+    with open(hh_data_dir() / "train.jsonl", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     return [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in rows] * repeat
 

@@ -20,6 +20,7 @@ import pytest
 
 from rayreward.commands import cli
 
+SAMPLE_TRAIN = "data.train=" + str(Path(__file__).resolve().parents[1] / "rayreward" / "sample_data" / "train.jsonl")
 GOOD = {"prompt": "Q: what is two plus two?", "chosen": " four", "rejected": " five"}
 
 
@@ -121,6 +122,11 @@ def _files(tmp: Path) -> dict[str, str]:
     Path(f["broken_config"], "config.json").write_text("{not json")
     f["no_config"] = str(tmp / "no_config")
     os.makedirs(f["no_config"])
+    for name, adapter in (("adapter_no_base", {"peft_type": "LORA"}),
+                          ("adapter_missing_base", {"peft_type": "LORA", "base_model_name_or_path": "/nonexistent/base"})):
+        os.makedirs(tmp / name)
+        (tmp / name / "adapter_config.json").write_text(json.dumps(adapter))
+        f[name] = str(tmp / name)
     f["model_dir"] = str(tmp / "some_model_dir")  # exists, no model yet: evaluate's data checks come first
     os.makedirs(f["model_dir"])
     return f
@@ -157,19 +163,19 @@ CASES = [
     ("invalid_yaml", ["check", "--config", "{bad_yaml}"], 2, ["--config", "bad.yaml", "not valid YAML"]),
     ("yaml_list", ["check", "--config", "{list_yaml}"], 2, ["--config", "expected a mapping of sections"]),
     ("override_no_equals", ["check", "train.learning_rate"], 2, ["override 'train.learning_rate': expected KEY=VALUE"]),
-    ("fp16_on_cpu", ["check", "train.fp16=true"], 2, ["train.fp16: got true with scaling.use_gpu=false"]),
+    ("fp16_on_cpu", ["check", "scaling.use_gpu=false", "train.fp16=true"], 2, ["train.fp16: got true with scaling.use_gpu=false"]),
     ("all_at_once", ["check", "train.max_steps=-5", "data.max_length=0", "lora.r=0"], 2,
      ["3 problem(s)", "train.max_steps", "data.max_length", "lora.r"]),
     # -- model -------------------------------------------------------------------------
-    ("model_missing_path", ["check", "model.name_or_path=/nonexistent/model"], 2,
+    ("model_missing_path", ["check", "model.name_or_path=/nonexistent/model", SAMPLE_TRAIN], 2,
      ["model.name_or_path: got '/nonexistent/model'; no such folder"]),
-    ("model_no_config", ["check", "model.name_or_path={no_config}"], 2, ["model.name_or_path", "no config.json"]),
-    ("model_broken_config", ["check", "model.name_or_path={broken_config}"], 2, ["model.name_or_path", "does not load"]),
-    ("model_two_labels", ["check", "model.name_or_path={two_labels}"], 2, ["model.name_or_path", "2 outputs", "one output"]),
-    ("model_remote_code", ["check", "model.name_or_path={remote}"], 2, ["model.trust_remote_code=true"]),
+    ("model_no_config", ["check", "model.name_or_path={no_config}", SAMPLE_TRAIN], 2, ["model.name_or_path", "no config.json"]),
+    ("model_broken_config", ["check", "model.name_or_path={broken_config}", SAMPLE_TRAIN], 2, ["model.name_or_path", "does not load"]),
+    ("model_two_labels", ["check", "model.name_or_path={two_labels}", SAMPLE_TRAIN], 2, ["model.name_or_path", "2 outputs", "one output"]),
+    ("model_remote_code", ["check", "model.name_or_path={remote}", SAMPLE_TRAIN], 2, ["model.trust_remote_code=true"]),
     ("model_unknown_builtin", ["check", "model.name_or_path=builtin:tiny-nothing"], 2,
      ["model.name_or_path: got 'builtin:tiny-nothing'; expected one of", "builtin:tiny-llama"]),
-    ("model_uncached_hub_id", ["check", "model.name_or_path=someorg/no-such-model-xyz"], 2,
+    ("model_uncached_hub_id", ["check", "model.name_or_path=someorg/no-such-model-xyz", SAMPLE_TRAIN], 2,
      ["model.name_or_path", "someorg/no-such-model-xyz", "local cache"]),
     # -- storage -----------------------------------------------------------------------
     ("storage_under_file", ["check", "storage.path={a_file}/runs"], 2, ["storage.path", "is a file"]),
@@ -209,7 +215,31 @@ CASES = [
     ("evaluate_single_answers", ["evaluate", "--model", "{model_dir}", "--data", "{single}"], 2,
      ["--data", "expected preference pairs", "rayreward score"]),
     ("evaluate_missing_model", ["evaluate", "--model", "/nonexistent/rm", "--data", "{good}"], 2,
-     ["--model: got '/nonexistent/rm'; no such file or folder"]),
+     ["--model: got '/nonexistent/rm'; no such folder", "a hub id such as org/name", "s3://"]),
+    ("evaluate_hub_id_not_cached_offline", ["evaluate", "--model", "nobody/no-such-rm", "--data", "{good}"], 2,
+     ["--model: got 'nobody/no-such-rm'", "not in the local Hugging Face cache while HF_HUB_OFFLINE=1",
+      "`hf download nobody/no-such-rm`", "or pass a model folder"]),
+    ("evaluate_hub_revision_not_cached", ["evaluate", "--model", "nobody/no-such-rm", "--revision", "v2",
+                                          "--data", "{good}"], 2,
+     ["at revision 'v2'", "`hf download nobody/no-such-rm --revision v2`"]),
+    ("evaluate_folder_neither_model_nor_adapter", ["evaluate", "--model", "{nodata}", "--data", "{good}"], 2,
+     ["--model: got", "nodata'; the folder is neither a model", "nor a PEFT adapter (adapter_config.json)"]),
+    ("score_adapter_without_base", ["score", "--model", "{adapter_no_base}", "--data", "{good}",
+                                    "--out", "{tmp}/o.jsonl"], 2,
+     ["adapter_no_base', a PEFT adapter whose adapter_config.json names no base model (base_model_name_or_path)"]),
+    ("score_adapter_base_missing", ["score", "--model", "{adapter_missing_base}", "--data", "{good}",
+                                    "--out", "{tmp}/o.jsonl"], 2,
+     ["adapter_missing_base', an adapter whose base model '/nonexistent/base'; no such folder"]),
+    ("score_revision_of_a_folder", ["score", "--model", "{nodata}", "--revision", "main", "--data", "{good}",
+                                    "--out", "{tmp}/o.jsonl"], 2,
+     ["--revision: got 'main', which applies to hub ids", "(drop --revision)"]),
+    ("score_s3_model_unreachable", ["score", "--model", "s3://rayreward/models/rm", "--data", "{good}",
+                                    "--out", "{tmp}/o.jsonl"], 2,
+     ["--model: got 's3://rayreward/models/rm'; cannot reach the object store", "AWS_ENDPOINT_URL"]),
+    ("serve_missing_model", ["serve", "--model", "/nonexistent/rm"], 2,
+     ["serve.models (--model): got '/nonexistent/rm'; no such folder"]),
+    ("serve_hub_id_not_cached_offline", ["serve", "--model", "nobody/no-such-rm", "--revision", "main"], 2,
+     ["serve.models (--model): got 'nobody/no-such-rm' at revision 'main'", "HF_HUB_OFFLINE=1"]),
     ("evaluate_two_labels", ["evaluate", "--model", "{two_labels}", "--data", "{good}"], 2, ["--model", "2 outputs"]),
     ("evaluate_missing_data", ["evaluate", "--model", "{model_dir}", "--data", "nope.jsonl"], 2, ["--data", "nope.jsonl"]),
     ("evaluate_negative_show", ["evaluate", "--model", "{model_dir}", "--data", "{good}", "--show", "-1"], 2,

@@ -25,7 +25,7 @@ def problems_of(tmp_path, text: str = "", overrides=()) -> list[str]:
 def test_defaults_are_the_demo():
     job = load_job_config()
     assert job.model.name_or_path == "builtin:tiny-llama"
-    assert job.scaling.num_workers == 2 and job.deepspeed.stage == 2 and not job.scaling.use_gpu
+    assert job.scaling.num_workers == 2 and job.deepspeed.stage == 2 and job.scaling.use_gpu == "auto"
     assert job.data.train.endswith("sample_data/train.jsonl") and job.data.eval.endswith("sample_data/eval.jsonl")
     # 1600 pairs / 2 workers / 16 per batch = 50 steps an epoch, 3 epochs.
     assert step_plan(job, 1600).steps_per_epoch == 50 and step_plan(job, 1600).max_steps == 150
@@ -103,8 +103,8 @@ def test_types_and_managed_train_fields(tmp_path):
 
 def test_cross_field_rules(tmp_path):
     problems = problems_of(tmp_path, "", [
-        "train.bf16=true", "train.fp16=true", "deepspeed.stage=2", "deepspeed.offload_param=true",
-        "storage.checkpoint_score_attribute=eval_accuracy", "train.eval_steps=20", "train.save_steps=30",
+        "train.bf16=true", "train.fp16=true", "scaling.use_gpu=false", "deepspeed.stage=2",
+        "deepspeed.offload_param=true", "storage.checkpoint_score_attribute=eval_accuracy", "train.eval_steps=20", "train.save_steps=30",
     ])
     assert "train.fp16: got true with train.bf16=true; expected at most one of them" in problems
     assert "train.fp16: got true with scaling.use_gpu=false; expected bf16 or fp32 on CPU workers" in problems
@@ -186,7 +186,7 @@ def test_help_is_generated_from_field_docs(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "deepspeed.offload_optimizer = False" in out and "Keep optimizer state in CPU memory" in out
-    assert "data.max_length = 1024" in out and "train.learning_rate = 0.002" in out
+    assert "data.max_length = 1024" in out and "train.learning_rate = 0.0001 (demo: 0.002)" in out
 
 
 def test_train_section_is_typed_from_reward_config():
@@ -198,7 +198,7 @@ def test_train_section_is_typed_from_reward_config():
     from rayreward.job.train_section import TRAIN_DEFAULTS, TrainSection
 
     own = {f.name: f.default for f in dataclasses.fields(RewardConfig) if f.init}
-    train = TrainSection({"learning_rate": 1e-5})
+    train = TrainSection({"learning_rate": 1e-5}, demo_defaults=True)
     assert train["max_steps"] == own["max_steps"] == -1 and train.gradient_accumulation_steps == 1
     assert train["learning_rate"] == 1e-5 and train["per_device_train_batch_size"] == TRAIN_DEFAULTS[
         "per_device_train_batch_size"]

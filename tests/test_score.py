@@ -242,10 +242,11 @@ def test_resolve_model_dir(model_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_score_command_on_ray(ray_local, model_dir, reference, tmp_path):
+def test_score_command_on_ray(ray_local, moto_s3, model_dir, reference, tmp_path, monkeypatch):
     import pandas as pd
 
     from rayreward.commands.cli import main
+    from rayreward.runtime.storage import upload_dir
 
     text_reward, chat_reward, _, _ = reference
     pairs = tmp_path / "pairs.jsonl"
@@ -262,8 +263,12 @@ def test_score_command_on_ray(ray_local, model_dir, reference, tmp_path):
     want = [text_reward(r["prompt"] + r["chosen"]) for r in PAIRS * 4]
     np.testing.assert_allclose(df["reward_chosen"], want, atol=1e-5)
 
+    # The same model from an object store (moto on loopback): downloaded to the cache, same rewards.
+    monkeypatch.setenv("RAYREWARD_CACHE", str(tmp_path / "cache"))
+    upload_dir(str(model_dir), "s3://rayreward/runs/rm/model")
     out = tmp_path / "convs.jsonl"
-    assert main(["score", "--model", str(model_dir), "--data", str(convs), "--out", str(out)]) == 0
+    assert main(["score", "--model", "s3://rayreward/runs/rm/model", "--data", str(convs), "--out", str(out)]) == 0
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 1
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["messages"] for r in rows] == CONVERSATIONS and [r["source"] for r in rows] == ["a", "b"]
     np.testing.assert_allclose([r["reward"] for r in rows], [chat_reward(m) for m in CONVERSATIONS], atol=1e-5)

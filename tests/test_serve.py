@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import SHARED_DATA, read_jsonl
+from tests.conftest import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -165,11 +165,11 @@ def _in_process(model, rows):
 
 
 @pytest.mark.timeout(300)
-def test_pairs_give_evaluate_accuracy(served, models):
+def test_pairs_give_evaluate_accuracy(served, models, hh_dir):
     from rayreward.evaluation.evaluate import evaluate
     from rayreward.evaluation.score import ActorPool, scoring_session
 
-    pairs = [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in read_jsonl(SHARED_DATA / "test.jsonl", 48)]
+    pairs = [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in read_jsonl(hh_dir / "test.jsonl", 48)]
     with scoring_session():
         result = evaluate(models["a"], _pairs_file(pairs), pool=ActorPool(cpus_per_actor=0.5))
     got = _post(f"{served['rm'].url}/score", {"pairs": pairs}).json()
@@ -191,9 +191,9 @@ def _pairs_file(pairs) -> str:
 
 
 @pytest.mark.timeout(300)
-def test_1000_requests_from_32_clients_all_answered_in_batches(served):
+def test_1000_requests_from_32_clients_all_answered_in_batches(served, hh_dir):
     url = served["rm"].url
-    rows = [{"text": t} for t in read_jsonl(SHARED_DATA / "test.jsonl", 50) for t in (t["chosen"][-300:],)]
+    rows = [{"text": t} for t in read_jsonl(hh_dir / "test.jsonl", 50) for t in (t["chosen"][-300:],)]
     texts = [r["text"] for r in rows]
     before = _stats(url)
 

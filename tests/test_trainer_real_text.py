@@ -1,4 +1,4 @@
-"""Short runs on real preference text: hh-rlhf (harmless) from ../shared/data."""
+"""Short runs on real preference text: hh-rlhf (harmless-base), found by the ``hh_dir`` fixture."""
 
 from __future__ import annotations
 

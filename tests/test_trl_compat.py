@@ -136,7 +136,7 @@ def test_trl_pretokenized_data_gives_the_same_batches_as_text(tmp_path, rows):
     args = args_for(tmp_path)
     from_text = RewardTrainer(model=path, args=args, eval_dataset=Dataset.from_list(rows[:16]))
     from_ids = RewardTrainer(model=path, args=args, eval_dataset=Dataset.from_list(ids))
-    with pytest.warns(FutureWarning, match="chosen_input_ids"):
+    with pytest.warns(FutureWarning, match=r"chosen_input_ids.*will stop being read in rayreward 0\.3.*chosen_ids"):
         from_legacy = RewardTrainer(model=path, args=args, eval_dataset=Dataset.from_list(legacy))
     batch = [next(iter(t.get_eval_dataloader())) for t in (from_text, from_ids, from_legacy)]
     for other in batch[1:]:
@@ -213,6 +213,99 @@ def test_tool_calls_and_chat_template_kwargs_render_as_the_template_says(tmp_pat
     bad = [{**data[0], "chosen": [{"role": "robot", "content": "beep"}]}]
     with pytest.raises(BadRowError, match="row 0, field 'chosen'.*role 'robot'"):
         RewardTrainer(model=path, args=args_for(tmp_path), processing_class=tok, eval_dataset=bad)
+
+
+# -- PEFT: the head PEFT copies is frozen, everything trainable trains ----------------------
+
+
+@pytest.mark.parametrize("targets", [None, ["gate_proj", "up_proj", "down_proj", "score"]])
+def test_peft_trains_every_trainable_parameter_and_freezes_the_replaced_head(targets, tmp_path, rows):
+    from peft import LoraConfig
+
+    path = save_bf16_checkpoint("qwen2", tmp_path / "m")
+    # TRL's own shapes: LoraConfig() with PEFT's default targets, and one that also names the head.
+    config = LoraConfig() if targets is None else LoraConfig(target_modules=targets)
+    trainer = RewardTrainer(model=path, args=args_for(tmp_path, learning_rate=1e-2),
+                            train_dataset=Dataset.from_list(rows), peft_config=config)
+    model = trainer.model
+    originals = [n for n, _ in model.named_parameters() if ".original_module." in n]
+    assert originals, "the head is wrapped by modules_to_save"
+    assert not [n for n, p in model.named_parameters() if ".original_module." in n and p.requires_grad]
+    before = snapshot(model)
+    trainer.train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("score.modules_to_save" in n for n in trainable)
+    assert not [n for n in unchanged(model, before) if n in trainable]
+    # the forward pass reads the copy: the original head and the base weights stay as loaded
+    assert set(unchanged(model, before)) == {n for n, _ in model.named_parameters()} - trainable
+    in_optimizer = {id(p) for p in trainer.optimizer.state}
+    assert not [n for n, p in model.named_parameters() if id(p) in in_optimizer and n not in trainable]
+    assert {n for n, p in model.named_parameters() if id(p) in in_optimizer} == trainable
+
+
+# -- chat_template_path naming a tokenizer: TRL's clone_chat_template ---------------------
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def save_chatml_tokenizer(folder) -> str:
+    """The bundled BPE with a ChatML template and two special tokens it lacks (EOS <|im_end|>)."""
+    tok = builtin_tokenizer()
+    tok.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]})
+    tok.chat_template = CHATML
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_chat_template_path_naming_a_tokenizer_clones_it_as_trl_does(tmp_path):
+    import trl
+    from peft import LoraConfig
+    from transformers import AutoModelForSequenceClassification
+
+    path = save_bf16_checkpoint("llama", tmp_path / "m")
+    source = save_chatml_tokenizer(tmp_path / "chatml")
+    conversations = [{"prompt": [{"role": "user", "content": "Is the sky blue?"}],
+                      "chosen": [{"role": "assistant", "content": "Yes, on a clear day."}],
+                      "rejected": [{"role": "assistant", "content": "No."}]}] * 8
+    trainer = RewardTrainer(model=path, args=args_for(tmp_path, chat_template_path=source),
+                            train_dataset=Dataset.from_list(conversations), peft_config=LoraConfig())
+    tok = trainer.processing_class
+    model = trainer.model.get_base_model()
+
+    # TRL 1.16's clone on a fresh copy of the same model and tokenizer gives the same result.
+    theirs = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    theirs, their_tok, their_added = trl.clone_chat_template(theirs, builtin_tokenizer(), source)
+    assert tok.chat_template == their_tok.chat_template == CHATML
+    assert tok.get_vocab() == their_tok.get_vocab()
+    assert tok.eos_token == their_tok.eos_token == "<|im_end|>"
+    assert model.config.eos_token_id == theirs.config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    rows = model.config.vocab_size  # the embedding is wrapped by PEFT (trainable token rows)
+    assert rows == theirs.get_input_embeddings().num_embeddings == len(tok) and rows % 64 == 0
+    assert rows > len(builtin_tokenizer())
+
+    # Conversations are rendered with the cloned template; its tokens are single ids.
+    start, end = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    ids = trainer.train_dataset[0]["input_ids_chosen"]
+    assert ids.count(start) == ids.count(end) == 2 and max(ids) < rows
+    # As in TRL, the added tokens' embedding rows train under PEFT.
+    indices = trainer.model.peft_config["default"].trainable_token_indices
+    assert set(indices["embed_tokens"]) == set(their_added) and {start, end} <= set(indices["embed_tokens"])
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+def test_chat_template_path_adding_tokens_needs_a_model(tmp_path):
+    from rayreward.core.chat_template import clone_chat_template
+
+    source = save_chatml_tokenizer(tmp_path / "chatml")
+    tok = builtin_tokenizer()
+    with pytest.raises(ValueError, match=r"adds tokens \['<\|im_end\|>', '<\|im_start\|>'\].*model_init"):
+        clone_chat_template(None, tok, source)
+    same = builtin_tokenizer()
+    same.save_pretrained(tmp_path / "plain")  # the bundled tokenizer already has every token it adds
+    assert clone_chat_template(None, tok, str(tmp_path / "plain")) == []
+    assert tok.chat_template == builtin_tokenizer().chat_template
 
 
 # -- same numbers as TRL 1.16 ------------------------------------------------------------

@@ -25,10 +25,31 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_model_and_data(parser: argparse.ArgumentParser, model_help: str) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help=model_help)
-    parser.add_argument("--data", required=True, metavar="SOURCE",
-                        help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob")
+MODEL_HELP = ("the reward model: a model folder (save_pretrained), a training run's folder, a checkpoint, a PEFT "
+              "adapter folder, an ensemble folder, a Hugging Face hub id (org/name) or an object-store folder "
+              "(s3://, gs://; downloaded once to ~/.cache/rayreward, or RAYREWARD_CACHE)")
+
+
+def add_model_and_data(parser: argparse.ArgumentParser, model_help: str = MODEL_HELP, suites: bool = False) -> None:
+    """``--model``, ``--revision`` and ``--data``; with ``suites``, both repeat (several
+    models side by side, one data source per suite)."""
+    add_revision(parser)
+    if not suites:
+        parser.add_argument("--model", required=True, metavar="MODEL", help=model_help)
+        parser.add_argument("--data", required=True, metavar="SOURCE",
+                            help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob")
+        return
+    parser.add_argument("--model", required=True, metavar="MODEL", action="append",
+                        help=model_help + "; with --suite, repeat it to compare several models")
+    parser.add_argument("--data", metavar="SOURCE", action="append", default=None,
+                        help="a .jsonl/.json/.parquet/.csv file, a directory of them, or a glob; with --suite, "
+                             "the suite's data in its public schema or a hub id (default: the public data set), "
+                             "SUITE=SOURCE when several suites are given")
+
+
+def add_revision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", default=None, metavar="REV",
+                        help="branch, tag or commit of a hub id's model (default: main)")
 
 
 def add_inference(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from rayreward.commands._job_args import add_job_arguments, load_job, preflight_job
 
@@ -18,41 +17,56 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import yaml
-
-    from rayreward.job.config import step_plan, to_dict
+    from rayreward.job.config import step_plan, value_sources
+    from rayreward.job.tree import ConfigError, load_yaml
 
     job, extras = load_job(args, extra_sections=("tune",))
     if "tune" in extras:
         problems = _tune_problems(extras["tune"], job)
         if problems:
-            print(f"rayreward check: {len(problems)} problem(s) in the tune section:\n"
-                  + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
-            return 2
+            raise ConfigError(problems, args.config, what="tune section")
     if not args.config_only:
         preflight_job(args, job)
-    resolved = to_dict(job)
-    # The tune section was taken out before the job was built: show the file's own, or none.
-    resolved.pop("tune", None)
+    sources = value_sources(job, load_yaml(args.config) if args.config else {}, args.overrides)
+    print("# the job as it will run; after each value, where it comes from (override: the command line, file: "
+          f"{args.config or 'no file'}, demo: the built-in demo's settings, derived: set by a rule, default)")
+    print(render_with_sources(sources), end="")
     if "tune" in extras:
-        resolved["tune"] = extras["tune"]
-    print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        # The tune section was taken out before the job was built: show the file's own.
+        print(yaml_dump({"tune": extras["tune"]}), end="")
     if job.train["max_steps"] > 0:
         print(f"# {step_plan(job, None).max_steps} steps (train.max_steps)")
     print(f"# {args.config or 'defaults'}: OK")
     return 0
 
 
+def render_with_sources(sources: dict) -> str:
+    """YAML of ``{dotted key: (value, origin)}`` with each origin as a trailing comment."""
+    lines, opened = [], []
+    for key, (value, origin) in sources.items():
+        parts = key.split(".")
+        common = 0
+        while common < min(len(opened), len(parts) - 1) and opened[common] == parts[common]:
+            common += 1
+        opened = opened[:common]
+        for depth in range(common, len(parts) - 1):
+            lines.append(f"{'  ' * depth}{parts[depth]}:")
+            opened.append(parts[depth])
+        text = yaml_dump(value).strip()
+        lines.append(f"{'  ' * (len(parts) - 1)}{parts[-1]}: {text}".ljust(56) + f"  # {origin}")
+    return "\n".join(lines) + "\n"
+
+
+def yaml_dump(value) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 16)
+    return text.removesuffix("\n...\n") if text.endswith("\n...\n") else text
+
+
 def _tune_problems(section, job) -> list[str]:
     """A sweep file's ``tune:`` section, checked by the tune command's own validator
     (its shape, then the swept keys and every trial config against the rest of ``job``)."""
-    import importlib
+    from rayreward.commands.tune import validate_tune_section
 
-    try:
-        tune = importlib.import_module("rayreward.commands.tune")
-    except ModuleNotFoundError as exc:
-        if exc.name != "rayreward.commands.tune":
-            raise
-        return []
-    validate = getattr(tune, "validate_tune_section", None)
-    return list(validate(section, job)) if validate else []
+    return list(validate_tune_section(section, job))

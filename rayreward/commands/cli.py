@@ -23,24 +23,42 @@ SUBCOMMANDS = ("train", "check", "export", "tune", "evaluate", "score", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: ``--version``, ``--debug`` and the list of subcommands (for ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="rayreward",
         description="Train, sweep, evaluate and use reward models on Ray. "
         "With no arguments, trains the demo reward model on an embedded local Ray.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of any error (also RAYREWARD_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"rayreward.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"rayreward.commands.{name}":
-                raise
-            continue
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        module = importlib.import_module(f"rayreward.commands.{name}")
+        sub.add_parser(name, help=module.HELP)
     return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand; its options and its ``KEY=VALUE`` overrides may come in any order."""
+    module = importlib.import_module(f"rayreward.commands.{name}")
+    parser = argparse.ArgumentParser(prog=f"rayreward {name}", description=module.HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of any error (also RAYREWARD_DEBUG=1)")
+    parser.set_defaults(_run=module.run, command=name)
+    return parser
+
+
+def version() -> str:
+    """rayreward's installed version."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("rayreward")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,15 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     # Before anything imports ray: an empty RAY_ADDRESS means unset, an embedded Ray stays on loopback.
     prepare_environment(argv)
-    parser = build_parser()
-    parser.add_argument("--debug", action="store_true",
-                        help="print the traceback of any error (also RAYREWARD_DEBUG=1)")
     if not argv:
         argv = ["train"]
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
+    if argv[0] not in SUBCOMMANDS:
+        # --help, --version, or a word that is no command (argparse names the choices).
+        build_parser().parse_args(argv)
+        build_parser().print_help()
         return 2
+    # Subparsers cannot parse intermixed arguments, so each command has a parser of its
+    # own: `rayreward train a=1 -v b=2` is the same as `rayreward train -v a=1 b=2`.
+    args = command_parser(argv[0]).parse_intermixed_args(argv[1:])
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -6,11 +6,17 @@ from rayreward.runtime.console import add_console_arguments
 from rayreward.commands._scoring_args import actor_pool, add_inference, add_model_and_data, positive_int
 
 HELP = ("Evaluate a reward model on preference pairs: accuracy, rewards, margin, calibration (ECE), "
-        "accuracy by length and group; writes metrics.json, report.md and figures.")
+        "accuracy by length and group; writes metrics.json, report.md and figures. With --suite, score "
+        "RewardBench, RewardBench 2 or RM-Bench as their official code does, for one or more models.")
 
 
 def add_arguments(parser) -> None:
-    add_model_and_data(parser, "model directory (save_pretrained), a training run's directory or a checkpoint")
+    from rayreward.evaluation.suites import SUITES
+
+    add_model_and_data(parser, suites=True)
+    parser.add_argument("--suite", action="append", default=None, metavar="SUITE", choices=list(SUITES),
+                        help=f"score a public benchmark ({', '.join(SUITES)}); repeat for several; writes "
+                             "SUITE.json, SUITE_rewards.parquet and SUITE.png under --out")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="write metrics.json, report.md and PNG figures here (default: print only)")
     parser.add_argument("--show", type=int, default=0, metavar="N",
@@ -34,6 +40,7 @@ def run(args) -> int:
 
     from rayreward.data.sources import DataSourceError
     from rayreward.evaluation.evaluate import evaluate
+    from rayreward.evaluation.model_ref import resolve_model
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.core.metrics import format_headline
     from rayreward.runtime import storage
@@ -42,11 +49,20 @@ def run(args) -> int:
     from rayreward.evaluation.score import scoring_session
     from rayreward.job.preflight import check_scoring, check_storage
 
+    if args.suite:
+        from rayreward.commands._suite_eval import run_suites
+
+        return run_suites(args)
     # 1. check what can be checked before Ray starts
+    if len(args.model) != 1 or not args.data or len(args.data) != 1:
+        print("rayreward evaluate: give one --model and one --data (several models need --suite)", file=sys.stderr)
+        return 2
+    args.model, args.data = args.model[0], args.data[0]
     if args.show < 0:
         print(f"rayreward evaluate: --show: got {args.show}; expected a number >= 0", file=sys.stderr)
         return 2
-    found = check_scoring(args.model, args.data, pairs_only=True, prompt_column=args.prompt_column)
+    found = check_scoring(args.model, args.data, pairs_only=True, prompt_column=args.prompt_column,
+                          revision=args.revision)
     if args.out:
         found.problems += check_storage(args.out, "--out")
     found.raise_if_any("the evaluation's inputs")
@@ -55,13 +71,16 @@ def run(args) -> int:
         # Ray's and Ray Data's output goes to a log file (-v: here).
         log = (storage.join(args.out, "rayreward.log") if args.out
                else os.path.join(tempfile.gettempdir(), f"rayreward-evaluate-{os.getpid()}.log"))
-        with Console(log, verbose=args.verbose), scoring_session(args.address):
-            result = evaluate(
-                args.model, args.data, out_dir=args.out, show=args.show, group_column=args.group_column,
-                batch_tokens=args.batch_tokens, max_length=args.max_length, n_bins=args.bins,
-                save_normalization=args.save_normalization, prompt_column=args.prompt_column,
-                pool=actor_pool(args),
-            )
+        with Console(log, verbose=args.verbose):
+            # Downloads and adapter merges happen here, before Ray starts.
+            model = resolve_model(args.model, args.revision)
+            with scoring_session(args.address):
+                result = evaluate(
+                    model, args.data, out_dir=args.out, show=args.show, group_column=args.group_column,
+                    batch_tokens=args.batch_tokens, max_length=args.max_length, n_bins=args.bins,
+                    save_normalization=args.save_normalization, prompt_column=args.prompt_column,
+                    pool=actor_pool(args),
+                )
     except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
         print(f"rayreward evaluate: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ HELP = ("Score texts, prompt/response rows, conversations or preference pairs wi
 
 
 def add_arguments(parser) -> None:
-    add_model_and_data(parser, "model directory (save_pretrained), a training run's directory or a checkpoint")
+    add_model_and_data(parser)
     parser.add_argument("--out", required=True, metavar="PATH", help="output file, .parquet or .jsonl")
     parser.add_argument("--normalize", action="store_true",
                         help="report (reward - mean) / std with the statistics stored in the model's config "
@@ -28,6 +28,7 @@ def run(args) -> int:
     from rayreward.data.sources import DataSourceError
     from rayreward.data.formats import BadRowError, DataFormatError
     from rayreward.runtime.console import Console
+    from rayreward.evaluation.model_ref import resolve_model
     from rayreward.evaluation.score import OUTPUT_SUFFIXES, scoring_session, score
     from rayreward.job.preflight import check_scoring, check_storage
 
@@ -36,19 +37,22 @@ def run(args) -> int:
         print(f"rayreward score: --out: got {args.out!r}; expected a .parquet or .jsonl file", file=sys.stderr)
         return 2
     found = check_scoring(args.model, args.data, pairs_only=False, text_column=args.text_column,
-                          prompt_column=args.prompt_column)
+                          prompt_column=args.prompt_column, revision=args.revision)
     found.problems += check_storage(args.out if "://" in args.out else os.path.dirname(os.path.abspath(args.out)),
                                     "--out")
     found.raise_if_any("the scoring's inputs")
     # 2. score
     try:
         # Ray's and Ray Data's output goes to a log file (-v: here).
-        with Console(args.out + ".log", verbose=args.verbose), scoring_session(args.address):
-            result = score(
-                args.model, args.data, args.out, normalize=args.normalize, batch_tokens=args.batch_tokens,
-                max_length=args.max_length, text_column=args.text_column, prompt_column=args.prompt_column,
-                pool=actor_pool(args),
-            )
+        with Console(args.out + ".log", verbose=args.verbose):
+            # Downloads and adapter merges happen here, before Ray starts.
+            model = resolve_model(args.model, args.revision)
+            with scoring_session(args.address):
+                result = score(
+                    model, args.data, args.out, normalize=args.normalize, batch_tokens=args.batch_tokens,
+                    max_length=args.max_length, text_column=args.text_column, prompt_column=args.prompt_column,
+                    pool=actor_pool(args),
+                )
     except (FileNotFoundError, DataSourceError, DataFormatError, BadRowError, ValueError) as exc:
         print(f"rayreward score: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 HELP = ("Serve a reward model (or an ensemble) on Ray Serve: OpenRLHF's POST /get_reward, a typed POST /score "
         "(texts, prompt+response, chat messages, pairs), GET /health, /info and /stats; batching across requests, "
@@ -16,16 +15,18 @@ _FLAGS = {
     "target_ongoing_requests": "serve.scaling.target_ongoing_requests",
     "cpus_per_replica": "serve.scaling.cpus_per_replica", "gpus_per_replica": "serve.scaling.gpus_per_replica",
     "max_batch_tokens": "serve.batch.max_tokens", "batch_wait_ms": "serve.batch.wait_ms",
-    "conservative_k": "serve.conservative_k",
+    "conservative_k": "serve.conservative_k", "revision": "serve.revision",
 }
 
 
 def add_arguments(parser) -> None:
     from rayreward.serve.config import help_text
 
-    parser.add_argument("--model", action="append", default=None, metavar="DIR",
-                        help="model folder (save_pretrained), run folder, checkpoint or ensemble folder; "
-                             "repeat for an ensemble")
+    parser.add_argument("--model", action="append", default=None, metavar="MODEL",
+                        help="model folder (save_pretrained), run folder, checkpoint, PEFT adapter folder, hub id "
+                             "(org/name), object-store folder (s3://, gs://) or ensemble folder; repeat for an "
+                             "ensemble")
+    parser.add_argument("--revision", help="branch, tag or commit of hub-id models (default: main)")
     parser.add_argument("--config", metavar="FILE", help="YAML file with a serve: section")
     parser.add_argument("--name", help="application name (default: the model folder's name)")
     parser.add_argument("--route-prefix", help="HTTP path prefix (default: /NAME)")
@@ -57,8 +58,7 @@ def config_from_args(args):
     Raises:
         ConfigError: every problem at once.
     """
-    from rayreward.job.tree import apply_overrides, load_yaml
-    from rayreward.serve.config import serve_config
+    from rayreward.serve.config import load_serve_config
 
     flags = {key: getattr(args, name) for name, key in _FLAGS.items() if getattr(args, name) is not None}
     if args.model:
@@ -69,22 +69,21 @@ def config_from_args(args):
         flags["serve.normalize"] = True
     if args.autoscaling:
         flags["serve.scaling.autoscaling"] = True
-    raw = apply_overrides(load_yaml(args.config) if args.config else {}, list(args.overrides))
-    return serve_config(raw, flags, source=args.config)
+    return load_serve_config(args.config, args.overrides, flags)
 
 
 def run(args) -> int:
     import signal
     import threading
 
-    from rayreward.job.tree import ConfigError
+    from rayreward.job.preflight import PreflightError, check_model_ref
 
-    # 1. config, checked before Ray starts
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"rayreward serve: {exc}", file=sys.stderr)
-        return 2
+    # 1. config and models, checked before Ray starts (errors become exit codes in cli)
+    config = config_from_args(args)
+    problems = [p for m in config.models for p in check_model_ref(
+        m, config.revision, "serve.models (--model)", ensemble=len(config.models) == 1)]
+    if problems:
+        raise PreflightError(problems, "the models to serve")
     # 2. Ray: the given cluster or an embedded one on loopback
     from ray import serve
 
@@ -93,11 +92,7 @@ def run(args) -> int:
 
     with ray_session(args.address, num_cpus=args.cpus):
         # 3. deploy and wait until the replicas are up
-        try:
-            served = launch(config)
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"rayreward serve: {exc}", file=sys.stderr)
-            return 2
+        served = launch(config)
         where = ("; bound to 0.0.0.0, every node's proxy, for the cluster's network (--host to change)"
                  if "://0.0.0.0:" in served.url else "")
         print(f"serving {served.name} at {served.url} (POST /get_reward, POST /score, GET /health, /info, /stats)"

@@ -96,7 +96,7 @@ def embedded_cpus(job) -> int:
     The training workers take ``num_workers * cpus_per_worker``; the tokenizer actors
     run before them (data is materialized first) but Ray Data's read and split tasks
     still need CPU slots while the workers hold theirs, so slots beyond the workers'
-    are added (see STACK_NOTES: a 2-CPU Ray behind 2 one-CPU workers deadlocks). Ray
+    are added (a 2-CPU Ray behind 2 one-CPU workers was seen to deadlock). Ray
     pins each worker's torch threads to its cpus_per_worker, so the extra logical CPUs
     do not oversubscribe the cores with compute.
     """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 
 from rayreward.commands._job_args import add_address_argument, add_job_arguments, load_job, preflight_job
 
@@ -24,22 +23,21 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import dataclasses
 
-    from rayreward.job.config import run_name, storage_uri
+    from rayreward.job.config import storage_uri
+    from rayreward.job.tree import ConfigError
     from rayreward.runtime import storage as _storage
     from rayreward.runtime.console import Console, log_path_for
     from rayreward.runtime.ray_session import ray_session
-    from rayreward.tune.sweep import run_sweep, sweep_problems
+    from rayreward.tune.sweep import run_sweep, sweep_name, sweep_problems
 
     # 1. Config and search space, checked before anything starts.
     job, _ = load_job(args)
     problems = sweep_problems(job)
     if problems:
-        print(f"rayreward tune: {len(problems)} problem(s) in the sweep" + (f" {args.config}" if args.config else "")
-              + ":\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
-        return 2
+        raise ConfigError(problems, args.config, what="sweep")
     preflight_job(args, job)
     # The sweep's name is fixed now: its log goes in its folder, and a re-run resumes it.
-    name = run_name(job)
+    name = sweep_name(job)
     job = dataclasses.replace(job, storage=dataclasses.replace(job.storage, name=name))
     # 2. Console and Ray: the given cluster, or one embedded in this process bound to
     # loopback. The trials' worker logs stay on the cluster (each trial's folder has
@@ -57,7 +55,7 @@ def embedded_cpus(job) -> int:
     tokenizer actors at once, plus a slot for Ray Data's read tasks.
 
     Concurrent trials may tokenize while others train; without the extra slots a trial
-    would wait for CPUs held by the workers of another (see STACK_NOTES). Ray pins each
+    would wait for CPUs held by the workers of another. Ray pins each
     worker's torch threads to its cpus_per_worker, so logical CPUs beyond the cores do
     not oversubscribe them with compute.
     """

@@ -7,7 +7,12 @@ builds the same trainer inside each Ray worker. Modules:
 - ``trainer``: ``RewardTrainer``, a ``transformers.Trainer`` for preference pairs.
 - ``loss``: the pairwise (Bradley-Terry) loss; ``metrics``: accuracy, calibration.
 - ``model``: loading a reward model, its head, dropout, PEFT; ``tiny``: built-in models.
-- ``packed``: the packed forward pass and which models may pack.
+- ``loading``: what a TRL-style call loads (the model by id, its tokenizer, token settings);
+  ``chat_template``: TRL's ``chat_template_path`` cloning of another tokenizer's template.
+- ``pairs``: the trainer's data sets (encoding, legacy columns, streams).
+- ``packed``: the packed forward pass and which models may pack; ``attention``: the
+  attention backends of packed batches.
 - ``checkpoint``: a training checkpoint to a plain Hugging Face model folder.
+- ``universal``: resuming ZeRO state at another world size (DeepSpeed's universal checkpoint).
 - ``samples``: ``visualize_samples``' table.
 """

@@ -41,11 +41,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from rayreward.core.config import ATTENTION_BACKENDS
 from rayreward.runtime._framework_internals import loaded_attention, takes_attention_interface
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "dense", "segment", "varlen", "flex")
+# One list, kept by the config so that reading it imports no torch code.
+BACKENDS = ATTENTION_BACKENDS
 WRAPPED = "rayreward_sdpa"
 LAYOUT_KEY = "rayreward_layout"
 

@@ -131,8 +131,16 @@ def _load_tokenizer(folder: str, job: dict | None):
 
     if os.path.exists(os.path.join(folder, "tokenizer_config.json")):
         return AutoTokenizer.from_pretrained(folder)
-    if job is not None:
-        from rayreward.data.tokenizer import load_tokenizer
+    from rayreward.data.tokenizer import load_tokenizer
 
+    if job is not None:
         return load_tokenizer(job["model"]["name_or_path"])
+    adapter = os.path.join(folder, "adapter_config.json")
+    if os.path.exists(adapter):
+        # An adapter saved without its tokenizer reads text as its base model does.
+        with open(adapter, encoding="utf-8") as f:
+            config = json.load(f)
+        base = config.get("base_model_name_or_path")
+        if base:
+            return load_tokenizer(base, **({"revision": config["revision"]} if config.get("revision") else {}))
     return None

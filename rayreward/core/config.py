@@ -10,8 +10,10 @@ from transformers import TrainingArguments
 
 from rayreward.data.config import DEFAULT_LENGTH_POLICY, DEFAULT_MAX_LENGTH
 from rayreward.data.formats import LENGTH_POLICIES
+from rayreward.runtime._framework_internals import training_arguments_dict_fields
 
-# rayreward.core.attention.BACKENDS, repeated here so the config imports no torch code.
+# The attention backends (rayreward.core.attention implements them); here, so that the
+# config imports no torch code.
 ATTENTION_BACKENDS = ("auto", "dense", "segment", "varlen", "flex")
 
 
@@ -28,16 +30,23 @@ class RewardConfig(TrainingArguments):
     (``model_init_kwargs``, ``trust_remote_code``, ``chat_template_path``,
     ``disable_dropout``, ``dataset_num_proc``, ``eos_token``, ``pad_token`` (deprecated
     there too), ``max_length``, ``pad_to_multiple_of``, ``center_rewards_coefficient``,
-    ``activation_offloading``). TRL's changed ``TrainingArguments`` defaults
-    (``learning_rate`` 1e-4, ``logging_steps`` 10, ``bf16`` on) are not taken: see
-    "Coming from TRL" in the README.
+    ``activation_offloading``). Two of TRL's changed ``TrainingArguments`` defaults are
+    taken: ``learning_rate`` 1e-4 and ``logging_steps`` 10; ``bf16`` stays off (TRL turns
+    it on): mixed precision is asked for, CPU runs and older GPUs stay float32.
 
     Example:
         >>> args = RewardConfig(output_dir="out", max_length=512, learning_rate=1e-5)
     """
 
-    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+    # TrainingArguments parses these fields from JSON strings (command line); ours too.
+    _VALID_DICT_FIELDS = training_arguments_dict_fields() + ["model_init_kwargs"]
 
+    learning_rate: float = field(default=1e-4, metadata={"help": "The initial learning rate of AdamW (TRL's "
+                                                                  "RewardConfig default)."})
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log (and print a progress line) every N optimizer steps; a float in (0, 1) is a fraction "
+                          "of the run (TRL's RewardConfig default: 10)."})
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
@@ -54,7 +63,7 @@ class RewardConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Chat template to render conversations with: a .jinja/.j2 file, or a tokenizer folder/name "
-            "whose template is copied (its special tokens must already be in this tokenizer)."
+            "whose template, added tokens and EOS are copied (as TRL: the model's embeddings grow to fit them)."
         },
     )
     dataset_num_proc: int | None = field(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Callable
 
 from rayreward.core.model import ensure_pad_token, load_reward_model, prepare_model
@@ -26,7 +25,9 @@ def model_and_tokenizer(model, model_init, tokenizer, args: RewardConfig, quanti
         quantization_config: TRL's trainer argument, merged into the loading arguments.
 
     Returns:
-        ``(model, tokenizer)``; the tokenizer has a pad token, mirrored on the model.
+        ``(model, tokenizer, added_token_ids)``; the tokenizer has a pad token, mirrored
+        on the model; ``added_token_ids`` are the tokens a ``chat_template_path``
+        tokenizer brought (their embedding rows train under PEFT, as in TRL).
 
     Raises:
         ValueError: no model, no tokenizer to be found, a token not in the vocabulary.
@@ -63,44 +64,35 @@ def model_and_tokenizer(model, model_init, tokenizer, args: RewardConfig, quanti
 
         tokenizer = load_tokenizer(name) if is_builtin(name) else AutoTokenizer.from_pretrained(
             name, revision=init_kwargs.get("revision"), trust_remote_code=args.trust_remote_code)
-    for field_name in ("eos_token", "pad_token"):
-        token = getattr(args, field_name)
-        if token is not None and token not in tokenizer.get_vocab():
-            raise ValueError(
-                f"{field_name}={token!r} is not in the vocabulary of the tokenizer {type(tokenizer).__name__}; "
-                "add it first (tokenizer.add_special_tokens) or pick a token the tokenizer has"
-            )
-    if args.eos_token is not None:
-        tokenizer.eos_token = args.eos_token
-        if model is not None:
-            text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-            text_config.eos_token_id = tokenizer.eos_token_id
-    if args.pad_token is not None:
-        tokenizer.pad_token = args.pad_token
+    from rayreward.data.tokenizer import apply_token_settings
+
+    # The same settings, checked and applied by the same function, as a `rayreward train`
+    # job's tokenizer (rayreward.data.tokenizer.TokenizerSpec): both paths give the same ids.
+    apply_token_settings(tokenizer, args.eos_token, args.pad_token)
+    if args.eos_token is not None and model is not None:
+        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        text_config.eos_token_id = tokenizer.eos_token_id
+    added: list[int] = []
     if args.chat_template_path is not None:
-        _load_chat_template(tokenizer, args.chat_template_path)
+        added = _load_chat_template(tokenizer, args.chat_template_path, model,
+                                    trust_remote_code=args.trust_remote_code)
     ensure_pad_token(tokenizer, model)
-    return model, tokenizer
+    return model, tokenizer, added
 
 
-def _load_chat_template(tokenizer, path: str) -> None:
-    """Sets ``tokenizer.chat_template`` from a Jinja file or from another tokenizer."""
-    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
-        with open(path, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
-        return
-    from transformers import AutoTokenizer
+def _load_chat_template(tokenizer, path: str, model, **from_pretrained) -> list[int]:
+    """Sets the chat template from Jinja text or a file, or clones another tokenizer's (with
+    its tokens, embeddings resized: ``rayreward.core.chat_template``). Returns the added ids."""
+    from rayreward.data.tokenizer import is_template_text
 
-    source = AutoTokenizer.from_pretrained(path)
-    missing = [t for t in source.all_special_tokens if t not in tokenizer.get_vocab()]
-    if missing:
-        # TRL adds them and resizes the embeddings; here a template must fit the vocabulary as it is.
-        raise ValueError(
-            f"chat_template_path={path!r}: its special tokens {missing} are not in this tokenizer; add them "
-            "(tokenizer.add_special_tokens, model.resize_token_embeddings) or give a .jinja template that uses "
-            "this tokenizer's own tokens"
-        )
-    tokenizer.chat_template = source.chat_template
+    if is_template_text(path):
+        from rayreward.data.tokenizer import set_chat_template
+
+        set_chat_template(tokenizer, path)
+        return []
+    from rayreward.core.chat_template import clone_chat_template
+
+    return clone_chat_template(model, tokenizer, path, **from_pretrained)
 
 
 def prepared_model_init(model_init: Callable, tokenizer, args: RewardConfig) -> Callable:

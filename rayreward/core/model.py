@@ -192,7 +192,22 @@ def wrap_peft(model: nn.Module, peft_config):
         changes["modules_to_save"] = to_save + missing
     if changes:
         peft_config = dataclasses.replace(peft_config, **changes)
-    return get_peft_model(model, peft_config)
+    wrapped = get_peft_model(model, peft_config)
+    freeze_replaced_heads(wrapped)
+    return wrapped
+
+
+def freeze_replaced_heads(model: nn.Module) -> None:
+    """Freezes the original of every module PEFT trains a copy of (``modules_to_save``).
+
+    The forward pass runs the copy (``score.modules_to_save.default``); a trainable
+    original (``score.original_module``) would never change yet hold optimizer state,
+    and TRL 1.16's check that every trainable parameter moved would fail on it.
+    """
+    for name, module in model.named_modules():
+        original = getattr(module, "original_module", None)
+        if isinstance(original, nn.Module) and hasattr(module, "modules_to_save"):
+            original.requires_grad_(False)
 
 
 def prepare_model(model: nn.Module, args, peft_config=None):
@@ -229,6 +244,8 @@ def load_base_model(model_section):
         kwargs["attn_implementation"] = section["attn_implementation"]
     if section.get("trust_remote_code"):
         kwargs["trust_remote_code"] = True
+    if section.get("revision"):
+        kwargs["revision"] = section["revision"]
     return load_reward_model(section["name_or_path"], **kwargs)
 
 

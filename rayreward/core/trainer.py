@@ -141,9 +141,11 @@ class RewardTrainer(Trainer):
             use_environment_ninja()  # DeepSpeed builds its ops with the first ninja on PATH
         self.max_length = max_length if max_length is not None else args.max_length
 
-        model, tokenizer = model_and_tokenizer(model, model_init, tokenizer, args, quantization_config)
+        model, tokenizer, added_tokens = model_and_tokenizer(model, model_init, tokenizer, args, quantization_config)
         if model is not None:
-            model = prepare_model(model, args, peft_config)
+            from rayreward.core.chat_template import train_added_tokens
+
+            model = prepare_model(model, args, train_added_tokens(peft_config, model, added_tokens))
         elif peft_config is not None:
             raise ValueError("peft_config needs model=...; with model_init, wrap the model inside model_init")
         if model_init is not None:

@@ -1,5 +1,15 @@
 """Preference data on Ray Data: sources, checked reading, tokenization, worker feeding.
 
+- ``config``: ``DataConfig``, the ``data:`` section of a job.
+- ``sources``: a data source (file, folder, glob, ``save_to_disk``, URI) to its files.
+- ``reader``: reading rows from those files, checking each where it is read.
+- ``formats``: the pair formats (detection, row checks) and ``PairEncoder``.
+- ``tokenizer``: ``TokenizerSpec`` (one tokenizer for every path) and the built-in tokenizer.
+- ``pipeline``: ``build_datasets``, Ray Data tokenization into Arrow blocks.
+- ``feeding``: a worker's batches from its shard, and the step count of a run.
+- ``collators``: padded pair batches (``RewardDataCollatorWithPadding``, TRL's collator).
+- ``packing``: length-grouped batches, padding-free and shared-prefix packing.
+
 ``DataConfig`` is cheap to import (the config tree needs it); everything else loads
 on first use, so importing this package does not import Ray or torch.
 """

@@ -44,6 +44,8 @@ PRETOKENIZED_COLUMNS = (
 # TRL 1.x's pre-tokenized columns, then the legacy names it still reads (with a warning).
 TOKEN_IDS_COLUMNS = {"chosen": "chosen_ids", "rejected": "rejected_ids"}
 LEGACY_TOKEN_IDS_COLUMNS = {"chosen": "chosen_input_ids", "rejected": "rejected_input_ids"}
+# The release that stops reading the legacy names (the warning says so).
+LEGACY_COLUMNS_REMOVED_IN = "0.3"
 LENGTH_POLICIES = ("filter", "truncate")
 # Message roles the chat templates of current models know. A role outside this set is
 # almost always a data bug (a typo, a mislabelled column), which a template would
@@ -97,8 +99,9 @@ def detect_format(
         return "token_ids"
     if all(c in cols for c in LEGACY_TOKEN_IDS_COLUMNS.values()):
         warnings.warn(
-            f"{source}: the columns chosen_input_ids/rejected_input_ids are TRL's legacy names, read for now; "
-            "rename them to chosen_ids/rejected_ids",
+            f"{source}: the columns chosen_input_ids/rejected_input_ids are TRL's legacy names, deprecated "
+            f"(as in TRL); they will stop being read in rayreward {LEGACY_COLUMNS_REMOVED_IN}; rename them to "
+            "chosen_ids/rejected_ids",
             FutureWarning,
             stacklevel=2,
         )

@@ -11,7 +11,7 @@ Steps, on the driver:
     4. by default, materialize it: the blocks stay in Ray's object store (spilling to
        disk), the driver holds only references, and the counts are exact.
 
-Why materialize by default (the STACK_NOTES deadlock): a lazy ``map_batches`` plan is
+Why materialize by default (a deadlock seen with Ray 2.60): a lazy ``map_batches`` plan is
 executed while the training workers iterate their shards; on a cluster whose CPUs
 are all taken by training workers, its tasks never get a CPU and training waits
 forever. Tokenizing before the trainer starts removes the contention, and gives the
@@ -37,6 +37,7 @@ from rayreward.data.formats import BadRowError, ColumnNames, DataFormatError, Le
 from rayreward.data.config import DataConfig
 from rayreward.data.reader import ReadPlan, pair_datasource, probe
 from rayreward.data.sources import Source, resolve_source
+from rayreward.data.tokenizer import TokenizerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +137,16 @@ class PreparedData:
         return out
 
 
-def build_datasets(cfg: DataConfig, tokenizer_name_or_path: str) -> PreparedData:
+def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str) -> PreparedData:
     """Reads, checks and tokenizes the train (and eval) pairs with Ray Data.
 
     Ray must be initialised by the caller (``ray.init(...)``).
 
     Args:
         cfg: the ``data:`` section of the job config.
-        tokenizer_name_or_path: what ``model_setup.load_tokenizer`` takes (a local path or
-            a ``builtin:`` name); each tokenizer actor loads it once.
+        tokenizer: the job's ``TokenizerSpec`` (model, revision, chat template, EOS/pad
+            tokens: the one the training workers load too), or a model id/folder/``builtin:``
+            name with ``cfg.chat_template``; each tokenizer actor loads it once.
 
     Returns:
         A ``PreparedData``.
@@ -169,7 +171,8 @@ def build_datasets(cfg: DataConfig, tokenizer_name_or_path: str) -> PreparedData
     eval_source = resolve_source(cfg.eval, "data.eval", role="eval") if cfg.eval else None
 
     # 2. Format and tokenizer, checked on a few rows.
-    tokenizer = load_data_tokenizer(tokenizer_name_or_path, cfg.chat_template)
+    spec = tokenizer if isinstance(tokenizer, TokenizerSpec) else TokenizerSpec(str(tokenizer), chat_template=cfg.chat_template)
+    tokenizer = spec.load()
     plans = {"train": _plan(train_source, cfg, names, tokenizer)}
     if eval_source is not None:
         plans["eval"] = _plan(eval_source, cfg, names, tokenizer)
@@ -183,7 +186,7 @@ def build_datasets(cfg: DataConfig, tokenizer_name_or_path: str) -> PreparedData
     # 3. The Ray Data plans, and 4. their execution.
     prepared = PreparedData(train=None, eval=None, format=plans["train"].fmt, materialized=cfg.materialize)
     for name, plan in plans.items():
-        ds, tally = _tokenized(plan, cfg, tokenizer_name_or_path)
+        ds, tally = _tokenized(plan, cfg, spec)
         if name == "train" and cfg.shuffle == "global":
             ds = ds.random_shuffle(seed=cfg.seed)
         prepared._tallies[name] = tally
@@ -194,19 +197,6 @@ def build_datasets(cfg: DataConfig, tokenizer_name_or_path: str) -> PreparedData
     return prepared
 
 
-def load_data_tokenizer(name_or_path: str, chat_template: str | None = None):
-    """The tokenizer the pipeline uses: ``load_tokenizer`` plus the config's chat template."""
-    from rayreward.data.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(name_or_path)
-    if chat_template:
-        if os.path.isfile(chat_template):
-            with open(chat_template, encoding="utf-8") as f:
-                chat_template = f.read()
-        tokenizer.chat_template = chat_template
-    return tokenizer
-
-
 def _plan(source: Source, cfg: DataConfig, names: ColumnNames, tokenizer) -> ReadPlan:
     fmt, has_prompt, has_margin, samples = probe(source, cfg.format, names, cfg.on_bad_rows)
     # Fails now, not inside an actor, on a missing chat template or an untokenizable row.
@@ -215,7 +205,7 @@ def _plan(source: Source, cfg: DataConfig, names: ColumnNames, tokenizer) -> Rea
     return ReadPlan(source, fmt, names, has_prompt, has_margin)
 
 
-def _tokenized(plan: ReadPlan, cfg: DataConfig, tokenizer_name_or_path: str):
+def _tokenized(plan: ReadPlan, cfg: DataConfig, spec: TokenizerSpec):
     import ray
 
     tally = _Tally.options(num_cpus=0).remote()
@@ -224,8 +214,7 @@ def _tokenized(plan: ReadPlan, cfg: DataConfig, tokenizer_name_or_path: str):
     ds = ds.map_batches(
         TokenizePairs,
         fn_constructor_kwargs={
-            "tokenizer_name_or_path": tokenizer_name_or_path,
-            "chat_template": cfg.chat_template,
+            "spec": spec,
             "fmt": plan.fmt,
             "max_length": cfg.max_length,
             "length_policy": cfg.length_policy,
@@ -306,11 +295,9 @@ class TokenizePairs:
     or are dropped; every bad, filtered and truncated row is counted in the tally.
     """
 
-    def __init__(self, tokenizer_name_or_path, chat_template, fmt, max_length, length_policy, has_margin, on_bad_rows, tally):
+    def __init__(self, spec, fmt, max_length, length_policy, has_margin, on_bad_rows, tally):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one actor per CPU already
-        self.encoder = PairEncoder(
-            load_data_tokenizer(tokenizer_name_or_path, chat_template), fmt, ColumnNames(), max_length, length_policy
-        )
+        self.encoder = PairEncoder(spec.load(), fmt, ColumnNames(), max_length, length_policy)
         self.has_margin, self.on_bad_rows, self.tally = has_margin, on_bad_rows, tally
         import ray
 

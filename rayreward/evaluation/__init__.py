@@ -4,4 +4,7 @@
 - ``score``: ``rayreward score`` over a data set on Ray Data; ``evaluate``: the metrics
   of ``rayreward evaluate``; ``report``: its markdown and figures.
 - ``normalization``: reward mean/std stored with a model.
+- ``model_ref``: what ``--model`` names (folder, hub id, object-store URI, adapter) resolved.
+- ``ensemble``: several models served or scored as one.
+- ``suites``: RewardBench, RewardBench 2 and RM-Bench, scored by their official rules.
 """

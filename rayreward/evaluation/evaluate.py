@@ -19,13 +19,8 @@ import numpy as np
 from rayreward.data.formats import DataFormatError
 from rayreward.core.metrics import DEFAULT_BINS, evaluation_metrics, headline_metrics, preference_probability
 from rayreward.evaluation.score import ActorPool, read_with_layout, score_dataset
-from rayreward.evaluation.scorer import (
-    DEFAULT_BATCH_TOKENS,
-    TOKENS_COLUMN,
-    TRUNCATED_COLUMN,
-    is_temporary_export,
-    resolve_model_dir,
-)
+from rayreward.evaluation.model_ref import ModelRef, resolve_model
+from rayreward.evaluation.scorer import DEFAULT_BATCH_TOKENS, TOKENS_COLUMN, TRUNCATED_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +53,7 @@ class EvalResult:
 
 
 def evaluate(
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelRef,
     data: str,
     out_dir: str | os.PathLike | None = None,
     show: int = 0,
@@ -69,13 +64,15 @@ def evaluate(
     save_normalization: bool = False,
     prompt_column: str = "prompt",
     pool: ActorPool = ActorPool(),
+    revision: str | None = None,
 ) -> EvalResult:
     """Scores preference pairs with a model and measures how good its rewards are.
 
     Call inside a Ray session (``rayreward.evaluation.score.scoring_session``).
 
     Args:
-        model: a model directory or checkpoint (``scorer.resolve_model_dir``).
+        model: a model folder, run folder, checkpoint, PEFT adapter folder, hub id or
+            object-store URI (``model_ref.resolve_model``).
         data: pairs (text, prompt + answers, conversations or pre-tokenized) in a
             jsonl/json/parquet/csv file, a directory of them or a glob.
         out_dir: where metrics.json, report.md and the figures go; None writes nothing.
@@ -89,6 +86,7 @@ def evaluate(
             config.json (``normalization.save_normalization``).
         prompt_column: the prompt column.
         pool: actor resources.
+        revision: the hub revision of a hub id.
 
     Returns:
         An ``EvalResult``; ``result.headline`` holds accuracy, mean margin and ECE.
@@ -97,10 +95,13 @@ def evaluate(
         DataFormatError: the data are not preference pairs, or the group column is
             missing.
     """
-    model_dir = resolve_model_dir(model)
-    if save_normalization and is_temporary_export(model_dir):
-        raise ValueError(f"--save-normalization: {model} is a checkpoint that was exported to a temporary folder; "
-                         "export it first (`rayreward export`) and evaluate the exported model")
+    ref = resolve_model(model, revision)
+    if save_normalization and ref.temporary:
+        raise ValueError(f"--save-normalization: {ref.label} is a checkpoint or adapter that was exported to a "
+                         "temporary folder; export it first (`rayreward export`) and evaluate the exported model")
+    if save_normalization and ref.kind != "folder":
+        raise ValueError(f"--save-normalization: {ref.label} is a downloaded copy (hub or object store), which the "
+                         "statistics would not reach; download it to a folder and evaluate that folder")
     # 1. data and layout
     ds, columns, first, layout = read_with_layout(data, None, prompt_column)
     if layout.kind != "pairs":
@@ -108,7 +109,7 @@ def evaluate(
                               f"found columns {sorted(columns)}. To score single answers use `rayreward score`.")
     group = _group_column(group_column, columns, first, data)
     # 2. scores
-    scored = score_dataset(ds, model_dir, layout, pool, batch_tokens=batch_tokens, max_length=max_length,
+    scored = score_dataset(ds, ref, layout, pool, batch_tokens=batch_tokens, max_length=max_length,
                            keep_columns=[group] if group else [], with_lengths=True, source=str(data))
     parts: dict[str, list] = {"reward_chosen": [], "reward_rejected": [], TOKENS_COLUMN: [], TRUNCATED_COLUMN: []}
     if group:
@@ -126,7 +127,7 @@ def evaluate(
             groups, group = None, None
     # 3. metrics
     metrics: dict[str, Any] = {
-        "model": str(model_dir),
+        "model": ref.label,
         "data": str(data),
         "format": layout.fmt,
         "max_length": max_length,
@@ -142,14 +143,14 @@ def evaluate(
     if save_normalization:
         from rayreward.evaluation.normalization import save_normalization as save
 
-        save(model_dir, all_rewards.mean(), all_rewards.std(), source=f"{Path(str(data)).name}, {chosen.size} pairs")
-        metrics["normalization"]["saved_to"] = str(model_dir / "config.json")
+        save(ref.path, all_rewards.mean(), all_rewards.std(), source=f"{Path(str(data)).name}, {chosen.size} pairs")
+        metrics["normalization"]["saved_to"] = str(Path(ref.path) / "config.json")
     if out_dir is not None:
         from rayreward.evaluation.report import write_report
 
         result.paths = write_report(metrics, chosen, rejected, out_dir)
     if show:
-        result.samples = _samples(model_dir, ds, layout, show, chosen, rejected)
+        result.samples = _samples(ref, ds, layout, show, chosen, rejected)
     return result
 
 
@@ -164,14 +165,15 @@ def _group_column(name: str | None, columns: list[str], first: dict[str, Any], d
     return None
 
 
-def _samples(model_dir: Path, ds, layout, n: int, chosen: np.ndarray, rejected: np.ndarray):
+def _samples(ref: ModelRef, ds, layout, n: int, chosen: np.ndarray, rejected: np.ndarray):
     """The first ``n`` pairs as ``samples.format_table`` wants them (texts as the model read them)."""
     import pandas as pd
 
     from rayreward.data.formats import PairEncoder
     from rayreward.data.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(str(model_dir))
+    name, kwargs = ref.local()
+    tok = load_tokenizer(name, **kwargs)
     rows = ds.take(n)
     encoded = PairEncoder(tok, layout.fmt, layout.names).encode_rows(rows)
     diff = chosen[: len(rows)] - rejected[: len(rows)]

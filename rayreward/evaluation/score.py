@@ -15,21 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from rayreward.evaluation.model_ref import ModelRef, resolve_model
 from rayreward.evaluation.scorer import (
     DEFAULT_BATCH_TOKENS,
-
     TOKENS_COLUMN,
-
     TRUNCATED_COLUMN,
-
     Layout,
-
     RewardScorer,
-
     detect_layout,
-
-    resolve_model_dir,
-
 )
 
 logger = logging.getLogger(__name__)
@@ -128,7 +121,7 @@ def score_dataset(ds, model_dir, layout: Layout, pool: ActorPool = ActorPool(), 
 
     Args:
         ds: a Ray Dataset of rows in ``layout``.
-        model_dir: the model directory (see ``resolve_model_dir``).
+        model_dir: the model: a ``model_ref.ModelRef`` or a local model folder.
         layout: from ``detect_layout``.
         pool: actor resources.
         **scorer_kwargs: passed to ``RewardScorer`` (``batch_tokens``, ``max_length``,
@@ -143,7 +136,8 @@ def score_dataset(ds, model_dir, layout: Layout, pool: ActorPool = ActorPool(), 
     kwargs = dict(scorer_kwargs, num_threads=max(1, int(pool.cpus_per_actor)))
     return ds.map_batches(
         RewardScorer,
-        fn_constructor_kwargs=dict(kwargs, model_dir=str(model_dir), layout=layout),
+        fn_constructor_kwargs=dict(kwargs, model_dir=model_dir if isinstance(model_dir, ModelRef) else str(model_dir),
+                                   layout=layout),
         batch_size=pool.batch_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=pool.num_actors),
@@ -229,7 +223,7 @@ def write_rows(ds, out: str | os.PathLike, drop: tuple[str, ...] = ()) -> tuple[
 
 
 def score(
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelRef,
     data: str,
     out: str | os.PathLike,
     normalize: bool = False,
@@ -238,6 +232,7 @@ def score(
     text_column: str | None = None,
     prompt_column: str = "prompt",
     pool: ActorPool = ActorPool(),
+    revision: str | None = None,
 ) -> ScoreResult:
     """Scores every row of ``data`` and writes the rows with their rewards to ``out``.
 
@@ -246,7 +241,8 @@ def score(
     (``scoring_session``).
 
     Args:
-        model: a model directory or checkpoint (``resolve_model_dir``).
+        model: a model folder, run folder, checkpoint, PEFT adapter folder, hub id or
+            object-store URI (``model_ref.resolve_model``).
         data: a jsonl/json/parquet/csv file, a directory of them or a glob.
         out: ``.parquet`` or ``.jsonl``; written atomically.
         normalize: report ``(reward - mean) / std`` with the model's stored statistics.
@@ -255,6 +251,7 @@ def score(
         text_column: the answer column of single answers, when not detected.
         prompt_column: the prompt column.
         pool: actor resources.
+        revision: the hub revision of a hub id.
 
     Raises:
         ValueError: ``out`` has another extension, or ``--normalize`` without stats.
@@ -270,16 +267,16 @@ def score(
     out = Path(out)
     if out.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"--out {out}: expected a .parquet or .jsonl file")
-    model_dir = resolve_model_dir(model)
-    if normalize and load_normalization(model_dir) is None:
-        raise ValueError(f"--normalize: {model_dir} has no reward statistics in its config.json; "
+    ref = resolve_model(model, revision)
+    if normalize and load_normalization(ref.path) is None:
+        raise ValueError(f"--normalize: {ref.label} has no reward statistics in its config.json; "
                          "`rayreward train` stores them when the run has eval data, or write them with "
                          "`rayreward evaluate --save-normalization`")
     ds, columns, _, layout = read_with_layout(data, text_column, prompt_column)
     clash = [c for c in layout.reward_columns if c in columns]
     if clash:
         raise ValueError(f"--data {data}: already has column(s) {clash}; rename them first")
-    scored = score_dataset(ds, model_dir, layout, pool, batch_tokens=batch_tokens, max_length=max_length,
+    scored = score_dataset(ds, ref, layout, pool, batch_tokens=batch_tokens, max_length=max_length,
                            normalize=normalize, with_lengths=True, source=str(data))
     rows, truncated = write_rows(scored, out, drop=(TOKENS_COLUMN, TRUNCATED_COLUMN))
     if truncated:

@@ -129,7 +129,8 @@ class RewardScorer:
     One instance holds one model: Ray Data builds one per actor of the pool.
 
     Args:
-        model_dir: a model directory written by ``save_pretrained`` (with tokenizer).
+        model_dir: a model directory written by ``save_pretrained`` (with tokenizer), or
+            a ``model_ref.ModelRef`` (hub id, object-store copy, exported adapter).
         layout: how rows are read (``detect_layout``).
         batch_tokens: most tokens (rows x longest row, padding included) in one forward
             pass; texts are sorted by length first so batches carry little padding.
@@ -146,7 +147,7 @@ class RewardScorer:
 
     def __init__(
         self,
-        model_dir: str | os.PathLike,
+        model_dir: str | os.PathLike | Any,
         layout: Layout,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_length: int | None = None,
@@ -167,20 +168,44 @@ class RewardScorer:
             raise ValueError(f"batch_tokens: got {batch_tokens}; expected a positive integer")
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.layout, self.batch_tokens, self.source = layout, batch_tokens, source
+        # A ModelRef (evaluation.model_ref) loads from this machine's copy, or fetches one.
+        name, kwargs = model_dir.local() if hasattr(model_dir, "local") else (str(model_dir), {})
+        self.loaded_from = name
+        tokenizer, model = load_tokenizer(name, **kwargs), load_reward_model(name, **kwargs)
+        ensure_pad_token(tokenizer, model)
+        self._attach(model, tokenizer, layout, batch_tokens, max_length, source)
         self.keep_columns = None if keep_columns is None else list(keep_columns)
         self.with_lengths = with_lengths
-        self.tokenizer = load_tokenizer(str(model_dir))
-        self.model = load_reward_model(str(model_dir))
-        ensure_pad_token(self.tokenizer, self.model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
-        self.max_length = max_length or model_max_length(self.model, self.tokenizer)
         self.normalization = load_normalization(self.model) if normalize else None
         if normalize and self.normalization is None:
-            raise ValueError(f"{model_dir}: the model has no reward statistics; write them with "
+            raise ValueError(f"{getattr(model_dir, 'label', model_dir)}: the model has no reward statistics; write them with "
                              "`rayreward evaluate --save-normalization` or drop --normalize")
+
+    def _attach(self, model, tokenizer, layout: Layout, batch_tokens: int, max_length: int | None,
+                source: str) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.layout, self.batch_tokens, self.source = layout, batch_tokens, source
+        self.max_length = max_length or model_max_length(model, tokenizer)
+        self.keep_columns, self.with_lengths, self.normalization = None, False, None
         self._encoders: dict[Layout, tuple[PairEncoder, PairEncoder]] = {}
+
+    @classmethod
+    def from_model(cls, model, tokenizer, layout: Layout, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                   max_length: int | None = None, source: str = "data") -> "RewardScorer":
+        """A scorer around a model already in memory (a training worker's), left where it is.
+
+        The same tokenization and forward batches as a scorer that loads its model; the
+        caller puts the model in eval mode. Under ZeRO-3 every rank must score the same
+        texts (the forward passes gather the parameters together).
+        """
+        import torch
+
+        scorer = cls.__new__(cls)
+        scorer._attach(model, tokenizer, layout, batch_tokens, max_length, source)
+        scorer.device = next(model.parameters(), torch.empty(0)).device
+        return scorer
 
     def __call__(self, table):
         import pyarrow as pa

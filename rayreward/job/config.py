@@ -2,9 +2,11 @@
 
 Sections: ``model``, ``data`` (``rayreward.data.DataConfig``), ``lora``, ``train`` (any
 ``RewardConfig`` field, ``rayreward.job.train_section``), ``deepspeed``, ``scaling``, ``storage``, ``failure``, ``tune`` (a
-sweep, ``rayreward.tune.sweep``). Every default lives in the dataclasses below (the demo's
-training defaults in ``train_section.TRAIN_DEFAULTS``, every other training default in
-``RewardConfig``); ``load_job_config`` reads YAML, applies overrides and validates,
+sweep, ``rayreward.tune.sweep``). Every default lives in the dataclasses below and, for
+``train``, in ``RewardConfig``. The demo's settings (``train_section.TRAIN_DEFAULTS``, the
+bundled sample pairs, the run name ``demo``) apply only to the built-in models
+(``builtin:tiny-llama`` and the like): any other model starts from ``RewardConfig``'s own
+defaults and needs ``data.train``. ``load_job_config`` reads YAML, applies overrides and validates,
 reporting every problem at once before Ray starts. Values derived from the config
 (step counts, the run name, the ``RewardConfig``) are computed by functions here and
 never written back into it.
@@ -37,15 +39,21 @@ from rayreward.job.sections import (
 from rayreward.job.train_section import MANAGED_TRAIN_FIELDS, TRAIN_DEFAULTS, TrainSection, train_help
 from rayreward.job.tune_section import TuneSection
 from rayreward.data.config import DataConfig
-from rayreward.data.tokenizer import SAMPLE_DATA_DIR
+from rayreward.data.tokenizer import SAMPLE_DATA_DIR, TokenizerSpec, is_builtin
 
 __all__ = [
     "JobConfig", "ConfigError", "load_job_config", "job_from_dict", "apply_overrides", "validate",
-    "reward_config_kwargs", "step_plan", "run_name", "storage_uri", "to_dict", "help_text",
+    "reward_config_kwargs", "step_plan", "run_name", "storage_uri", "to_dict", "help_text", "tokenizer_spec",
+    "is_demo", "DEMO_RUN_NAME", "value_sources",
 ]
 
-def _default_data() -> DataConfig:
-    return DataConfig(train=str(SAMPLE_DATA_DIR / "train.jsonl"), eval=str(SAMPLE_DATA_DIR / "eval.jsonl"))
+DEMO_RUN_NAME = "demo"
+DEFAULT_MODEL = "builtin:tiny-llama"
+
+
+def demo_data() -> dict[str, str]:
+    """The bundled sample pairs: the data of a built-in model's job that names none."""
+    return {"train": str(SAMPLE_DATA_DIR / "train.jsonl"), "eval": str(SAMPLE_DATA_DIR / "eval.jsonl")}
 
 
 @dataclass
@@ -53,11 +61,13 @@ class JobConfig:
     """A whole training job. Build it with ``load_job_config`` or ``job_from_dict``."""
 
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "The model."})
-    data: DataConfig = field(default_factory=_default_data, metadata={"help": "The preference pairs."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "The preference pairs (data.train is required except for the built-in demo models)."})
     lora: LoraSection = field(default_factory=LoraSection, metadata={"help": "LoRA adapters."})
     train: TrainSection = field(
         default_factory=TrainSection,
-        metadata={"help": "Any RewardConfig (transformers.TrainingArguments) field; overlays the demo defaults."},
+        metadata={"help": "Any RewardConfig (transformers.TrainingArguments) field; RewardConfig's defaults, with "
+                          "the demo's values for the built-in models."},
     )
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection, metadata={"help": "DeepSpeed ZeRO."})
     scaling: ScalingSection = field(default_factory=ScalingSection, metadata={"help": "Workers."})
@@ -93,12 +103,15 @@ def job_from_dict(data: Mapping[str, Any], source: str | None = None, check: boo
         train = {}
     user_data = data.pop("data", None) or {}
     job = build(JobConfig, data, "", problems)
-    # `data:` overlays the demo's data key by key, but a job naming its own training
-    # pairs does not inherit the demo's eval file.
-    base = dataclasses.asdict(_default_data())
-    if isinstance(user_data, Mapping) and "train" in user_data:
-        base["eval"] = None
+    demo = _builtin_model(job)
+    # A built-in model's job that names no training pairs gets the demo's sample pairs
+    # (eval too); any other job names its own.
+    base = demo_data() if demo and isinstance(user_data, Mapping) and "train" not in user_data else {}
     job.data = build(DataConfig, {**base, **user_data} if isinstance(user_data, Mapping) else user_data, "data", problems)
+    if not demo and isinstance(job.data.train, str) and not job.data.train.strip():
+        problems.append(f"data.train: required with model.name_or_path={job.model.name_or_path!r}; expected a file, "
+                        "folder, glob or URI of your preference pairs (the bundled sample pairs are for the built-in "
+                        "demo models only)")
     if not (job.data.eval or job.data.eval_split) and "eval_strategy" not in train:
         # One file and nothing else trains: without eval data the demo's periodic
         # evaluation does not apply (the start summary says accuracy is not measured).
@@ -106,7 +119,7 @@ def job_from_dict(data: Mapping[str, Any], source: str | None = None, check: boo
     if getattr(job.storage, "checkpoint_eval", None) == "ray" and "eval_strategy" not in train:
         # Checkpoints are evaluated beside training: the workers do not evaluate too.
         train = {**train, "eval_strategy": "no"}
-    job.train = TrainSection(train)
+    job.train = TrainSection(train, demo_defaults=demo)
     if check:
         problems += validate(job)
     if problems:
@@ -138,6 +151,10 @@ def validate(job: JobConfig) -> list[str]:
         section = getattr(job, name)
         if hasattr(section, "validate"):
             problems += section.validate()
+    if not _builtin_model(job):
+        # job_from_dict says why data.train is required here; the data section's own
+        # "got ''" line would repeat it.
+        problems = [p for p in problems if not p.startswith("data.train: got ''")]
     if not any(p.startswith("train.") for p in problems):
         problems += _cross_problems(job)
     if not problems:
@@ -163,7 +180,7 @@ def _cross_problems(job: JobConfig) -> list[str]:
     eval_strategy, save_strategy = str(t["eval_strategy"]), str(t["save_strategy"])
     if t["bf16"] and t["fp16"]:
         problems.append("train.fp16: got true with train.bf16=true; expected at most one of them")
-    if t["fp16"] and not job.scaling.use_gpu:
+    if t["fp16"] and job.scaling.use_gpu is False:
         problems.append("train.fp16: got true with scaling.use_gpu=false; expected bf16 or fp32 on CPU workers")
     if save_strategy != "steps":
         problems.append(f"train.save_strategy: got {save_strategy!r}; expected 'steps' (the Ray Data stream is one "
@@ -230,7 +247,8 @@ def reward_config_kwargs(job: JobConfig, output_dir: str, max_steps: int, deepsp
         "max_length": job.data.max_length,
         "length_policy": job.data.length_policy,
         "deepspeed": deepspeed,
-        "use_cpu": not job.scaling.use_gpu,
+        # use_gpu "auto" is decided on the driver before the workers start (resolve_scaling).
+        "use_cpu": job.scaling.use_gpu is not True,
         "save_total_limit": None,
         # Progress lines come from rayreward's own rank-0 callback (rate and ETA).
         "disable_tqdm": True,
@@ -238,7 +256,55 @@ def reward_config_kwargs(job: JobConfig, output_dir: str, max_steps: int, deepsp
 
 
 def run_name(job: JobConfig) -> str:
-    return job.storage.name or time.strftime("reward-%Y%m%d-%H%M%S")
+    """``storage.name``; else ``demo`` for the demo, a new ``reward-<date>-<time>`` for any other job."""
+    if job.storage.name:
+        return job.storage.name
+    return DEMO_RUN_NAME if is_demo(job) else time.strftime("reward-%Y%m%d-%H%M%S")
+
+
+def is_demo(job: JobConfig) -> bool:
+    """A built-in model on the bundled sample pairs."""
+    return _builtin_model(job) and job.data.train == demo_data()["train"]
+
+
+def _builtin_model(job: JobConfig) -> bool:
+    name = getattr(job.model, "name_or_path", DEFAULT_MODEL)
+    return isinstance(name, str) and is_builtin(name)
+
+
+def resolve_scaling(job: JobConfig, cluster_gpus: float) -> tuple[JobConfig, str | None]:
+    """The job with ``scaling.use_gpu: auto`` decided by the cluster's GPUs, and a line
+    saying what was chosen (None when the job named it).
+
+    Raises:
+        ConfigError: fp16 on CPU workers, found once the choice is made.
+    """
+    if job.scaling.use_gpu != "auto":
+        return job, None
+    scaling = job.scaling.resolved(cluster_gpus)
+    job = dataclasses.replace(job, scaling=scaling)
+    if job.train["fp16"] and not scaling.use_gpu:
+        raise ConfigError(["train.fp16: got true, and scaling.use_gpu=auto found no GPU in the cluster; expected "
+                           "bf16 or fp32 on CPU workers, or a cluster with GPUs"])
+    where = (f"GPUs: the cluster has {cluster_gpus:g}" if scaling.use_gpu
+             else "CPUs: the cluster has no GPU")
+    return job, f"scaling.use_gpu=auto: the workers train on {where} (set scaling.use_gpu to choose)"
+
+
+# Train keys that change the token ids (a sweep over them tokenizes per trial).
+TOKENIZER_TRAIN_KEYS = ("train.eos_token", "train.pad_token")
+
+
+def tokenizer_spec(job: JobConfig) -> TokenizerSpec:
+    """The one tokenizer of a job, loaded alike by Ray Data, the workers and the checks."""
+    return TokenizerSpec(
+        name_or_path=job.model.name_or_path,
+        revision=job.model.revision,
+        trust_remote_code=bool(job.model.trust_remote_code),
+        chat_template=job.data.chat_template,
+        eos_token=job.train["eos_token"],
+        pad_token=job.train["pad_token"],
+    )
 
 
 def storage_uri(job: JobConfig) -> str:
@@ -261,7 +327,8 @@ def help_text() -> str:
         if section.name == "train":
             rows = train_help()
             for key, value, doc in rows[:len(TRAIN_DEFAULTS)]:
-                lines.append(f"    {key} = {value!r}\n        {_first_sentence(doc)}")
+                demo = TRAIN_DEFAULTS[key.removeprefix("train.")]
+                lines.append(f"    {key} = {value!r} (demo: {demo!r})\n        {_first_sentence(doc)}")
             lines.append("    and every other RewardConfig (TrainingArguments) field, with its own default:\n      "
                          + ", ".join(key.removeprefix("train.") for key, _, _ in rows[len(TRAIN_DEFAULTS):]))
             continue
@@ -271,6 +338,60 @@ def help_text() -> str:
             value = _lookup(defaults, key.split(".")[1:], default)
             lines.append(f"    {key} = {value!r}\n        {doc}")
     return "\n".join(lines)
+
+
+# Train keys `rayreward check` always shows, set or not: what decides a run's outcome.
+SHOWN_TRAIN_KEYS = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "bf16", "fp16",
+                    "logging_steps", "eval_strategy", "eval_steps", "save_steps", "seed")
+
+
+def value_sources(job: JobConfig, file_values: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any]
+                  ) -> dict[str, tuple[Any, str]]:
+    """``{dotted key: (value, where it came from)}`` for every key of the job ``check`` shows.
+
+    Where a value comes from is one of ``override`` (the command line, or a sweep's
+    sample), ``file`` (the YAML file), ``demo`` (the demo's settings, built-in models
+    only), ``derived`` (set by a rule, e.g. no evaluation without eval data) or ``default``.
+    """
+    given = {key for key, _ in _dotted(apply_overrides({}, overrides))}
+    in_file = {key for key, _ in _dotted(file_values)}
+    demo_keys: set[str] = set()
+    if _builtin_model(job):
+        demo_keys |= {f"train.{k}" for k in TRAIN_DEFAULTS}
+        if is_demo(job):
+            demo_keys |= {"data.train", "data.eval"} | ({"storage.name"} if not job.storage.name else set())
+    resolved = to_dict(job)
+    train = resolved.pop("train")
+    resolved.pop("tune", None)
+    values = dict(_dotted(resolved))
+    values.update({f"train.{k}": v for k, v in train.items()})
+    values.update({f"train.{k}": job.train[k] for k in SHOWN_TRAIN_KEYS if f"train.{k}" not in values})
+    if "storage.name" in demo_keys:
+        values["storage.name"] = DEMO_RUN_NAME
+    out = {}
+    for key, value in values.items():
+        if key in given:
+            origin = "override"
+        elif key in in_file:
+            origin = "file"
+        elif key in demo_keys:
+            origin = "demo"
+        elif key.startswith("train.") and key.removeprefix("train.") in train:
+            origin = "derived"
+        else:
+            origin = "default"
+        out[key] = (value, origin)
+    return out
+
+
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and path not in ("scaling.resources", "tune.search_space"):
+            yield from _dotted(value, path + ".")
+        else:
+            yield path, value
 
 
 def _first_sentence(text: str) -> str:

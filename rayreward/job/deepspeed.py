@@ -4,7 +4,7 @@ The generated config uses ``"auto"`` wherever the Hugging Face integration fills
 from ``RewardConfig`` (batch sizes, accumulation, clipping, precision, bucket sizes), so
 the two never disagree. It has no ``"optimizer"`` block unless optimizer offload needs
 one: without it the Trainer's AdamW is used and DeepSpeed need not compile ``fused_adam``
-(see STACK_NOTES); with offload DeepSpeed requires its own CPU Adam.
+(a ~35 s C++ build on first use); with offload DeepSpeed requires its own CPU Adam.
 """
 
 from __future__ import annotations

@@ -74,9 +74,12 @@ def check_job(job, full_pass: bool = True) -> Findings:
     """
     found = Findings()
     d = job.data
-    tokenizer = functools.cache(lambda: _load_tokenizer(job.model))
-    model_problems = check_model(job.model.name_or_path, job.model.trust_remote_code, "model.name_or_path")
+    tokenizer = functools.cache(lambda: _load_tokenizer(job))
+    model_problems = check_model(job.model.name_or_path, job.model.trust_remote_code, "model.name_or_path",
+                                 revision=job.model.revision)
     found.problems += model_problems
+    if not model_problems:
+        found.problems += _tokenizer_problems(tokenizer, job)
     for spec, name in ((d.train, "data.train"), (d.eval, "data.eval")):
         if spec:
             check_pairs(spec, name, d, found, None if model_problems else tokenizer, full_pass)
@@ -191,20 +194,34 @@ def _id_problem(raw: dict[str, Any], vocab: int) -> str | None:
     return None
 
 
-def _load_tokenizer(model_section):
-    from rayreward.data.tokenizer import is_builtin, load_tokenizer
+def _tokenizer_problems(tokenizer, job) -> list[str]:
+    """The job's tokenizer settings load: EOS/pad tokens of the vocabulary, a chat template that exists."""
+    try:
+        tokenizer()
+    except ValueError as exc:
+        text = str(exc)
+        key = next((f"train.{k}" for k in ("eos_token", "pad_token") if text.startswith(k)), "data.chat_template")
+        return [f"{key}: {text}"]
+    except OSError as exc:
+        where = "data.chat_template" if job.data.chat_template else "model.name_or_path"
+        return [f"{where}: the tokenizer does not load ({str(exc).splitlines()[0][:200]})"]
+    return []
 
-    if is_builtin(model_section.name_or_path):
-        return load_tokenizer(model_section.name_or_path)
-    return load_tokenizer(model_section.name_or_path, trust_remote_code=model_section.trust_remote_code)
+
+def _load_tokenizer(job):
+    """The job's tokenizer (``tokenizer_spec``: the one Ray Data and the workers load)."""
+    from rayreward.job.config import tokenizer_spec
+
+    return tokenizer_spec(job).load()
 
 
 # -- evaluate, score, export ------------------------------------------------------------
 
 
 def check_scoring(model: str, data: str, pairs_only: bool, text_column: str | None = None,
-                  prompt_column: str = "prompt") -> Findings:
-    """``evaluate`` (``pairs_only``) and ``score``: the model folder and every row of the data."""
+                  prompt_column: str = "prompt", revision: str | None = None) -> Findings:
+    """``evaluate`` (``pairs_only``) and ``score``: the model (folder, adapter, hub id or
+    object-store URI: ``evaluation.model_ref.model_problems``) and every row of the data."""
     from rayreward.data.config import ColumnsConfig, DataConfig
     from rayreward.data.formats import DataFormatError
     from rayreward.data.reader import ReadPlan, iter_raw_rows
@@ -212,11 +229,7 @@ def check_scoring(model: str, data: str, pairs_only: bool, text_column: str | No
     from rayreward.evaluation.scorer import detect_layout
 
     found = Findings()
-    if not os.path.exists(os.path.expanduser(str(model))):
-        found.problems.append(f"--model: got {model!r}; no such file or folder (expected a model folder, a run "
-                              "folder or a checkpoint)")
-    elif os.path.isfile(os.path.join(model, "config.json")):
-        found.problems += check_model(str(model), False, "--model", one_output=True)
+    found.problems += check_model_ref(str(model), revision, "--model")
     try:
         source = resolve_source(str(data), field="--data", role="eval")
         first = next(((n, r) for n, r, p in iter_raw_rows(source, source.files[0]) if p is None), None)
@@ -261,8 +274,53 @@ def check_export(checkpoint: str, out: str, base_model: str | None) -> Findings:
 # -- model ------------------------------------------------------------------------------
 
 
+def check_model_ref(model: str, revision: str | None = None, name: str = "--model", ensemble: bool = False
+                    ) -> list[str]:
+    """A model to score with (``evaluate``, ``score``, ``serve``): a folder, run folder,
+    checkpoint, PEFT adapter folder, hub id or object-store URI that is there, and, when
+    its config is at hand, a reward model with one output."""
+    from rayreward.evaluation.model_ref import is_hub_id, model_problems
+
+    folder = os.path.expanduser(model)
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        # A config that does not load or has several outputs says more than "no weights".
+        problems = check_model(folder, False, name, one_output=True)
+        if problems:
+            return problems
+    problems = model_problems(model, revision, name, ensemble=ensemble)
+    if problems:
+        return problems
+    if is_hub_id(model) and not os.path.isdir(folder):
+        return _hub_reward_head(model, revision, name)
+    return []
+
+
+def _hub_reward_head(model: str, revision: str | None, name: str) -> list[str]:
+    import json
+
+    from rayreward.evaluation.model_ref import hub_snapshot_config
+
+    path = hub_snapshot_config(model, revision)
+    if os.path.basename(path) != "config.json":
+        return []  # an adapter: its head is checked when it is merged
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    labels = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels", 1)
+    if config.get("auto_map"):
+        return [f"{name}: got {model!r}, whose code ships with the checkpoint; scoring runs only built-in "
+                "architectures (load it yourself with trust_remote_code=True and save_pretrained a folder)"]
+    heads = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
+    if not heads:
+        return [f"{name}: got {model!r}, a {', '.join(config.get('architectures') or ['model'])} without a reward "
+                "head (expected *ForSequenceClassification with one output); train one first (`rayreward train "
+                f"model.name_or_path={model}`)"]
+    if labels != 1:
+        return [f"{name}: got a classification model with {labels} outputs; expected a reward model with one output"]
+    return []
+
+
 def check_model(name_or_path: str, trust_remote_code: bool = False, name: str = "model.name_or_path",
-                one_output: bool = False) -> list[str]:
+                one_output: bool = False, revision: str | None = None) -> list[str]:
     """The model exists (a folder or a cached hub id), its config parses, and it has one
     output where ``one_output`` (a trained reward model); remote code needs the flag.
 
@@ -287,7 +345,7 @@ def check_model(name_or_path: str, trust_remote_code: bool = False, name: str = 
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError, KeyError) as exc:
         text = str(exc)
         if "trust_remote_code" in text:

@@ -6,6 +6,7 @@ Each field's default and ``help`` live here (``--help`` prints them); each secti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -27,6 +28,9 @@ class ModelSection:
         metadata={"help": "Hugging Face model name or local folder, or builtin:tiny-llama|tiny-gpt2|tiny-bert "
                           "(small models built from a config: no download)."},
     )
+    revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit) of the model and its tokenizer; null: main."}
+    )
     dtype: str = field(default="auto", metadata={
         "help": f"Weights dtype when loading: one of {', '.join(DTYPES)}. auto: float32 master weights whatever the "
                 "checkpoint holds (bf16 compute: train.bf16); bfloat16/float16 train pure low-precision weights, "
@@ -42,6 +46,8 @@ class ModelSection:
         problems = type_problems(self, "model")
         if isinstance(self.name_or_path, str) and not self.name_or_path.strip():
             problems.append("model.name_or_path: got ''; expected a model name, folder or builtin:tiny-llama")
+        if isinstance(self.revision, str) and not self.revision.strip():
+            problems.append("model.revision: got ''; expected a branch, tag or commit of the hub model, or null")
         if self.dtype not in DTYPES:
             problems.append(f"model.dtype: got {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         return problems
@@ -126,7 +132,10 @@ class ScalingSection:
         default=60.0,
         metadata={"help": "Elastic runs: seconds between checks for room to grow the worker group back."},
     )
-    use_gpu: bool = field(default=False, metadata={"help": "Give each worker GPUs (gpus_per_worker)."})
+    use_gpu: bool | str = field(
+        default="auto",
+        metadata={"help": "Give each worker GPUs (gpus_per_worker): true, false, or auto (GPUs when the cluster has "
+                          "them; the run's first lines say which was chosen)."})
     cpus_per_worker: float = field(
         default=1.0, metadata={"help": "Logical CPUs each worker reserves; also its torch thread count (fractions allowed)."}
     )
@@ -151,6 +160,8 @@ class ScalingSection:
             problems.append(f"scaling.resize_check_s: got {self.resize_check_s}; expected a positive number")
         if is_number(self.cpus_per_worker) and self.cpus_per_worker <= 0:
             problems.append(f"scaling.cpus_per_worker: got {self.cpus_per_worker}; expected a positive number")
+        if isinstance(self.use_gpu, str) and self.use_gpu != "auto":
+            problems.append(f"scaling.use_gpu: got {self.use_gpu!r}; expected true, false or auto")
         if self.use_gpu is True and is_number(self.gpus_per_worker) and self.gpus_per_worker <= 0:
             problems.append(f"scaling.gpus_per_worker: got {self.gpus_per_worker} with use_gpu=true; "
                             "expected a positive number")
@@ -161,6 +172,12 @@ class ScalingSection:
                 elif not is_number(value) or value < 0:
                     problems.append(f"scaling.resources.{key}: got {value!r}; expected a non-negative number")
         return problems
+
+    def resolved(self, cluster_gpus: float) -> "ScalingSection":
+        """This section with ``use_gpu: auto`` decided by the GPUs the cluster has (a copy)."""
+        if self.use_gpu != "auto":
+            return self
+        return dataclasses.replace(self, use_gpu=cluster_gpus > 0)
 
     @property
     def elastic(self) -> bool:

@@ -1,6 +1,6 @@
 """Machinery behind the job config: YAML, dotted overrides, dataclass trees, type checks.
 
-Kept apart from ``job_config`` so that module reads as the list of sections and their
+Kept apart from ``rayreward.job.config`` so that module reads as the list of sections and their
 rules, and this one as the (generic) way a nested dict becomes typed dataclasses.
 """
 
@@ -23,10 +23,10 @@ class ConfigError(ValueError):
     The message has one line per problem, each ``field: got X; expected Y``.
     """
 
-    def __init__(self, problems: list[str], source: str | None = None):
+    def __init__(self, problems: list[str], source: str | None = None, what: str = "job config"):
         self.problems = list(problems)
         self.source = source
-        head = f"{len(self.problems)} problem(s) in the job config" + (f" {source}" if source else "")
+        head = f"{len(self.problems)} problem(s) in the {what}" + (f" {source}" if source else "")
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 

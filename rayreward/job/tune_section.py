@@ -76,7 +76,10 @@ class TuneSection:
     """A Ray Tune sweep (``rayreward tune``); ignored by ``rayreward train``."""
 
     metric: str = field(
-        default="eval_accuracy", metadata={"help": "Reported metric that ranks trials (eval_accuracy, eval_loss, ...)."}
+        default="eval_accuracy",
+        metadata={"help": "Reported metric that ranks trials (eval_accuracy, eval_loss, ...), or a benchmark suite's "
+                          "score such as rewardbench2/overall or rm-bench/hard (<suite>/overall or /<section>; needs "
+                          "tune.suite_data)."},
     )
     mode: str = field(default="max", metadata={"help": "max or min: which values of the metric are better."})
     num_samples: int = field(
@@ -95,6 +98,15 @@ class TuneSection:
     ensemble_top_k: int = field(
         default=0, metadata={"help": "Also export the best k trials' models as an ensemble folder "
                                      "(<sweep>/ensemble) that `rayreward serve --model` takes; 0: none."}
+    )
+    suite_data: str | None = field(
+        default=None,
+        metadata={"help": "For a suite metric: the suite's data (a file or folder in its public schema, or a hub id "
+                          "in the local cache); each trial scores a fixed slice of it at every checkpoint."},
+    )
+    suite_rows: int = field(
+        default=200, metadata={"help": "Rows of tune.suite_data in that slice (the same random rows for every "
+                                       "trial); 0: every row."}
     )
     search_space: dict = field(
         default_factory=_default_search_space,
@@ -115,6 +127,7 @@ class TuneSection:
             value = getattr(self, name)
             if is_int(value) and value < 1:
                 problems.append(f"tune.{name}: got {value}; expected a positive integer")
+        problems += self._suite_problems()
         if is_int(self.ensemble_top_k) and self.ensemble_top_k < 0:
             problems.append(f"tune.ensemble_top_k: got {self.ensemble_top_k}; expected 0 (none) or a positive integer")
         if self.search_alg not in SEARCH_ALGS:
@@ -124,6 +137,36 @@ class TuneSection:
                 problems.append("tune.search_space: got {}; expected at least one key to sweep")
             for key, spec in self.search_space.items():
                 problems += distribution_problems(str(key), spec)
+        return problems
+
+
+    def suite(self) -> str | None:
+        """The suite named by ``metric`` (``rewardbench2/overall`` -> ``rewardbench2``), or None."""
+        from rayreward.evaluation.suites import SUITES
+
+        head = self.metric.split("/", 1)[0] if isinstance(self.metric, str) else ""
+        return head if head in SUITES and "/" in self.metric else None
+
+    def _suite_problems(self) -> list[str]:
+        from rayreward.evaluation.suites.runner import metric_names
+
+        problems = []
+        if is_int(self.suite_rows) and self.suite_rows < 0:
+            problems.append(f"tune.suite_rows: got {self.suite_rows}; expected 0 (every row) or a positive integer")
+        suite = self.suite()
+        if suite is None:
+            if self.suite_data is not None:
+                problems.append(f"tune.suite_data: set, but tune.metric {self.metric!r} is not a suite score; "
+                                "expected tune.metric such as rewardbench2/overall, or suite_data removed")
+            return problems
+        names = metric_names(suite)
+        if self.metric not in names:
+            problems.append(f"tune.metric: got {self.metric!r}; expected one of {', '.join(names)}")
+        if self.mode != "max":
+            problems.append(f"tune.mode: got {self.mode!r} with the suite score {self.metric}; expected max")
+        if not self.suite_data:
+            problems.append(f"tune.suite_data: got null with tune.metric {self.metric}; expected the {suite} data "
+                            "(a file or folder in its public schema) that each trial scores a slice of")
         return problems
 
 

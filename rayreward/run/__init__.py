@@ -2,5 +2,8 @@
 
 - ``fit``: the driver side (data, trainer, storage, export, summary).
 - ``callbacks``: the rank-0 progress lines and checkpoint reports of each worker.
-- ``final_eval``: the end-of-run headline from the exported model.
+- ``final_eval``: the export and end-of-run headline, off the driver on a cluster.
+- ``resume``: which checkpoint a re-run continues from (the Ctrl-C hint).
+- ``loopback``: torch.distributed's rendezvous kept on 127.0.0.1.
+- ``suite_eval``: a benchmark suite's score at each checkpoint, for sweeps ranked by it.
 """

@@ -27,11 +27,13 @@ from rayreward.runtime import storage as _storage
 from rayreward.job.config import (
     JobConfig,
     job_from_dict,
+    resolve_scaling,
     reward_config_kwargs,
     run_name,
     step_plan,
     storage_uri,
     to_dict,
+    tokenizer_spec,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,17 +88,18 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
     from rayreward.data import build_datasets
     from rayreward.job.deepspeed import deepspeed_config_for
 
-    # 1. Config: the values derived from it.
+    # 1. Config: the values derived from it (GPUs or not, when left to the cluster).
+    job = resolve_scaling_on_cluster(job, print_fn)
     name, storage = run_name(job), storage_uri(job)
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
     run_dir = _storage.join(storage, name)
     ds_config = deepspeed_config_for(job)
 
     # 2. Data: tokenized on the cluster, counted before training.
-    prepared = build_datasets(job.data, job.model.name_or_path)
+    prepared = build_datasets(job.data, tokenizer_spec(job))
     plan = step_plan(job, prepared.num_train_pairs)
     print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training pairs, "
-             f"{_describe_workers(job.scaling)} workers, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+             f"{_describe_workers(job.scaling)}, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
              f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
 
     # 3. Trainer: one TorchTrainer, the worker loop below.
@@ -131,6 +134,18 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None)
     return RunOutcome(run_dir, model_dir, metrics_path, metrics["checkpoint"], metrics, result)
 
 
+def resolve_scaling_on_cluster(job: JobConfig, print_fn=print) -> JobConfig:
+    """``scaling.use_gpu: auto`` decided by the GPUs of the Ray cluster this process is
+    connected to, said in one line; a job that names it is returned as it is."""
+    if job.scaling.use_gpu != "auto":
+        return job
+    import ray
+
+    job, notice = resolve_scaling(job, ray.cluster_resources().get("GPU", 0))
+    print_fn(f"[rayreward] {notice}")
+    return job
+
+
 def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: Sequence = (),
                   run_callbacks: Sequence = (), progress=None):
     """The ``TorchTrainer`` of a job on its prepared data, checkpointing under ``<storage>/<name>``.
@@ -158,6 +173,7 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
     from rayreward.run.loopback import loopback_torch_config
     from rayreward.runtime.ray_session import on_loopback
 
+    job = resolve_scaling_on_cluster(job, logger.info)
     s = job.scaling
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
     ds_config = deepspeed_config_for(job)
@@ -247,9 +263,8 @@ def _train_worker(config: dict[str, Any], job: JobConfig, rank: int, world_size:
     from rayreward.core.config import RewardConfig
     from rayreward.core.model import load_base_model, peft_config_for
     from rayreward.data.feeding import BatchStream, GlobalBatchStream, accumulation_steps
-    from rayreward.data.tokenizer import load_tokenizer
     from rayreward.core.packed import plan_packing
-    from rayreward.data.tokenizer import is_builtin
+    from rayreward.data.tokenizer import fit_embeddings, is_builtin
     from rayreward.core.trainer import RewardTrainer
 
     kwargs = reward_config_kwargs(job, output_dir, config["max_steps"], ds_config)
@@ -278,7 +293,9 @@ def _train_worker(config: dict[str, Any], job: JobConfig, rank: int, world_size:
         # Adopt Ray's process group now: ZeRO-3's zero.Init needs the world size at load.
         deepspeed.init_distributed()
     model = model if builtin else load_base_model(job.model)
-    tokenizer = load_tokenizer(job.model.name_or_path)
+    # The tokenizer Ray Data tokenized with (same spec): its ids are the ones in the shards.
+    tokenizer = tokenizer_spec(job).load()
+    fit_embeddings(model, tokenizer)
     # 2. Data: this worker's shards, as collated batches; packed (decoders) or
     # length-grouped (encoders) as the speed switches of `train` resolve for this model.
     if global_batch is None:
@@ -363,8 +380,8 @@ def _fit_interruptibly(trainer):
 
 def _describe_workers(scaling) -> str:
     if scaling.elastic:
-        return f"{scaling.min_workers}-{scaling.max_workers} (elastic)"
-    return str(scaling.num_workers)
+        return f"{scaling.min_workers}-{scaling.max_workers} workers (elastic)"
+    return f"{scaling.num_workers} worker{'s' if scaling.num_workers != 1 else ''}"
 
 
 def _checkpoint_evals(result, exported, print_fn) -> dict:

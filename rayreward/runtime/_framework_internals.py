@@ -11,6 +11,11 @@ transformers 5.24
     its attention function from ``AttentionInterface`` is only told by the class method
     ``_can_set_attn_implementation``.
 
+transformers 5.24 (TrainingArguments)
+    The fields ``TrainingArguments`` accepts as JSON strings (so that a command line
+    can pass a dict) are listed only in its private ``_VALID_DICT_FIELDS``; a subclass
+    adding a dict field (``RewardConfig.model_init_kwargs``) extends that list.
+
 Ray 2.60 (Train V2, torch backend)
     Keeping torch.distributed's rendezvous on 127.0.0.1 (see ``rayreward.run.loopback``)
     needs a ``TorchConfig`` whose backend opens the store itself before
@@ -35,6 +40,13 @@ def loaded_attention(model) -> str:
 def takes_attention_interface(model) -> bool:
     """Whether a ``transformers`` model class runs its attention through ``AttentionInterface``."""
     return bool(type(model)._can_set_attn_implementation())
+
+
+def training_arguments_dict_fields() -> list[str]:
+    """``TrainingArguments``' fields parsed from JSON strings (its ``_VALID_DICT_FIELDS``)."""
+    from transformers import TrainingArguments
+
+    return list(TrainingArguments._VALID_DICT_FIELDS)
 
 
 def ray_torch_backend():

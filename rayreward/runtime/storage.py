@@ -132,3 +132,70 @@ def is_dir(path: str) -> bool:
 
     fs, inner = filesystem(path)
     return fs.get_file_info(inner).type == pafs.FileType.Directory
+
+
+def cache_root() -> str:
+    """Where downloaded models are kept: ``$RAYREWARD_CACHE``, else ``~/.cache/rayreward``."""
+    return os.path.expanduser(os.environ.get("RAYREWARD_CACHE") or os.path.join("~", ".cache", "rayreward"))
+
+
+def cached_download(uri: str, cache_dir: str | None = None, located=None) -> str:
+    """A local copy of the folder at ``uri``, downloaded once and reused while it is unchanged.
+
+    The copy lives in ``<cache_dir>/<hash of the URI>-<hash of the listing>``, where the
+    listing is every object's path, size and modification time (the store's
+    LastModified, which changes whenever an object is rewritten). A changed object gives
+    a new folder (the copies of older listings of the same URI are then removed); an
+    unchanged one costs one listing. The download lands in a private folder renamed into
+    place, so processes downloading at once never see half a copy.
+
+    Args:
+        uri: an object-store folder (``s3://bucket/models/rm``).
+        cache_dir: the cache folder; default ``cache_root()/models``.
+        located: ``filesystem(uri)`` computed elsewhere (see ``download_dir``).
+
+    Returns:
+        The local folder.
+
+    Raises:
+        FileNotFoundError: nothing is at ``uri``, or it is a single object, not a folder.
+    """
+    import hashlib
+    import json
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, path = located or filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri}: no such folder in its object store")
+    if info.type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{uri}: a single object, expected a folder (of a model written by save_pretrained)")
+    listing = sorted(
+        (f.path[len(path):].lstrip("/"), f.size, f.mtime_ns)
+        for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File
+    )
+    if not listing:
+        raise FileNotFoundError(f"{uri}: an empty folder in its object store")
+    root = cache_dir or os.path.join(cache_root(), "models")
+    prefix = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    version = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    target = os.path.join(root, f"{prefix}-{version}")
+    if os.path.isdir(target):
+        return target
+    os.makedirs(root, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f".{prefix}-", dir=root)
+    try:
+        pafs.copy_files(path, partial, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        try:
+            os.rename(partial, target)
+        except OSError:
+            if not os.path.isdir(target):  # not another process's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    for name in os.listdir(root):
+        if name.startswith(f"{prefix}-") and name != os.path.basename(target):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return target

@@ -56,10 +56,10 @@ class RewardServer:
 
     Args:
         config: the validated ``ServeConfig`` as a dict (``dataclasses.asdict``).
-        members: the resolved model folders.
+        members: the resolved models (``evaluation.model_ref.ModelRef``).
     """
 
-    def __init__(self, config: dict[str, Any], members: list[str]):
+    def __init__(self, config: dict[str, Any], members: list[Any]):
         from rayreward.job.tree import build
         from rayreward.serve.engine import RewardEngine
 
@@ -182,8 +182,8 @@ def deployment_options(config: ServeConfig) -> dict[str, Any]:
 def build_app(config: ServeConfig):
     """The Serve application of a config (not yet running): ``serve.run(build_app(c))``.
 
-    Model folders are resolved here, on the driver, so a missing model fails before any
-    replica starts.
+    Models are resolved here, on the driver (hub snapshots found, object-store folders
+    downloaded, adapters merged), so a missing model fails before any replica starts.
 
     Raises:
         FileNotFoundError, ValueError: a model folder holds no model.
@@ -192,7 +192,7 @@ def build_app(config: ServeConfig):
 
     from rayreward.serve.engine import resolve_members
 
-    members = [str(m) for m in resolve_members(config.models)]
+    members = resolve_members(config.models, config.revision)
     return RewardServer.options(**deployment_options(config)).bind(dataclasses.asdict(config), members)
 
 

@@ -49,8 +49,11 @@ class ServeConfig:
     """A reward model (or an ensemble) served on Ray Serve."""
 
     models: list[str] = field(default_factory=list, metadata={
-        "help": "Model folders (save_pretrained, run folder or checkpoint), or one ensemble folder "
-                "(ensemble.json, as `rayreward tune` exports). Several make an ensemble."})
+        "help": "Models: folders (save_pretrained, run folder, checkpoint, PEFT adapter), hub ids (org/name) or "
+                "object-store folders (s3://, gs://), or one ensemble folder (ensemble.json, as `rayreward tune` "
+                "exports; local or in an object store). Several make an ensemble."})
+    revision: str | None = field(default=None, metadata={
+        "help": "Branch, tag or commit of the hub-id models; null: main."})
     name: str | None = field(default=None, metadata={
         "help": "Deployment and application name; default: the (first) model folder's name."})
     route_prefix: str | None = field(default=None, metadata={"help": "HTTP path prefix; default: /<name>."})
@@ -76,7 +79,7 @@ class ServeConfig:
         if problems:
             return problems
         if not self.models:
-            problems.append("serve.models: got []; expected at least one model folder (--model DIR)")
+            problems.append("serve.models: got []; expected at least one model (--model MODEL)")
         if self.name is not None and (not self.name or "/" in self.name):
             problems.append(f"serve.name: got {self.name!r}; expected a non-empty name without '/'")
         if self.route_prefix is not None and not self.route_prefix.startswith("/"):
@@ -149,13 +152,21 @@ def serve_config(raw: dict[str, Any] | None, overrides: list[str] | dict[str, An
     if not problems:
         problems += config.validate()
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(problems, source, what="serve config")
     return config
 
 
-def load_serve_config(path: str | None, overrides: list[str] | dict[str, Any] = ()) -> ServeConfig:
-    """``serve_config`` of a YAML file (None: defaults) and overrides."""
-    return serve_config(load_yaml(path) if path else {}, overrides, source=path)
+def load_serve_config(path: str | None, overrides: list[str] | dict[str, Any] = (),
+                      flags: dict[str, Any] | None = None) -> ServeConfig:
+    """The ``ServeConfig`` of a YAML file (None: defaults), then dotted overrides, then the
+    command line's flags (``{"serve.port": 8001}``), checked.
+
+    Raises:
+        ConfigError: every problem at once.
+    """
+    raw = apply_overrides(load_yaml(path) if path else {}, list(overrides) if not isinstance(overrides, dict)
+                          else overrides)
+    return serve_config(raw, flags or {}, source=path)
 
 
 def help_text() -> str:

@@ -17,22 +17,30 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rayreward.evaluation.model_ref import ModelRef
 from rayreward.evaluation.scorer import RewardScorer
 from rayreward.serve.requests import ParsedRequest, RequestError
 
 
-def resolve_members(models: Sequence[str]) -> list[Path]:
-    """Model folders of a deployment: one folder, several (an ensemble), or an ensemble folder.
+def resolve_members(models: Sequence[str], revision: str | None = None) -> list[ModelRef]:
+    """The models of a deployment: one model, several (an ensemble), or an ensemble folder.
+
+    Each is a folder, run folder, checkpoint, PEFT adapter folder, hub id or object-store
+    URI (``evaluation.model_ref``); an ensemble folder may itself be in an object store.
 
     Raises:
-        FileNotFoundError, ValueError: a folder holds no model, or a manifest is bad.
+        FileNotFoundError, ValueError: a model is not there or holds no model, or a
+            manifest is bad.
     """
     from rayreward.evaluation.ensemble import is_ensemble, read_ensemble
-    from rayreward.evaluation.scorer import resolve_model_dir
+    from rayreward.evaluation.model_ref import resolve_model
+    from rayreward.runtime import storage
 
-    if len(models) == 1 and is_ensemble(models[0]):
-        return [resolve_model_dir(p) for p in read_ensemble(models[0])]
-    return [resolve_model_dir(m) for m in models]
+    if len(models) == 1:
+        folder = storage.cached_download(models[0]) if storage.is_uri(models[0]) else models[0]
+        if is_ensemble(folder):
+            return [resolve_model(str(p)) for p in read_ensemble(folder)]
+    return [resolve_model(m, revision) for m in models]
 
 
 @dataclass
@@ -51,7 +59,7 @@ class RewardEngine:
     """One model or an ensemble, loaded for serving.
 
     Args:
-        members: model folders (``resolve_members``).
+        members: ``ModelRef``s (``resolve_members``) or model folders.
         max_length: token limit per text; None uses each model's own.
         truncation: cut over-long texts (keep their last tokens) instead of rejecting.
         forward_tokens: token budget of one forward pass (padding included).
@@ -60,7 +68,7 @@ class RewardEngine:
         device: None picks a GPU when the replica has one.
     """
 
-    def __init__(self, members: Sequence[str | os.PathLike], max_length: int | None = None, truncation: bool = True,
+    def __init__(self, members: Sequence[ModelRef | str | os.PathLike], max_length: int | None = None, truncation: bool = True,
                  forward_tokens: int = 16384, conservative_k: float = 1.0, num_threads: int | None = None,
                  device: str | None = None):
         from rayreward.evaluation.normalization import load_normalization
@@ -68,7 +76,7 @@ class RewardEngine:
 
         # The scorers' own layout is unused: each request brings its layout to encode().
         layout = Layout("single", "implicit_prompt")
-        self.members = [Path(m) for m in members]
+        self.members = [m if isinstance(m, ModelRef) else ModelRef(str(m), "folder", str(m)) for m in members]
         self.scorers = [RewardScorer(m, layout, batch_tokens=forward_tokens, max_length=max_length,
                                      num_threads=num_threads, device=device) for m in self.members]
         self.stats = [load_normalization(s.model) for s in self.scorers]
@@ -159,8 +167,8 @@ class RewardEngine:
         return {
             "members": [
                 {
-                    "model": str(m),
-                    "version": model_version(m),
+                    "model": m.label,
+                    "version": model_version(Path(s.loaded_from) if os.path.isdir(s.loaded_from) else None),
                     "max_length": s.max_length,
                     "architecture": type(s.model).__name__,
                     "normalization": None if n is None else {"mean": n.mean, "std": n.std, "source": n.source},
@@ -176,9 +184,12 @@ class RewardEngine:
         }
 
 
-def model_version(folder: Path) -> str:
+def model_version(folder: Path | None) -> str | None:
     """A short fingerprint of a model folder: its config and the names and sizes of its
-    weight files (reading gigabytes of weights to hash them would slow every start)."""
+    weight files (reading gigabytes of weights to hash them would slow every start).
+    None when the model was loaded by hub id (no folder of its own here)."""
+    if folder is None:
+        return None
     h = hashlib.sha256()
     for path in sorted(folder.iterdir()):
         if path.name == "config.json":

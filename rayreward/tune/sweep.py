@@ -4,7 +4,7 @@ A sweep is one Tune experiment in ``<storage.path>/<storage.name>``. Each trial 
 function (``_trial``) that applies its sampled values to the job through
 ``apply_overrides`` (the command line's override path, so a trial and ``rayreward
 train`` cannot drift apart), then builds and fits the ``TorchTrainer`` of
-``rayreward train`` (``distributed.build_trainer``) with its checkpoints in
+``rayreward train`` (``rayreward.run.fit.build_trainer``) with its checkpoints in
 ``<run>/trial_<id>/train``. Every checkpoint's metrics reach Tune through Ray's
 ``TuneReportCallback``; ASHA compares trials on ``tune.metric`` at step rungs and stops
 the ones that trail. The trial function itself reserves no CPU (Ray Train V2 pattern):
@@ -21,17 +21,21 @@ continuous distributions at their bounds).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from rayreward.runtime import storage as _storage
 from rayreward.job.tree import ConfigError, apply_overrides
 from rayreward.job.config import (
-    JobConfig, job_from_dict, run_name, save_eval_problems, step_plan, storage_uri, to_dict,
+    TOKENIZER_TRAIN_KEYS,
+    tokenizer_spec,
+    JobConfig, job_from_dict, save_eval_problems, step_plan, storage_uri, to_dict,
 )
 
 # Trial configs checked one by one up to this many combinations; beyond it each key's
@@ -111,6 +115,14 @@ def sweep_problems(job: JobConfig) -> list[str]:
         # later, beside training, is not one of them.
         problems.append("storage.checkpoint_eval: got 'ray' in a sweep; expected trainer (Tune schedules on "
                         f"each trial's {tune.metric} in the reports, as the workers evaluate)")
+    if job.tune.suite() is not None:
+        from rayreward.data.formats import DataFormatError
+        from rayreward.data.sources import DataSourceError
+
+        try:
+            suite_slice(job)
+        except (DataSourceError, DataFormatError) as exc:
+            problems.append(str(exc) if str(exc).startswith("tune.suite_data") else f"tune.suite_data: {exc}")
     if problems:
         return problems
     seen: dict[str, str] = {}
@@ -154,9 +166,34 @@ def _key_problems(base: dict, key: str, spec: dict) -> list[str]:
     return []
 
 
+def suite_slice(job: JobConfig) -> list:
+    """The suite rows every trial scores at each checkpoint (``tune.suite_data``), or [].
+
+    Raises:
+        DataSourceError, DataFormatError: the data cannot be read or is not in the schema.
+    """
+    from rayreward.evaluation.suites import get_suite
+    from rayreward.evaluation.suites.data import held_out_slice, load_rows
+    from rayreward.evaluation.suites.runner import SuiteData
+
+    name = job.tune.suite()
+    if name is None:
+        return []
+    suite = get_suite(name)
+    rows, where = load_rows(suite, job.tune.suite_data, field="tune.suite_data")
+    part = held_out_slice(suite, rows, job.tune.suite_rows, seed=job.tune.seed or 0)
+    return [SuiteData(name, part, f"{where}, {len(part)} of {len(rows)} rows")]
+
+
 def _trial_rule_problems(job: JobConfig) -> list[str]:
     """What a trial needs beyond a valid job: the metric at every report."""
     metric, t = job.tune.metric, job.train
+    if job.tune.suite() is not None:
+        # Every checkpoint scores the suite slice (rayreward.run.suite_eval), at the steps that save.
+        if t["save_strategy"] != "steps":
+            return [f"tune.metric: got {metric!r}, scored when a trial saves a checkpoint, but "
+                    f"train.save_strategy is {t['save_strategy']!r}; expected steps"]
+        return []
     if not metric.startswith("eval_"):
         return []
     if t["eval_strategy"] != "steps" or not (job.data.eval or job.data.eval_split):
@@ -220,11 +257,12 @@ def param_space(job: JobConfig) -> dict[str, Any]:
     return space
 
 
-def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=None) -> None:
+def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=None, suites=()) -> None:
     """One trial: the job with the sampled values applied, trained by its own ``TorchTrainer``.
 
     ``prepared`` is the sweep's data, tokenized once on the driver, when no swept key
-    changes it (``data.*``, ``model.*``); otherwise each trial builds its own.
+    changes it (``data.*``, ``model.*``); otherwise each trial builds its own. ``suites``
+    is the slice of a suite each checkpoint scores when ``tune.metric`` is a suite score.
     """
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -236,13 +274,18 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
     job = job_from_dict(apply_overrides(base, config), check=False)
     trial_dir = _storage.join(run_dir, f"trial_{ray.tune.get_context().get_trial_id()}")
     # 2. Data, and the step plan the results table compares the trial's last step with.
-    prepared = prepared or build_datasets(job.data, job.model.name_or_path)
+    prepared = prepared or build_datasets(job.data, tokenizer_spec(job))
     plan = step_plan(job, prepared.num_train_pairs)
     _storage.write_text(_storage.join(trial_dir, PLAN_FILE), json.dumps(
         {"max_steps": plan.max_steps, "steps_per_epoch": plan.steps_per_epoch, **prepared.metrics()}, indent=1))
     # 3. Trainer reporting each checkpoint's metrics to Tune; 4. fit (a restored trial
     # resumes from its latest checkpoint in trial_dir/train).
-    build_trainer(job, prepared, "train", trial_dir, run_callbacks=[TuneReportCallback()]).fit()
+    callbacks = []
+    if suites:
+        from rayreward.run.suite_eval import SuiteMetrics
+
+        callbacks.append(SuiteMetrics(suites, max_length=job.data.max_length))
+    build_trainer(job, prepared, "train", trial_dir, callbacks=callbacks, run_callbacks=[TuneReportCallback()]).fit()
 
 
 # Where the trial lines of the sweep running in this process go (run_sweep sets it): a
@@ -286,6 +329,12 @@ def _trial_lines(print_fn: Callable[[str], None], keys: list[str], metric: str):
     return TrialLines(print_fn)
 
 
+def sweep_name(job: JobConfig) -> str:
+    """``storage.name``, else a new ``sweep-<date>-<time>`` (never the demo's ``demo``, which
+    is `rayreward train`'s run)."""
+    return job.storage.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+
+
 def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepOutcome:
     """Runs (or resumes) the sweep of ``job.tune`` on the Ray cluster this process is connected to.
 
@@ -315,21 +364,29 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print) -> SweepO
     problems = sweep_problems(job)
     if problems:
         raise ConfigError(problems)
+    from rayreward.run.fit import resolve_scaling_on_cluster
+
     t = job.tune
-    name, storage = run_name(job), storage_uri(job)
+    job = resolve_scaling_on_cluster(job, print_fn)
+    name, storage = sweep_name(job), storage_uri(job)
+    job = dataclasses.replace(job, storage=dataclasses.replace(job.storage, name=name))
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
     run_dir = _storage.join(storage, name)
     keys = list(t.search_space)
 
     # 2. Data: tokenized once for every trial, unless a swept key changes it.
     prepared = None
-    if not any(k.split(".", 1)[0] in ("data", "model") for k in keys):
+    if not any(k.split(".", 1)[0] in ("data", "model") or k in TOKENIZER_TRAIN_KEYS for k in keys):
         from rayreward.data import build_datasets
 
-        prepared = build_datasets(job.data, job.model.name_or_path)
+        prepared = build_datasets(job.data, tokenizer_spec(job))
         print_fn(f"[rayreward] data: {prepared.num_train_pairs} training pairs, tokenized once for all trials")
+    suites = suite_slice(job)
+    if suites:
+        print_fn(f"[rayreward] trials are ranked by {t.metric} on {suites[0].where}, scored at every checkpoint")
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base_config(job), run_dir=run_dir, prepared=prepared), TRIAL_RESOURCES)
+        tune.with_parameters(_trial, base=base_config(job), run_dir=run_dir, prepared=prepared, suites=suites),
+        TRIAL_RESOURCES)
 
     # 3. Tuner: a new experiment, or the one of an earlier run with this name.
     resumed = tune.Tuner.can_restore(run_dir, storage_filesystem=fs)
