@@ -311,7 +311,7 @@ def test_spread_run_on_s3_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path,
     assert_loads(str(tmp_path / "exported"))
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_elastic_zero2_run_goes_on_with_fewer_workers_and_grows_back(two_nodes, tmp_path):
     starts, adam, runs = tmp_path / "starts.txt", tmp_path / "adam.txt", tmp_path / "runs"
     # Ray's elastic sizing counts free resources, not the placement strategy: 1.5 CPUs a
