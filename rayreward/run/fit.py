@@ -200,8 +200,8 @@ def _label_stats(job: JobConfig, prepared):
 
     from rayreward.core.group_data import label_statistics
 
-    rows = [np.asarray(v, dtype=np.float64) for batch in prepared.train.iter_batches(
-        batch_format="numpy", columns=["labels"]) for v in batch["labels"]]
+    rows = [np.asarray(v, dtype=np.float64) for batch in prepared.train.select_columns(["labels"]).iter_batches(
+        batch_format="numpy") for v in batch["labels"]]
     return label_statistics(np.stack(rows))
 
 
