@@ -57,15 +57,21 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def label_statistics(self) -> tuple[list[float], list[float]]:
         """Per-attribute mean and standard deviation of the rated cells (std 1 where it is 0)."""
-        labels = torch.tensor([e["labels"] for e in self.examples], dtype=torch.float64)
-        rated = ~torch.isnan(labels)
-        counts = rated.sum(0).clamp(min=1)
-        filled = torch.nan_to_num(labels)
-        mean = filled.sum(0) / counts
-        var = ((filled - mean) ** 2 * rated).sum(0) / counts
-        std = var.sqrt()
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        return mean.tolist(), std.tolist()
+        return label_statistics([e["labels"] for e in self.examples])
+
+
+def label_statistics(labels) -> tuple[list[float], list[float]]:
+    """Per-attribute mean and standard deviation over the rated cells of ``(rows, attributes)``
+    labels (NaN = not rated); a standard deviation of 0 becomes 1."""
+    labels = torch.as_tensor(labels, dtype=torch.float64)
+    rated = ~torch.isnan(labels)
+    counts = rated.sum(0).clamp(min=1)
+    filled = torch.nan_to_num(labels)
+    mean = filled.sum(0) / counts
+    var = ((filled - mean) ** 2 * rated).sum(0) / counts
+    std = var.sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return mean.tolist(), std.tolist()
 
 
 def _columns_and_first(dataset) -> tuple[list[str], Any]:
@@ -145,4 +151,4 @@ def nan_to_none(values: Sequence[float]) -> list[float | None]:
     return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
 
 
-__all__ = ["GroupDataset", "group_format_of", "tokenize_groups"]
+__all__ = ["GroupDataset", "group_format_of", "label_statistics", "tokenize_groups"]

@@ -177,10 +177,13 @@ class RewardTrainer(GroupTraining, Trainer):
         self.data_kind = self._data_kind(train_dataset, eval_dataset, args)
         self._attribute_stats = None
         if self.data_kind == "ratings" and args.standardize_targets:
-            if not isinstance(train_dataset, GroupDataset):
+            # A Ray shard cannot be read up front: the driver computed them (BatchStream.label_stats).
+            stats = (train_dataset.label_statistics() if isinstance(train_dataset, GroupDataset)
+                     else getattr(train_dataset, "label_stats", None))
+            if stats is None:
                 raise ValueError("standardize_targets needs the training ratings (train_dataset) to compute the "
                                  "mean and std of each attribute")
-            self._attribute_stats = train_dataset.label_statistics()
+            self._attribute_stats = stats
         if args.attributes and model is not None:
             mean, std = self._attribute_stats or (None, None)
             record_attributes(model, args.attributes, args.combination_weights(), mean, std)

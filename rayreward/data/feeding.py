@@ -171,6 +171,8 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.shard, self.pad, self.batch_size = shard, tokenizer_or_pad_id, batch_size
         self.epochs, self.options = epochs, options
         self.kind = kind  # "pairs", "groups" or "ratings": what RewardTrainer trains on
+        # Ratings: per-attribute (mean, std) of the whole training set, for standardize_targets.
+        self.label_stats: tuple[list[float], list[float]] | None = None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch = 0

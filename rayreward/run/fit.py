@@ -208,7 +208,8 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         train_loop,
         train_loop_config={"job": to_dict(job), "deepspeed": ds_config, "max_steps": plan.max_steps,
                            "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks),
-                           "progress": progress, "data_kind": prepared.kind},
+                           "progress": progress, "data_kind": prepared.kind,
+                           "label_stats": _label_stats(job, prepared)},
         # All nodes on 127.0.0.1 (embedded Ray, test clusters): the rendezvous listens there too.
         torch_config=loopback_torch_config() if on_loopback() else None,
         scaling_config=ScalingConfig(
@@ -233,6 +234,19 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         dataset_config=_data_config(s.elastic),
         validation_config=checkpoint_validation(prepared.eval, s) if job.storage.checkpoint_eval == "ray" else None,
     )
+
+
+def _label_stats(job: JobConfig, prepared):
+    """Ratings with ``train.standardize_targets``: each attribute's mean and std over the training data."""
+    if prepared.kind != "ratings" or not job.train["standardize_targets"]:
+        return None
+    import numpy as np
+
+    from rayreward.core.group_data import label_statistics
+
+    rows = [np.asarray(v, dtype=np.float64) for batch in prepared.train.select_columns(["labels"]).iter_batches(
+        batch_format="numpy") for v in batch["labels"]]
+    return label_statistics(np.stack(rows))
 
 
 def _data_config(elastic: bool):
@@ -338,6 +352,7 @@ def _train_worker(config: dict[str, Any], job: JobConfig, rank: int, world_size:
     if job.data.eval or job.data.eval_split:
         evaluation = BatchStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
                                  shuffle="none", epochs=1, kind=kind)
+    train.label_stats = config.get("label_stats")
     # 3. Trainer, fed by Ray Data: it loads a BatchStream as it comes (see BatchStream).
     progress = Progress(config["steps_per_epoch"], sink=config.get("progress"))
     trainer = RewardTrainer(
