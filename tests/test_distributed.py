@@ -204,6 +204,11 @@ def test_zero3_lora_trains_and_exports_merged(ray_local, tmp_path):
     run = tmp_path / "runs" / "z3"
     last = run / "checkpoint-000008"
     assert (last / "adapter_model.safetensors").exists()
+    # The run's manifest (base model, adapters, tokenizer) is what lets export rebuild it.
+    from rayreward.core.checkpoint import read_manifest
+
+    manifest = read_manifest(str(last))
+    assert manifest.base_model.name_or_path == "builtin:tiny-llama" and manifest.adapters.r == 4
     # ZeRO-3: parameters and optimizer state are sharded; every rank saved its part.
     for rank in (0, 1):
         assert glob.glob(str(last / "global_step8" / f"zero_pp_rank_{rank}_*model_states.pt"))

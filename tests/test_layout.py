@@ -135,6 +135,74 @@ def test_a_private_framework_name_is_caught_even_when_rayreward_has_one_of_that_
     assert private_uses("m", tree, own) == ["m:4: ._VALID_DICT_FIELDS", "m:7: ._internal"]
 
 
+# Sections of the job config: only the job stage and those above it know them by name.
+JOB_SECTIONS = ("model", "lora", "data", "train", "scaling", "storage")
+# The one reader of the layout older runs wrote into their checkpoints (rayreward_job.json).
+LEGACY_JOB_READERS = {("rayreward.core.checkpoint", "_legacy_manifest")}
+
+
+def job_section_reads(module: str, tree: ast.AST) -> list[str]:
+    """Where a module reads a job config section by name.
+
+    Caught: a section as a key (``x["lora"]``, ``x.get("model")``), a section as an
+    attribute of a job (``job.model``), the attributes no object but a job has
+    (``.lora``, ``.scaling``), and anything named ``job`` or ``*_section``.
+    """
+    exempt = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and (module, node.name) in LEGACY_JOB_READERS:
+            exempt |= {id(n) for n in ast.walk(node)}
+    bad = []
+
+    def is_section(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value in JOB_SECTIONS
+
+    def job_named(name: str) -> bool:
+        return name == "job" or name.endswith("_job") or name.endswith("_section")
+
+    for node in ast.walk(tree):
+        if id(node) in exempt:
+            continue
+        what = None
+        if isinstance(node, ast.Subscript) and is_section(node.slice):
+            what = f'["{node.slice.value}"]'
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop")
+              and node.args and is_section(node.args[0])):
+            what = f'.{node.func.attr}("{node.args[0].value}")'
+        elif isinstance(node, ast.Attribute) and node.attr in JOB_SECTIONS and (
+                node.attr in ("lora", "scaling") or isinstance(node.value, ast.Name) and job_named(node.value.id)):
+            what = f".{node.attr}"
+        elif isinstance(node, ast.Name) and job_named(node.id):
+            what = node.id
+        elif isinstance(node, ast.arg) and job_named(node.arg):
+            what = node.arg
+        if what is not None:
+            bad.append(f"{module}:{node.lineno}: {what}")
+    return bad
+
+
+def test_core_knows_nothing_of_job_sections():
+    """``core`` takes explicit arguments (``BaseModelSpec``, ``LoraSpec``, its checkpoint manifest)."""
+    bad = [read for module, tree in _modules() if _stage(module) == "core" for read in job_section_reads(module, tree)]
+    assert bad == [], "core reads job config sections:\n" + "\n".join(bad)
+
+
+def test_a_job_section_read_is_caught():
+    code = ("def load(model_section, spec):\n"
+            "    kwargs = vars(model_section)\n"
+            "    return spec.model, spec.name_or_path\n"
+            "def lora(job):\n"
+            "    return job.get('lora'), job['model']['dtype'], job.model, other.scaling\n"
+            "def _legacy_manifest(job):\n"
+            "    return job['model']\n")
+    found = {f.removeprefix("m:") for f in job_section_reads("m", ast.parse(code))}
+    assert found == {"1: model_section", "2: model_section", "4: job", '5: .get("lora")', '5: ["model"]',
+                     "5: .model", "5: .scaling", "5: job", "6: job", "7: job", '7: ["model"]'}, found
+    # The old checkpoints' reader is the one place allowed to know the job's layout.
+    legacy = [f for f in job_section_reads("rayreward.core.checkpoint", ast.parse(code)) if int(f.split(":")[1]) >= 6]
+    assert legacy == [], legacy
+
+
 def test_import_rayreward_is_cheap_and_public_names_resolve():
     code = (
         "import sys, rayreward\n"

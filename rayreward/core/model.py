@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -238,36 +239,74 @@ def prepare_model(model: nn.Module, args, peft_config=None):
     return model
 
 
-def load_base_model(model_section, num_labels: int = 1):
-    """The model a job trains, from its ``model`` section (object or dict).
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """The model a run starts from, as ``from_pretrained`` is asked for it.
 
-    ``dtype: auto`` (the default) loads float32 master weights whatever the checkpoint
-    holds; an explicit ``bfloat16``/``float16`` is honoured with a warning naming the risk.
+    Attributes:
+        name_or_path: a hub id, a folder, or ``builtin:tiny-llama`` and the like.
+        revision: the hub revision (branch, tag or commit); None for the default branch.
+        dtype: ``auto`` (float32 master weights whatever the checkpoint holds), or an
+            explicit ``bfloat16``/``float16``/``float32``.
+        attn_implementation: the attention kernel (``sdpa``, ``eager``, ...); None lets
+            transformers choose.
+        trust_remote_code: run model code shipped with a hub checkpoint.
     """
-    section = model_section if isinstance(model_section, dict) else vars(model_section)
+
+    name_or_path: str
+    revision: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters on a reward model (the reward head is trained in full).
+
+    Attributes:
+        r: rank of the adapters.
+        alpha: scaling numerator (``lora_alpha``).
+        dropout: dropout on the adapters' input.
+        target_modules: module names, or ``all-linear``.
+    """
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+def load_base_model(spec: BaseModelSpec, num_labels: int = 1):
+    """The model a run trains (or a checkpoint's base), loaded as ``spec`` says, with one
+    head output per reward attribute (``num_labels``).
+
+    ``dtype: auto`` loads float32 master weights whatever the checkpoint holds; an
+    explicit ``bfloat16``/``float16`` is honoured with a warning naming the risk.
+    """
     kwargs: dict[str, Any] = {}
-    if section.get("dtype", "auto") != "auto":
-        kwargs["dtype"] = section["dtype"]
-    if section.get("attn_implementation"):
-        kwargs["attn_implementation"] = section["attn_implementation"]
-    if section.get("trust_remote_code"):
+    if spec.dtype != "auto":
+        kwargs["dtype"] = spec.dtype
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.trust_remote_code:
         kwargs["trust_remote_code"] = True
-    if section.get("revision"):
-        kwargs["revision"] = section["revision"]
+    if spec.revision:
+        kwargs["revision"] = spec.revision
     if num_labels != 1:  # one output per reward attribute
         kwargs["num_labels"] = num_labels
-    return load_reward_model(section["name_or_path"], **kwargs)
+    return load_reward_model(spec.name_or_path, **kwargs)
 
 
-def peft_config_for(lora_section):
-    """A PEFT ``LoraConfig`` for a job's ``lora`` section, or None when it is off."""
-    section = lora_section if isinstance(lora_section, dict) else vars(lora_section)
-    if not section.get("enabled"):
+def peft_config_for(lora: LoraSpec | None):
+    """A PEFT ``LoraConfig`` for sequence classification, or None without LoRA."""
+    if lora is None:
         return None
     from peft import LoraConfig, TaskType
 
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=section["r"], lora_alpha=section["alpha"],
-                      lora_dropout=section["dropout"], target_modules=section["target_modules"])
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=targets)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -267,6 +267,69 @@ class GlobalBatchStream(BatchStream):
             epoch += 1
 
 
+@dataclass(frozen=True)
+class FeedSpec:
+    """How every worker feeds its trainer, decided once for a run.
+
+    Attributes:
+        train_batch_size: pairs per training micro-batch (``per_device_train_batch_size``).
+        eval_batch_size: pairs per evaluation batch (``per_device_eval_batch_size``).
+        shuffle: ``local``, ``global`` or ``none`` (see ``iter_pair_batches``).
+        shuffle_buffer_size: pairs in the shuffle buffer.
+        seed: base seed of the shuffle buffer.
+        length_group_batches: batches per length-grouping buffer (when the model groups).
+        global_batch: pairs per optimizer step of an elastic run, the same at every
+            world size (``GlobalBatchStream``); None for a fixed-size run, whose workers
+            each read their own shard.
+        has_eval: whether the run has eval pairs (an ``eval`` dataset shard).
+        kind: what the shards hold: ``pairs``, ``groups`` (ranked) or ``ratings``.
+    """
+
+    train_batch_size: int
+    eval_batch_size: int
+    shuffle: str = "local"
+    shuffle_buffer_size: int = 1000
+    seed: int = 42
+    length_group_batches: int = 50
+    global_batch: int | None = None
+    has_eval: bool = False
+    kind: str = "pairs"
+
+    def accumulation(self, world_size: int) -> int | None:
+        """Micro-batches per step on ``world_size`` workers of an elastic run; None otherwise."""
+        if self.global_batch is None:
+            return None
+        return accumulation_steps(self.global_batch, self.train_batch_size, world_size)
+
+
+def batch_streams(feed: FeedSpec, shard, tokenizer_or_pad_id: Any, packing: Any, *, rank: int,
+                  world_size: int) -> tuple[BatchStream, BatchStream | None]:
+    """A worker's training stream (endless) and evaluation stream (one pass, or None).
+
+    Args:
+        feed: the run's feeding settings.
+        shard: ``name -> DataIterator`` (``ray.train.get_dataset_shard``); ``eval`` is
+            asked for only when ``feed.has_eval``.
+        tokenizer_or_pad_id: the tokenizer (or its pad token id) used to pad.
+        packing: the model's ``PackingPlan`` (``plan_packing``) for training batches.
+        rank: this worker's rank.
+        world_size: workers now.
+    """
+    order = {"shuffle": feed.shuffle, "shuffle_buffer_size": feed.shuffle_buffer_size, "seed": feed.seed,
+             "packing": packing, "kind": feed.kind}
+    if feed.global_batch is None:
+        train = BatchStream(shard("train"), tokenizer_or_pad_id, feed.train_batch_size, epochs=None,
+                            length_group_batches=feed.length_group_batches, **order)
+    else:
+        train = GlobalBatchStream(shard("train"), tokenizer_or_pad_id, feed.train_batch_size,
+                                  global_batch=feed.global_batch, rank=rank, world_size=world_size, **order)
+    evaluation = None
+    if feed.has_eval:
+        evaluation = BatchStream(shard("eval"), tokenizer_or_pad_id, feed.eval_batch_size, shuffle="none", epochs=1,
+                                 kind=feed.kind)
+    return train, evaluation
+
+
 def accumulation_steps(global_batch: int, batch_size: int, world_size: int) -> int:
     """Micro-batches per optimizer step that keep ``global_batch`` pairs per step on ``world_size`` workers.
 

@@ -217,13 +217,14 @@ def _hub_message(repo_id: str, revision: str | None, problem: Exception | None) 
 
 
 def _folder_problems(folder: Path, text: str, flag: str, ensemble: bool) -> list[str]:
+    from rayreward.core.checkpoint import has_manifest
     from rayreward.evaluation.ensemble import MANIFEST
 
     if not folder.is_dir():
         return [f"{flag}: got {text!r}; a file, expected a model folder"]
     if ensemble and (folder / MANIFEST).is_file():
         return []
-    if (folder / "adapter_config.json").is_file() and not (folder / "rayreward_job.json").is_file():
+    if (folder / "adapter_config.json").is_file() and not has_manifest(str(folder)):
         return _adapter_problems(folder, text, flag)
     if _loadable(folder):
         return []

@@ -1,6 +1,8 @@
 """A training run on Ray: ``fit`` starts a ``TorchTrainer`` whose workers train.
 
-- ``fit``: the driver side (data, trainer, storage, export, summary).
+- ``fit``: the driver side (data, trainer, storage, export, summary) and the worker loop.
+- ``spec``: the run spec built once on the driver and handed to every worker (arguments,
+  model, LoRA, tokenizer, DeepSpeed, steps, feeding, checkpoint manifest).
 - ``callbacks``: the rank-0 progress lines and checkpoint reports of each worker.
 - ``final_eval``: the export and end-of-run headline, off the driver on a cluster.
 - ``resume``: which checkpoint a re-run continues from (the Ctrl-C hint).

@@ -9,14 +9,13 @@ every rank reports its folder and Ray merges them into one checkpoint in storage
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 
 from transformers import TrainerCallback
 
-JOB_FILE = "rayreward_job.json"
+from rayreward.core.checkpoint import CheckpointManifest, write_manifest
 
 
 def latest_metrics(log_history: list[dict], step: int, steps_per_epoch: int | None) -> dict:
@@ -35,7 +34,8 @@ def latest_metrics(log_history: list[dict], step: int, steps_per_epoch: int | No
 
 class ReportCheckpoints(TrainerCallback):
     """After each save, every rank reports its checkpoint files (merged by Ray) and
-    rank 0's metrics; the job config goes into the checkpoint for ``rayreward export``.
+    rank 0's metrics; rank 0 writes the run's manifest into the checkpoint for
+    ``rayreward export`` (``rayreward.core.checkpoint.write_manifest``).
 
     With ``upload="async"`` Ray copies the files to storage in a background thread and
     training goes on at once (``CheckpointUploadMode.ASYNC``); the local copy is
@@ -45,16 +45,16 @@ class ReportCheckpoints(TrainerCallback):
     beside training.
     """
 
-    def __init__(self, job: dict, steps_per_epoch: int | None, upload: str = "sync", validate: bool = False):
-        self.job, self.steps_per_epoch, self.upload, self.validate = job, steps_per_epoch, upload, validate
+    def __init__(self, manifest: CheckpointManifest, steps_per_epoch: int | None, upload: str = "sync",
+                 validate: bool = False):
+        self.manifest, self.steps_per_epoch, self.upload, self.validate = manifest, steps_per_epoch, upload, validate
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train
 
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if state.is_world_process_zero and os.path.isdir(folder):
-            with open(os.path.join(folder, JOB_FILE), "w", encoding="utf-8") as f:
-                json.dump(self.job, f, indent=1)
+            write_manifest(folder, self.manifest)
         has_files = os.path.isdir(folder) and bool(os.listdir(folder))
         checkpoint = ray.train.Checkpoint.from_directory(folder) if has_files else None
         metrics = latest_metrics(state.log_history, state.global_step, self.steps_per_epoch)

@@ -1,8 +1,9 @@
 """Distributed training: Ray ``TorchTrainer`` workers each running ``RewardTrainer`` under DeepSpeed.
 
 ``fit(job)`` runs on the driver (Ray already initialised) in numbered steps:
-config -> data -> trainer -> fit -> export. Each worker runs ``train_loop``:
-model -> data shards -> ``RewardTrainer`` -> resume -> train.
+config -> data -> run spec -> trainer -> fit -> export. Each worker runs ``train_loop``
+on the run spec (``rayreward.run.spec``), built once on the driver:
+resume point -> arguments -> model -> data shards -> ``RewardTrainer`` -> train.
 
 Checkpoints go to ``<storage.path>/<run name>/checkpoint-NNNNNN`` (every rank's files
 merged by Ray); re-running with the same run name resumes the latest one, and a worker
@@ -24,17 +25,8 @@ import torch
 
 from rayreward.core.universal import needs_universal, saved_world_size, universal_resume_folder, with_universal_loading
 from rayreward.runtime import storage as _storage
-from rayreward.job.config import (
-    JobConfig,
-    job_from_dict,
-    resolve_scaling,
-    reward_config_kwargs,
-    run_name,
-    step_plan,
-    storage_uri,
-    to_dict,
-    tokenizer_spec,
-)
+from rayreward.job.config import JobConfig, resolve_scaling, run_name, storage_uri, tokenizer_spec
+from rayreward.run.spec import RunSpec, run_spec
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +82,6 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
         >>> outcome.metrics["eval_accuracy"]
     """
     from rayreward.data import build_datasets
-    from rayreward.job.deepspeed import deepspeed_config_for
 
     # 1. Config: its inputs checked, the values derived from it (GPUs or not, when left
     # to the cluster).
@@ -98,26 +89,28 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
         run_preflight(job, print_fn)
     job = resolve_scaling_on_cluster(job, print_fn)
     name, storage = run_name(job), storage_uri(job)
-    fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
+    fs = _storage.filesystem(storage)[0] if _storage.is_uri(storage) else None
     run_dir = _storage.join(storage, name)
-    ds_config = deepspeed_config_for(job)
 
     # 2. Data: tokenized on the cluster, counted before training.
     prepared = build_datasets(job.data, tokenizer_spec(job), job.train["attributes"])
-    plan = step_plan(job, prepared.num_train_pairs)
+
+    # 3. The run spec: what every worker needs, decided here once (steps, DeepSpeed, ...).
+    spec = run_spec(job, prepared)
+    plan = spec.steps
     unit = {"pairs": "pairs", "groups": "ranked groups", "ratings": "rated responses"}[prepared.kind]
     print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training {unit}, "
-             f"{_describe_workers(job.scaling)}, ZeRO-{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+             f"{_describe_workers(job.scaling)}, ZeRO-{spec.zero_stage}, "
              f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
 
-    # 3. Trainer: one TorchTrainer, the worker loop below.
+    # 4. Trainer: one TorchTrainer, the worker loop below.
     s = job.scaling
-    trainer = build_trainer(job, prepared, name, storage, callbacks, progress=progress)
+    trainer = build_trainer(job, prepared, name, storage, callbacks, progress=progress, spec=spec)
 
-    # 4. Fit.
+    # 5. Fit.
     result = _fit_interruptibly(trainer)
 
-    # 5. Export the final (or best) checkpoint where a worker could run (not in this
+    # 6. Export the final (or best) checkpoint where a worker could run (not in this
     # driver: the head of a cluster is sized for drivers), and score the eval pairs with
     # the exported model there (headline metrics, reward stats stored in its config for
     # `score --normalize`).
@@ -131,12 +124,12 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
     metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
     if job.storage.checkpoint_eval == "ray":
         metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
-    # 6. Sum up.
+    # 7. Sum up.
     metrics.update(final)
     if "final_accuracy" in final:
         print_fn(f"[rayreward] exported model on the eval pairs: {headline_line(metrics)}")
     metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
-                   num_workers=s.num_workers, zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
+                   num_workers=s.num_workers, zero_stage=spec.zero_stage,
                    checkpoint=_storage.join(run_dir, os.path.basename(checkpoint.path)), model_dir=model_dir,
                    **prepared.metrics())
     _storage.write_text(metrics_path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
@@ -171,7 +164,7 @@ def resolve_scaling_on_cluster(job: JobConfig, print_fn=print) -> JobConfig:
 
 
 def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: Sequence = (),
-                  run_callbacks: Sequence = (), progress=None):
+                  run_callbacks: Sequence = (), progress=None, spec: RunSpec | None = None):
     """The ``TorchTrainer`` of a job on its prepared data, checkpointing under ``<storage>/<name>``.
 
     ``fit`` builds one per run; a Tune trial (``rayreward.tune.sweep``) builds one per trial,
@@ -185,6 +178,8 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         callbacks: ``transformers.TrainerCallback`` instances, pickled to every worker.
         run_callbacks: Ray Train callbacks for ``RunConfig(callbacks=...)``.
         progress: a queue for rank 0's progress events (see ``fit``).
+        spec: the job's ``RunSpec`` when the caller already built it
+            (``rayreward.run.spec.run_spec``); else built here.
 
     Returns:
         The ``TorchTrainer``, not yet fitted.
@@ -192,24 +187,19 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from rayreward.job.deepspeed import deepspeed_config_for
     from rayreward.run.final_eval import checkpoint_validation
     from rayreward.run.loopback import loopback_torch_config
     from rayreward.runtime.ray_session import on_loopback
 
     job = resolve_scaling_on_cluster(job, logger.info)
+    spec = spec if spec is not None else run_spec(job, prepared)
     s = job.scaling
     fs, storage_path = _storage.filesystem(storage) if _storage.is_uri(storage) else (None, storage)
-    ds_config = deepspeed_config_for(job)
-    plan = step_plan(job, prepared.num_train_pairs)
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {}), **s.resources}
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     return TorchTrainer(
         train_loop,
-        train_loop_config={"job": to_dict(job), "deepspeed": ds_config, "max_steps": plan.max_steps,
-                           "steps_per_epoch": plan.steps_per_epoch, "callbacks": list(callbacks),
-                           "progress": progress, "data_kind": prepared.kind,
-                           "label_stats": _label_stats(job, prepared)},
+        train_loop_config={"spec": spec, "callbacks": list(callbacks), "progress": progress},
         # All nodes on 127.0.0.1 (embedded Ray, test clusters): the rendezvous listens there too.
         torch_config=loopback_torch_config() if on_loopback() else None,
         scaling_config=ScalingConfig(
@@ -232,21 +222,8 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         ),
         datasets=prepared.datasets(),
         dataset_config=_data_config(s.elastic),
-        validation_config=checkpoint_validation(prepared.eval, s) if job.storage.checkpoint_eval == "ray" else None,
+        validation_config=checkpoint_validation(prepared.eval, s) if spec.checkpoints.validate else None,
     )
-
-
-def _label_stats(job: JobConfig, prepared):
-    """Ratings with ``train.standardize_targets``: each attribute's mean and std over the training data."""
-    if prepared.kind != "ratings" or not job.train["standardize_targets"]:
-        return None
-    import numpy as np
-
-    from rayreward.core.group_data import label_statistics
-
-    rows = [np.asarray(v, dtype=np.float64) for batch in prepared.train.select_columns(["labels"]).iter_batches(
-        batch_format="numpy") for v in batch["labels"]]
-    return label_statistics(np.stack(rows))
 
 
 def _data_config(elastic: bool):
@@ -263,124 +240,115 @@ def _data_config(elastic: bool):
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: builds the model and trainer, resumes, trains.
+    """One Ray Train worker: resumes or starts, builds the model and trainer, trains.
 
     Args:
-        config: ``{"job": JobConfig as a dict, "deepspeed": dict, "max_steps": int,
-            "steps_per_epoch": int, "callbacks": [TrainerCallback]}`` from ``fit``.
+        config: ``{"spec": RunSpec, "callbacks": [TrainerCallback], "progress": queue or None}``
+            from ``build_trainer``.
     """
-    import ray.train
-
-    job = job_from_dict(config["job"], check=False)
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{rank}-")
-    # The run's latest checkpoint, when there is one (a restart, a resize, a re-run): its
-    # ZeRO shards decide how DeepSpeed loads it, so it is looked at before the arguments.
-    with contextlib.ExitStack() as stack:
-        checkpoint = ray.train.get_checkpoint()
-        resume = None if checkpoint is None else stack.enter_context(checkpoint.as_directory())
-        ds_config = config["deepspeed"]
-        if resume is not None and ds_config and needs_universal(resume, world_size):
-            # Saved at another world size (an elastic run that shrank or grew): resumed
-            # through DeepSpeed's universal checkpoint, optimizer state included.
-            if rank == 0:
-                logger.info("resuming %s (ZeRO shards of %s ranks) on %s ranks through DeepSpeed's universal "
-                            "checkpoint", resume, saved_world_size(resume), world_size)
-            resume = universal_resume_folder(resume)
-            ds_config = with_universal_loading(ds_config)
-        _train_worker(config, job, rank, world_size, output_dir, ds_config, resume)
-
-
-def _train_worker(config: dict[str, Any], job: JobConfig, rank: int, world_size: int, output_dir: str,
-                  ds_config: dict[str, Any], resume: str | None) -> None:
     import ray.train
     from transformers.trainer_callback import PrinterCallback
 
-    from rayreward.run.callbacks import Progress, ReportCheckpoints, latest_metrics
     from rayreward.core.config import RewardConfig
     from rayreward.core.model import load_base_model, peft_config_for
-    from rayreward.data.feeding import BatchStream, GlobalBatchStream, accumulation_steps
     from rayreward.core.packed import plan_packing
-    from rayreward.data.tokenizer import fit_embeddings, is_builtin
     from rayreward.core.trainer import RewardTrainer
+    from rayreward.data.feeding import batch_streams
+    from rayreward.data.tokenizer import fit_embeddings, is_builtin
+    from rayreward.run.callbacks import Progress, ReportCheckpoints
 
-    kwargs = reward_config_kwargs(job, output_dir, config["max_steps"], ds_config)
-    global_batch = None
-    if job.scaling.elastic:
-        # The global batch stays the one planned for max workers: fewer workers each
-        # accumulate more micro-batches per step (GlobalBatchStream).
-        per_device = job.train["per_device_train_batch_size"]
-        global_batch = job.scaling.max_workers * per_device * job.train["gradient_accumulation_steps"]
-        kwargs["gradient_accumulation_steps"] = accumulation_steps(global_batch, per_device, world_size)
+    spec: RunSpec = config["spec"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    with contextlib.ExitStack() as stack:
+        # 1. Where to start: the run's latest checkpoint, when there is one (a restart, a
+        # resize, a re-run). Its ZeRO shards decide how DeepSpeed loads it, so it is looked
+        # at before the arguments.
+        resume, ds_config = _resume_point(stack, spec.deepspeed, rank, world_size)
 
-    # 1. Model, arguments, tokenizer. A model loaded from files is loaded after the
-    # arguments: under ZeRO-3 it is then partitioned as it loads (zero.Init). A built-in
-    # model is built before them, with no zero.Init: its random initialisation must be
-    # the one `rayreward export` rebuilds as the base of a LoRA checkpoint.
-    builtin = is_builtin(job.model.name_or_path)
-    num_labels = len(job.train["attributes"] or ()) or 1  # one head output per reward attribute
-    model = load_base_model(job.model, num_labels) if builtin else None
-    args = RewardConfig(**kwargs)
-    if ds_config:
-        import deepspeed
+        # 2. Model, arguments, tokenizer. A model loaded from files is loaded after the
+        # arguments: under ZeRO-3 it is then partitioned as it loads (zero.Init). A built-in
+        # model is built before them, with no zero.Init: its random initialisation must be
+        # the one `rayreward export` rebuilds as the base of a LoRA checkpoint.
+        builtin = is_builtin(spec.model.name_or_path)
+        num_labels = len(spec.training_args.get("attributes") or ()) or 1  # one head output per reward attribute
+        model = load_base_model(spec.model, num_labels) if builtin else None
+        output_dir = tempfile.mkdtemp(prefix=f"rayreward-rank{rank}-")
+        args = RewardConfig(**spec.reward_config_kwargs(output_dir, world_size, ds_config))
+        if ds_config:
+            import deepspeed
 
-        from rayreward.runtime.native_ops import use_environment_ninja
+            from rayreward.runtime.native_ops import use_environment_ninja
 
-        use_environment_ninja()  # init_distributed builds or loads DeepSpeed's communication op
+            use_environment_ninja()  # init_distributed builds or loads DeepSpeed's communication op
+            # Adopt Ray's process group now: ZeRO-3's zero.Init needs the world size at load.
+            deepspeed.init_distributed()
+        model = model if builtin else load_base_model(spec.model, num_labels)
+        # The tokenizer Ray Data tokenized with (same spec): its ids are the ones in the shards.
+        tokenizer = spec.tokenizer.load()
+        fit_embeddings(model, tokenizer)
 
-        # Adopt Ray's process group now: ZeRO-3's zero.Init needs the world size at load.
-        deepspeed.init_distributed()
-    model = model if builtin else load_base_model(job.model, num_labels)
-    # The tokenizer Ray Data tokenized with (same spec): its ids are the ones in the shards.
-    tokenizer = tokenizer_spec(job).load()
-    fit_embeddings(model, tokenizer)
-    kind = config.get("data_kind", "pairs")
-    # 2. Data: this worker's shards, as collated batches; packed (decoders) or
-    # length-grouped (encoders) as the speed switches of `train` resolve for this model.
-    if global_batch is None:
-        train = BatchStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
-                            shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
-                            seed=job.data.seed, epochs=None, packing=plan_packing(model, args), kind=kind,
-                            length_group_batches=args.length_group_batches)
-    else:
-        train = GlobalBatchStream(ray.train.get_dataset_shard("train"), tokenizer, args.per_device_train_batch_size,
-                                  global_batch=global_batch, rank=rank, world_size=world_size,
-                                  shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size,
-                                  seed=job.data.seed, packing=plan_packing(model, args), kind=kind)
-    evaluation = None
-    if job.data.eval or job.data.eval_split:
-        evaluation = BatchStream(ray.train.get_dataset_shard("eval"), tokenizer, args.per_device_eval_batch_size,
-                                 shuffle="none", epochs=1, kind=kind)
-    train.label_stats = config.get("label_stats")
-    # 3. Trainer, fed by Ray Data: it loads a BatchStream as it comes (see BatchStream).
-    progress = Progress(config["steps_per_epoch"], sink=config.get("progress"))
-    trainer = RewardTrainer(
-        model=model, args=args, tokenizer=tokenizer, train_dataset=train, eval_dataset=evaluation,
-        peft_config=peft_config_for(job.lora),
-        callbacks=[ReportCheckpoints(config["job"], config["steps_per_epoch"], job.storage.checkpoint_upload,
-                                     validate=job.storage.checkpoint_eval == "ray"),
-                   progress, *config["callbacks"]],
-    )
-    # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
-    trainer.remove_callback(PrinterCallback)
-    # 4. Train, from the run's latest checkpoint when there is one.
-    if resume is None:
-        trainer.train()
-        return
-    done, history = checkpoint_state(resume)
-    if done is not None and done >= args.max_steps:
-        # The run's last checkpoint (a re-run of a finished run, a restart after the
-        # last save, a resumed sweep trial): the Trainer would take one more step than
-        # planned from it. Nothing is left to train; its metrics are reported once
-        # more, for a sweep's trial interrupted before Tune had them.
+        # 3. Data: this worker's shards, as collated batches; packed (decoders) or
+        # length-grouped (encoders) as the speed switches of `train` resolve for this model.
+        train, evaluation = batch_streams(spec.feed, ray.train.get_dataset_shard, tokenizer, plan_packing(model, args),
+                                          rank=rank, world_size=world_size)
+        # Ratings with standardised targets: the statistics of the whole training set.
+        train.label_stats = spec.label_stats
+
+        # 4. Trainer, fed by Ray Data: it loads a BatchStream as it comes (see BatchStream).
+        progress = Progress(spec.steps.steps_per_epoch, sink=config.get("progress"))
+        report = ReportCheckpoints(spec.checkpoints.manifest, spec.steps.steps_per_epoch, spec.checkpoints.upload,
+                                   validate=spec.checkpoints.validate)
+        trainer = RewardTrainer(model=model, args=args, tokenizer=tokenizer, train_dataset=train,
+                                eval_dataset=evaluation, peft_config=peft_config_for(spec.lora),
+                                callbacks=[report, progress, *config["callbacks"]])
+        # Progress prints the lines (with rate and ETA); the Trainer's own dict printer goes.
+        trainer.remove_callback(PrinterCallback)
+
+        # 5. Train, from the run's latest checkpoint when there is one.
+        if resume is None:
+            trainer.train()
+        elif not _finished(resume, args.max_steps, spec.steps.steps_per_epoch, progress, rank, world_size):
+            trainer.train(resume_from_checkpoint=resume)
+
+
+def _resume_point(stack: contextlib.ExitStack, ds_config: dict[str, Any], rank: int, world_size: int
+                  ) -> tuple[str | None, dict[str, Any]]:
+    """The local folder of the run's latest checkpoint (or None), and the DeepSpeed config to load it with."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None, ds_config
+    resume = stack.enter_context(checkpoint.as_directory())
+    if ds_config and needs_universal(resume, world_size):
+        # Saved at another world size (an elastic run that shrank or grew): resumed
+        # through DeepSpeed's universal checkpoint, optimizer state included.
         if rank == 0:
-            progress.emit(f"[rayreward] resumed at step {done}/{args.max_steps}: the run is complete, "
-                          "nothing left to train", done, args.max_steps, "resume")
-        metrics = latest_metrics(history, done, config["steps_per_epoch"])
-        ray.train.report({**metrics, "world_size": world_size})
-        return
-    trainer.train(resume_from_checkpoint=resume)
+            logger.info("resuming %s (ZeRO shards of %s ranks) on %s ranks through DeepSpeed's universal "
+                        "checkpoint", resume, saved_world_size(resume), world_size)
+        return universal_resume_folder(resume), with_universal_loading(ds_config)
+    return resume, ds_config
+
+
+def _finished(resume: str, max_steps: int, steps_per_epoch: int | None, progress, rank: int, world_size: int) -> bool:
+    """Whether the checkpoint to resume from is the run's last one; if so its metrics are
+    reported once more (for a sweep's trial interrupted before Tune had them)."""
+    import ray.train
+
+    from rayreward.run.callbacks import latest_metrics
+
+    done, history = checkpoint_state(resume)
+    if done is None or done < max_steps:
+        return False
+    # A re-run of a finished run, a restart after the last save, a resumed sweep trial:
+    # the Trainer would take one more step than planned from it. Nothing is left to train.
+    if rank == 0:
+        progress.emit(f"[rayreward] resumed at step {done}/{max_steps}: the run is complete, "
+                      "nothing left to train", done, max_steps, "resume")
+    metrics = latest_metrics(history, done, steps_per_epoch)
+    ray.train.report({**metrics, "world_size": world_size})
+    return True
 
 
 def checkpoint_state(folder: str) -> tuple[int | None, list[dict]]:

@@ -35,7 +35,7 @@ from rayreward.config.tree import ConfigError, apply_overrides
 from rayreward.job.config import (
     TOKENIZER_TRAIN_KEYS,
     tokenizer_spec,
-    JobConfig, job_from_dict, save_eval_problems, step_plan, storage_uri, to_dict,
+    JobConfig, job_from_dict, save_eval_problems, storage_uri, to_dict,
 )
 
 # Trial configs checked one by one up to this many combinations; beyond it each key's
@@ -269,13 +269,16 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
 
     from rayreward.data import build_datasets
     from rayreward.run.fit import build_trainer
+    from rayreward.run.spec import run_spec
 
-    # 1. Config: the sampled values through the command line's override path.
+    # 1. Config: the sampled values through the command line's override path (the base
+    # job's scaling.use_gpu was decided on the sweep's driver).
     job = job_from_dict(apply_overrides(base, config), check=False)
     trial_dir = _storage.join(run_dir, f"trial_{ray.tune.get_context().get_trial_id()}")
-    # 2. Data, and the step plan the results table compares the trial's last step with.
+    # 2. Data, and the run spec; the results table compares the trial's last step with its step plan.
     prepared = prepared or build_datasets(job.data, tokenizer_spec(job), job.train["attributes"])
-    plan = step_plan(job, prepared.num_train_pairs)
+    spec = run_spec(job, prepared)
+    plan = spec.steps
     _storage.write_text(_storage.join(trial_dir, PLAN_FILE), json.dumps(
         {"max_steps": plan.max_steps, "steps_per_epoch": plan.steps_per_epoch, **prepared.metrics()}, indent=1))
     # 3. Trainer reporting each checkpoint's metrics to Tune; 4. fit (a restored trial
@@ -285,7 +288,8 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
         from rayreward.run.suite_eval import SuiteMetrics
 
         callbacks.append(SuiteMetrics(suites, max_length=job.data.max_length))
-    build_trainer(job, prepared, "train", trial_dir, callbacks=callbacks, run_callbacks=[TuneReportCallback()]).fit()
+    build_trainer(job, prepared, "train", trial_dir, callbacks=callbacks, run_callbacks=[TuneReportCallback()],
+                  spec=spec).fit()
 
 
 # Where the trial lines of the sweep running in this process go (run_sweep sets it): a
