@@ -221,10 +221,10 @@ def test_serve_resolves_uris_hub_ids_and_an_ensemble_in_an_object_store(moto_s3,
     raw, engine = served(members)
     for m, folder in enumerate((models["a"], models["b"])):
         want, _, _ = RewardScorer(folder, single).score_rows([{"text": t} for t in texts])
-        np.testing.assert_allclose(raw[:, m], want["reward"], atol=1e-6)
+        np.testing.assert_allclose(raw[:, m, 0], want["reward"], atol=1e-6)  # the combined reward
     raw, engine = served(resolve_members([REPO], revision=COMMIT_B))
     want, _, _ = RewardScorer(models["b"], single).score_rows([{"text": t} for t in texts])
-    np.testing.assert_allclose(raw[:, 0], want["reward"], atol=1e-6)
+    np.testing.assert_allclose(raw[:, 0, 0], want["reward"], atol=1e-6)
     assert engine.info()["members"][0]["model"] == f"{REPO}@{COMMIT_B}"
 
 

@@ -17,4 +17,8 @@ builds the same trainer inside each Ray worker. Modules:
   manifest a run writes into each checkpoint so that it exports alone.
 - ``universal``: resuming ZeRO state at another world size (DeepSpeed's universal checkpoint).
 - ``samples``: ``visualize_samples``' table.
+- ``group_training``: what ``RewardTrainer`` does with ranked groups and ratings;
+  ``group_data``: their in-process data sets; ``group_metrics``: ranking and rating
+  metrics (pure); ``attributes``: several reward attributes in one model and how the
+  exported config combines them.
 """

@@ -9,6 +9,9 @@
 - ``feeding``: a worker's batches from its shard, and the step count of a run.
 - ``collators``: padded pair batches (``RewardDataCollatorWithPadding``, TRL's collator).
 - ``packing``: length-grouped batches, padding-free and shared-prefix packing.
+- ``groups``: beyond pairs: ranked groups of K responses, chosen/rejected lists, ratings
+  (formats, row checks, ``GroupEncoder``); ``group_collators``: their batches, padded or
+  packed; ``group_packing``: a group packed as its prompt once, then its K responses.
 
 ``DataConfig`` is cheap to import (the config tree needs it); everything else loads
 on first use, so importing this package does not import Ray or torch.

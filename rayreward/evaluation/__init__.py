@@ -7,4 +7,5 @@
 - ``model_ref``: what ``--model`` names (folder, hub id, object-store URI, adapter) resolved.
 - ``ensemble``: several models served or scored as one.
 - ``suites``: RewardBench, RewardBench 2 and RM-Bench, scored by their official rules.
+- ``evaluate_groups``: ``rayreward evaluate`` on ranked groups and on ratings.
 """

@@ -128,7 +128,8 @@ class RewardEngine:
         return Encoded(list(zip(*per_member)), len(request.rows), len(truncated))
 
     def forward(self, ids: Sequence[tuple[list[int], ...]]) -> np.ndarray:
-        """Raw rewards, shape ``(texts, members)``: each member scores its own ids in
+        """Raw rewards, shape ``(texts, members, 1 + attributes)``: the combined reward,
+        then each attribute of a multi-attribute model. Each member scores its own ids in
         forward passes bounded by tokens, longest texts first (``RewardScorer.rewards``)."""
         columns = []
         for m, scorer in enumerate(self.scorers):
