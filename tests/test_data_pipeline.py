@@ -16,7 +16,7 @@ from rayreward import BadRowError
 
 from rayreward import DataFormatError
 from rayreward.data import DataConfig, build_datasets, iter_pair_batches, plan_steps
-from rayreward.data.reader import ReadPlan
+from rayreward.data.reader import ReadSpec
 from rayreward.data.sources import resolve_source
 from rayreward.data.formats import ColumnNames
 
@@ -146,7 +146,7 @@ def test_reads_from_s3_api_on_loopback(ray_local, s3_endpoint, hh_rows, tokenize
     # The split hashes paths relative to the source root, so the same files held
     # locally give the same held-out rows.
     local = resolve_source(str(tmp_path))
-    plan = ReadPlan(local, "implicit_prompt", ColumnNames(), False, False, "eval", 0.25, 3)
+    plan = ReadSpec(local, "implicit_prompt", ColumnNames(), False, False, "eval", 0.25, 3)
     held_out = [r for i in range(2) for n, r in enumerate(hh_rows[i::2], 1) if plan.in_part(f"{tmp_path}/part-{i}.jsonl", n)]
     assert 0 < len(held_out) < len(hh_rows) / 2
     assert dataset_keys(prepared.eval) == expected_keys(held_out, tokenizer, "implicit_prompt")
@@ -195,7 +195,7 @@ def test_eval_split_matches_the_hash_rule(ray_local, tmp_path, hh_rows, tokenize
     path = write_jsonl(tmp_path / "train.jsonl", hh_rows)
     prepared = build_datasets(_cfg(path, eval_split=0.3, seed=7), TOKENIZER)
 
-    plan = ReadPlan(resolve_source(str(path)), "implicit_prompt", ColumnNames(), False, False, "eval", 0.3, 7)
+    plan = ReadSpec(resolve_source(str(path)), "implicit_prompt", ColumnNames(), False, False, "eval", 0.3, 7)
     held_out = [r for i, r in enumerate(hh_rows, 1) if plan.in_part(str(path), i)]
     kept = [r for i, r in enumerate(hh_rows, 1) if not plan.in_part(str(path), i)]
     assert 0 < len(held_out) < len(hh_rows) / 2

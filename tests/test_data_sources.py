@@ -16,7 +16,7 @@ from rayreward import BadRowError
 from rayreward import DataFormatError
 from rayreward.data import DataConfig, DataSourceError, plan_steps, resolve_source
 from rayreward.data.config import ColumnsConfig
-from rayreward.data.reader import ReadPlan, probe, read_rows
+from rayreward.data.reader import ReadSpec, probe, read_rows
 from rayreward.data.formats import ColumnNames
 
 PAIR = {"prompt": "Q: two plus two?\nA:", "chosen": " Four.", "rejected": " Five.", "margin": 1.0}
@@ -184,7 +184,7 @@ def test_each_bad_row_kind_is_named_with_file_line_and_field(tmp_path, index):
     assert str(err.value).startswith(f"{tmp_path / 'one.jsonl'}, row 2")
     assert problem in str(err.value)
     # The read tasks mark the same row in place, with its line number in the whole file.
-    plan = ReadPlan(src, "explicit_prompt", ColumnNames(), has_prompt=True, has_margin=True)
+    plan = ReadSpec(src, "explicit_prompt", ColumnNames(), has_prompt=True, has_margin=True)
     marked = {r["_row"]: r for r in read_rows(plan, str(path)) if r["_problem"]}
     assert marked[line]["_field"] == field and problem in marked[line]["_problem"]
     assert marked[line]["_source"] == str(path)
@@ -192,7 +192,7 @@ def test_each_bad_row_kind_is_named_with_file_line_and_field(tmp_path, index):
 
 def test_read_rows_marks_all_bad_rows_and_keeps_good_ones(tmp_path):
     path = _bad_file(tmp_path)
-    plan = ReadPlan(resolve_source(str(path)), "explicit_prompt", ColumnNames(), True, True)
+    plan = ReadSpec(resolve_source(str(path)), "explicit_prompt", ColumnNames(), True, True)
     rows = list(read_rows(plan, str(path)))
     assert [r["_row"] for r in rows if r["_problem"]] == list(range(2, 2 + len(BAD_LINES)))
     good = [r for r in rows if not r["_problem"]]
@@ -212,7 +212,7 @@ def test_eval_split_is_deterministic_disjoint_and_near_the_fraction(tmp_path):
     path = src.files[0]
 
     def part(name, seed=1):
-        plan = ReadPlan(src, "explicit_prompt", ColumnNames(), True, True, name, 0.2, seed)
+        plan = ReadSpec(src, "explicit_prompt", ColumnNames(), True, True, name, 0.2, seed)
         return {row for row in range(1, 5001) if plan.in_part(path, row)}
 
     train, evals = part("train"), part("eval")
@@ -221,7 +221,7 @@ def test_eval_split_is_deterministic_disjoint_and_near_the_fraction(tmp_path):
     assert evals == part("eval") and evals != part("eval", seed=2)
     # Named by the path relative to the source root: the same file elsewhere splits the same.
     moved = resolve_source(str(write_jsonl(tmp_path / "elsewhere" / "t.jsonl", [PAIR])))
-    plan = ReadPlan(moved, "explicit_prompt", ColumnNames(), True, True, "eval", 0.2, 1)
+    plan = ReadSpec(moved, "explicit_prompt", ColumnNames(), True, True, "eval", 0.2, 1)
     assert {row for row in range(1, 5001) if plan.in_part(moved.files[0], row)} == evals
 
 

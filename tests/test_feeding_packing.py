@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rayreward.data import iter_pair_batches
-from rayreward.core.packed import PackingPlan
+from rayreward.core.packed import PackingMode
 from rayreward.data.packing import is_packed
 
 
@@ -36,9 +36,9 @@ def _seen(batches, packed: bool) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("plan", [
-    PackingPlan(group_by_length=True),
-    PackingPlan(padding_free=True, share_prefix=True),
-    PackingPlan(group_by_length=True, padding_free=True, share_prefix=True),
+    PackingMode(group_by_length=True),
+    PackingMode(padding_free=True, share_prefix=True),
+    PackingMode(group_by_length=True, padding_free=True, share_prefix=True),
 ])
 def test_every_pair_fed_once_per_epoch(ray_local, plan):
     ds = ray_local.data.from_items(_pairs(53))

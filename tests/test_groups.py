@@ -247,7 +247,7 @@ def test_files_are_read_and_checked_row_by_row_before_ray(tmp_path):
     import json
 
     from rayreward.data.formats import BadRowError, ColumnNames
-    from rayreward.data.reader import ReadPlan, probe, read_rows
+    from rayreward.data.reader import ReadSpec, probe, read_rows
     from rayreward.data.sources import resolve_source
 
     path = tmp_path / "ranked.jsonl"
@@ -258,7 +258,7 @@ def test_files_are_read_and_checked_row_by_row_before_ray(tmp_path):
         probe(source, "auto", ColumnNames(), "error")
     fmt, _, _, samples = probe(source, "auto", ColumnNames(), "skip")
     assert fmt == "ranked" and len(samples) == 1 and json.loads(samples[0]["_group"])["scores"] == [2, 1, 1]
-    rows = list(read_rows(ReadPlan(source, fmt, ColumnNames(), False, False), source.files[0]))
+    rows = list(read_rows(ReadSpec(source, fmt, ColumnNames(), False, False), source.files[0]))
     assert [r["_problem"] is None for r in rows] == [True, False] and rows[1]["_field"] == "ranking"
 
     csv = tmp_path / "ratings.csv"
@@ -267,7 +267,7 @@ def test_files_are_read_and_checked_row_by_row_before_ray(tmp_path):
     with pytest.raises(DataFormatError, match="needs the names of the rated attributes"):
         probe(source, "auto", ColumnNames(), "error")
     fmt, _, _, _ = probe(source, "auto", ColumnNames(), "skip", attributes=("helpful", "polite"))
-    plan = ReadPlan(source, fmt, ColumnNames(), False, False, attributes=("helpful", "polite"))
+    plan = ReadSpec(source, fmt, ColumnNames(), False, False, attributes=("helpful", "polite"))
     first, second = read_rows(plan, source.files[0])
     assert json.loads(first["_group"]) == {"prompt": "Q?", "response": " A.", "helpful": 4.0, "polite": None}
     assert second["_field"] == "polite" and "must be a number, got str" in second["_problem"]

@@ -4,6 +4,7 @@ a cheap top-level import, and every public name resolves."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,39 @@ def test_each_stage_names_its_public_surface(stage):
     modules += [p.name for p in (PACKAGE / stage).iterdir() if (p / "__init__.py").is_file()]
     unnamed = sorted(m for m in modules if f"``{m}``" not in doc)
     assert unnamed == [], f"rayreward/{stage}/__init__.py does not say what these modules are for: {unnamed}"
+
+
+def test_the_adapter_and_the_readme_name_every_private_framework_name_the_adapter_uses():
+    """What the README and the adapter's docstring say is what the adapter does."""
+    path = PACKAGE / "runtime" / "_framework_internals.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+            and not n.attr.startswith("__")}
+    used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names if a.name.startswith("_")}
+    doc = ast.get_docstring(tree)
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    assert used, "the adapter uses no private name: then it should not exist"
+    assert [n for n in used if n not in doc] == [], "private names the adapter's docstring does not name"
+    assert [n for n in used if n not in readme] == [], "private names the README does not name"
+
+
+def test_one_list_of_attention_backends_no_stale_module_names_one_kind_of_plan():
+    from rayreward.core import attention, config
+
+    assert attention.BACKENDS is config.ATTENTION_BACKENDS
+    stale = ("job_config", "model_setup", "distributed.build_trainer", "job.preflight", "job.tree")
+    plans = []
+    for module, tree in _modules():
+        text = ast.unparse(tree) + (ast.get_docstring(tree) or "")
+        assert not [s for s in stale if re.search(rf"\b{re.escape(s)}\b", text)], \
+            f"{module} names a module that no longer exists"
+        plans += [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name.endswith("Plan")]
+    assert plans == ["StepPlan"], f"'Plan' should name the step plan only: {plans}"
+
+
+def test_a_subcommand_that_fails_to_import_is_an_error_not_a_missing_command(monkeypatch):
+    from rayreward.commands import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", cli.SUBCOMMANDS + ("no_such_command",))
+    with pytest.raises(ModuleNotFoundError, match="no_such_command"):
+        cli.build_parser()

@@ -24,7 +24,7 @@ from rayreward.core.checkpoint import (
     write_manifest,
 )
 from rayreward.core.model import BaseModelSpec, LoraSpec, load_base_model, peft_config_for, wrap_peft
-from rayreward.core.packed import PackingPlan
+from rayreward.core.packed import PackingMode
 from rayreward.data.feeding import BatchStream, GlobalBatchStream, accumulation_steps, batch_streams
 from rayreward.data.packing import PackedPairCollator
 from rayreward.data.tokenizer import TokenizerSpec
@@ -105,7 +105,7 @@ class Shards:
 def test_one_helper_builds_both_streams_from_the_feed(name):
     job = load_job_config(None, JOBS[name])
     feed = run_spec(job, Prepared(num_train_pairs=120, eval="eval pairs")).feed
-    shards, packing = Shards(), PackingPlan(padding_free=True)
+    shards, packing = Shards(), PackingMode(padding_free=True)
     train, evaluation = batch_streams(feed, shards, 0, packing, rank=1, world_size=2)
     assert shards.asked == ["train", "eval"]
     assert train.shard == "train shard" and train.batch_size == feed.train_batch_size and train.epochs is None

@@ -219,3 +219,20 @@ def test_fit_reports_the_command_lines_preflight_problems_before_any_work(tmp_pa
     assert info.value.problems == from_cli and len(from_cli) == 3
     assert from_cli[0].startswith("model.name_or_path: got '/nonexistent/model'; no such folder")
     assert "Traceback" not in err
+
+
+def test_make_installs_torch_from_the_index_given_and_pypi_otherwise():
+    import shutil
+    import subprocess
+
+    if not shutil.which("make"):
+        pytest.skip("no make on this machine")
+    index = "https://download.pytorch.org/whl/cpu"
+
+    def torch_line(*extra: str) -> str:
+        out = subprocess.run(["make", "-n", "-B", ".venv/bin/.installed", *extra], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60).stdout
+        return next(line for line in out.splitlines() if "torch==" in line)
+
+    assert f"--index-url {index} torch==2.13.0" in torch_line(f"TORCH_INDEX={index}")
+    assert "--index-url" not in torch_line()

@@ -88,7 +88,7 @@ def check_pairs(spec: str, name: str, data_cfg, found: Findings, tokenizer=None,
     ``tokenizer`` is a zero-argument callable (loaded only when the format needs it).
     """
     from rayreward.data.formats import BadRowError, DataFormatError
-    from rayreward.data.reader import ReadPlan, probe
+    from rayreward.data.reader import ReadSpec, probe
     from rayreward.data.sources import DataSourceError, resolve_source
 
     on_bad = bad_rows or data_cfg.on_bad_rows
@@ -110,7 +110,7 @@ def check_pairs(spec: str, name: str, data_cfg, found: Findings, tokenizer=None,
                                   "expected data.chat_template (a Jinja template or a file holding one)")
     if not full_pass or source.filesystem.type_name != "local" or sum(source.sizes) > FULL_PASS_BYTES:
         return fmt
-    plan = ReadPlan(source, fmt, names, has_prompt, has_margin, attributes=attributes)
+    plan = ReadSpec(source, fmt, names, has_prompt, has_margin, attributes=attributes)
     vocab = len(tok) if tok is not None and fmt in ("pretokenized", "token_ids") else None
     _full_pass(plan, name, on_bad, getattr(data_cfg, "identical_pairs", "warn"), vocab, found)
     return fmt

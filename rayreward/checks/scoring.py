@@ -17,7 +17,7 @@ def check_scoring(model: str, data: str, pairs_only: bool, text_column: str | No
     object-store URI: ``evaluation.model_ref.model_problems``) and every row of the data."""
     from rayreward.data.config import ColumnsConfig, DataConfig
     from rayreward.data.formats import DataFormatError
-    from rayreward.data.reader import ReadPlan, iter_raw_rows
+    from rayreward.data.reader import ReadSpec, iter_raw_rows
     from rayreward.data.sources import DataSourceError, resolve_source
     from rayreward.evaluation.scorer import detect_layout
 
@@ -43,10 +43,10 @@ def check_scoring(model: str, data: str, pairs_only: bool, text_column: str | No
         cfg = DataConfig(train=str(data), columns=ColumnsConfig(prompt=prompt_column))
         check_pairs(str(data), "--data", cfg, found, full_pass=True)
     elif layout.kind == "groups" and source.filesystem.type_name == "local" and sum(source.sizes) <= FULL_PASS_BYTES:
-        _full_pass(ReadPlan(source, layout.fmt, layout.names, False, False), "--data", "error", None, None, found)
+        _full_pass(ReadSpec(source, layout.fmt, layout.names, False, False), "--data", "error", None, None, found)
     elif source.filesystem.type_name == "local" and sum(source.sizes) <= FULL_PASS_BYTES:
         names = layout.names
-        plan = ReadPlan(source, layout.fmt, names, layout.fmt != "implicit_prompt" and names.prompt in first[1], False)
+        plan = ReadSpec(source, layout.fmt, names, layout.fmt != "implicit_prompt" and names.prompt in first[1], False)
         _full_pass(plan, "--data", "error", None, None, found)
     return found
 

@@ -110,7 +110,7 @@ def _dense_mask(inner: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Te
 
 
 @dataclass(frozen=True)
-class PackingPlan:
+class PackingMode:
     """The speed features in force for one model and config (see ``plan_packing``)."""
 
     group_by_length: bool = False
@@ -140,7 +140,7 @@ class PackingPlan:
         )
 
 
-def plan_packing(model: nn.Module | None, args) -> PackingPlan:
+def plan_packing(model: nn.Module | None, args) -> PackingMode:
     """Resolves ``group_by_length``, ``padding_free`` and ``share_prefix`` for a model.
 
     ``None`` (auto) turns both packings on for the causal decoders of
@@ -161,7 +161,7 @@ def plan_packing(model: nn.Module | None, args) -> PackingPlan:
     grouping = getattr(args, "group_by_length", None)
     wanted = {k: getattr(args, k, None) for k in ("padding_free", "share_prefix")}
     if model is None:
-        return PackingPlan(group_by_length=True if grouping is None else bool(grouping))
+        return PackingMode(group_by_length=True if grouping is None else bool(grouping))
     problem = packing_problem(model, getattr(args, "max_length", None))
     auto_ok = problem is None and _model_type(model) in PACKABLE_MODEL_TYPES
     resolved = {}
@@ -175,7 +175,7 @@ def plan_packing(model: nn.Module | None, args) -> PackingPlan:
     if problem is not None and any(v is None for v in wanted.values()):
         logger.info("packing is off for this model: %s", problem)
     grouping = not resolved["padding_free"] if grouping is None else bool(grouping)
-    return PackingPlan(group_by_length=grouping, **resolved)
+    return PackingMode(group_by_length=grouping, **resolved)
 
 
 def packing_problem(model: nn.Module, max_length: int | None = None) -> str | None:
@@ -214,4 +214,4 @@ def _model_type(model: nn.Module) -> str:
 
 
 
-__all__ = ["PACKABLE_MODEL_TYPES", "PackingPlan", "packed_group_rewards", "packed_rewards", "packing_problem", "plan_packing"]
+__all__ = ["PACKABLE_MODEL_TYPES", "PackingMode", "packed_group_rewards", "packed_rewards", "packing_problem", "plan_packing"]

@@ -102,7 +102,7 @@ def iter_pair_batches(
         pad_to_multiple_of: round the padded length up to a multiple of this.
         drop_last: drop a last batch smaller than ``batch_size``.
         prefetch_batches: batches Ray fetches ahead.
-        packing: a ``rayreward.data.packing.PackingPlan`` (``plan_packing(model, args)``):
+        packing: a ``rayreward.data.packing.PackingMode`` (``plan_packing(model, args)``):
             packed batches for a decoder that packs, and length-grouped batches
             (within a buffer of ``length_group_batches`` batches) when it groups.
         length_group_batches: batches per length-grouping buffer.
@@ -215,7 +215,7 @@ class GlobalBatchStream(BatchStream):
         shuffle: ``local``/``global`` (seeded buffer, ``seed + epoch``) or ``none``.
         shuffle_buffer_size: pairs in the shuffle buffer.
         seed: base seed of the buffer.
-        packing: a ``PackingPlan`` whose collator packs micro-batches, or None.
+        packing: a ``PackingMode`` whose collator packs micro-batches, or None.
         pad_to_multiple_of: round padded lengths up to a multiple of this.
 
     Example:
@@ -311,7 +311,7 @@ def batch_streams(feed: FeedSpec, shard, tokenizer_or_pad_id: Any, packing: Any,
         shard: ``name -> DataIterator`` (``ray.train.get_dataset_shard``); ``eval`` is
             asked for only when ``feed.has_eval``.
         tokenizer_or_pad_id: the tokenizer (or its pad token id) used to pad.
-        packing: the model's ``PackingPlan`` (``plan_packing``) for training batches.
+        packing: the model's ``PackingMode`` (``plan_packing``) for training batches.
         rank: this worker's rank.
         world_size: workers now.
     """

@@ -37,7 +37,7 @@ from typing import Any
 from rayreward.data.formats import BadRowError, ColumnNames, DataFormatError, LengthStats, PairEncoder
 from rayreward.data.groups import GROUP_FORMATS, GroupEncoder
 from rayreward.data.config import DataConfig
-from rayreward.data.reader import ReadPlan, pair_datasource, probe
+from rayreward.data.reader import ReadSpec, pair_datasource, probe
 from rayreward.data.sources import Source, resolve_source
 from rayreward.data.tokenizer import TokenizerSpec
 
@@ -190,7 +190,7 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=N
     elif cfg.eval_split:
         base = plans["train"]
         plans = {
-            part: ReadPlan(base.source, base.fmt, names, base.has_prompt, base.has_margin, part, cfg.eval_split, cfg.seed,
+            part: ReadSpec(base.source, base.fmt, names, base.has_prompt, base.has_margin, part, cfg.eval_split, cfg.seed,
                            attributes)
             for part in ("train", "eval")
         }
@@ -209,13 +209,13 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=N
     return prepared
 
 
-def _plan(source: Source, cfg: DataConfig, names: ColumnNames, tokenizer, attributes=None) -> ReadPlan:
+def _plan(source: Source, cfg: DataConfig, names: ColumnNames, tokenizer, attributes=None) -> ReadSpec:
     fmt, has_prompt, has_margin, samples = probe(source, cfg.format, names, cfg.on_bad_rows, attributes=attributes)
     # Fails now, not inside an actor, on a missing chat template or an untokenizable row.
     _encoder(tokenizer, fmt, names, cfg.max_length, cfg.length_policy, attributes).encode_rows(
         [json.loads(r["_group"]) for r in samples] if fmt in GROUP_FORMATS else samples)
     logger.info("%s: %d %s file(s), format %s", source.field, len(source.files), source.kind, fmt)
-    return ReadPlan(source, fmt, names, has_prompt, has_margin, attributes=attributes)
+    return ReadSpec(source, fmt, names, has_prompt, has_margin, attributes=attributes)
 
 
 def _encoder(tokenizer, fmt: str, names: ColumnNames, max_length, length_policy, attributes=None):
@@ -225,7 +225,7 @@ def _encoder(tokenizer, fmt: str, names: ColumnNames, max_length, length_policy,
     return PairEncoder(tokenizer, fmt, ColumnNames(), max_length, length_policy)
 
 
-def _tokenized(plan: ReadPlan, cfg: DataConfig, spec: TokenizerSpec):
+def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec):
     import ray
 
     tally = _Tally.options(num_cpus=0).remote()
@@ -269,7 +269,7 @@ def _actor_cpus(cfg: DataConfig, cluster_cpus: float) -> float:
     return cfg.tokenize_num_cpus
 
 
-def _run(ds, tally, plan: ReadPlan, cfg: DataConfig, name: str):
+def _run(ds, tally, plan: ReadSpec, cfg: DataConfig, name: str):
     import ray
 
     try:

@@ -48,7 +48,7 @@ _TABULAR_BATCH = 1024
 
 
 @dataclass(frozen=True)
-class ReadPlan:
+class ReadSpec:
     """How to read one source: its format and the columns every row must have."""
 
     source: Source
@@ -234,7 +234,7 @@ def _lines(f) -> Iterator[tuple[int, bytes]]:
         yield number + 1, tail
 
 
-def canonical_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
+def canonical_row(plan: ReadSpec, raw: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """Checks a raw row; returns it under the internal column names, and its problem."""
     if plan.is_group:
         return _group_row(plan, raw)
@@ -270,7 +270,7 @@ def canonical_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], 
     return row, None
 
 
-def _group_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
+def _group_row(plan: ReadSpec, raw: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """A group row checked, as one JSON text: its shape varies (texts or messages, K per row)."""
     from rayreward.data.formats import _plain
 
@@ -290,7 +290,7 @@ def _group_row(plan: ReadPlan, raw: dict[str, Any]) -> tuple[dict[str, Any], tup
     return {"_group": json.dumps(row)}, None
 
 
-def read_rows(plan: ReadPlan, path: str) -> Iterator[dict[str, Any]]:
+def read_rows(plan: ReadSpec, path: str) -> Iterator[dict[str, Any]]:
     """Checked rows of one file in this plan's part, with their place (``_source``, ``_row``)
     and, for a bad row, ``_field`` and ``_problem`` (its data columns are then None)."""
     where = plan.source.display(path)
@@ -310,7 +310,7 @@ def read_rows(plan: ReadPlan, path: str) -> Iterator[dict[str, Any]]:
         yield {**row, "_source": where, "_row": number, "_field": field, "_problem": problem}
 
 
-def _read_task(plan: ReadPlan, paths: tuple[str, ...]):
+def _read_task(plan: ReadSpec, paths: tuple[str, ...]):
     import pyarrow as pa
 
     schema = plan.arrow_schema()
@@ -325,7 +325,7 @@ def _read_task(plan: ReadPlan, paths: tuple[str, ...]):
         yield pa.Table.from_pylist(rows, schema=schema)
 
 
-def pair_datasource(plan: ReadPlan):
+def pair_datasource(plan: ReadSpec):
     """A Ray ``Datasource`` reading the plan's files, one read task per group of files."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -396,7 +396,7 @@ def probe(source: Source, fmt: str, names: ColumnNames, on_bad_rows: str, n_rows
         raise DataFormatError(f"{where}: format 'pretokenized' needs all of {', '.join(PRETOKENIZED_COLUMNS)}")
     if fmt == "ratings":
         check_attribute_columns(first.keys(), attributes, where)
-    plan = ReadPlan(source, fmt, names, has_prompt, has_margin, attributes=attributes)
+    plan = ReadSpec(source, fmt, names, has_prompt, has_margin, attributes=attributes)
     samples = []
     for number, raw in raws:
         row, problem = canonical_row(plan, raw)

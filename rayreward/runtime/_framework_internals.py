@@ -20,7 +20,8 @@ Ray 2.60 (Train V2, torch backend)
     Keeping torch.distributed's rendezvous on 127.0.0.1 (see ``rayreward.run.loopback``)
     needs a ``TorchConfig`` whose backend opens the store itself before
     ``init_process_group``: Ray exposes no hook there, so its private backend class
-    ``_TorchBackend`` is subclassed and its two setup helpers are reused.
+    ``_TorchBackend`` is subclassed and its two setup helpers are reused
+    (``_set_torch_distributed_env_vars``, ``_setup_torch_process_group``).
 
 Ray 2.60 (Train V2, checkpoint record)
     Which checkpoint a re-run resumes from is what Ray's controller last recorded in the
