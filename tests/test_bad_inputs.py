@@ -335,6 +335,13 @@ def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "again").mkdir()
     done, _, _ = _run_cli(["check", "train.max_steps=-5"], tmp_path / "again", RAYREWARD_DEBUG="1")
     assert done.returncode == 2 and "Traceback" in done.stderr
+    # Every command's errors become exit codes in one place (cli): serve's config problems too,
+    # with the config they come from named, and the traceback under --debug.
+    for debug in ([], ["--debug"]):
+        (tmp_path / f"serve{len(debug)}").mkdir()
+        done, _, _ = _run_cli(["serve", "--model", "m", "serve.batch.wait_ms=-1", *debug], tmp_path / f"serve{len(debug)}")
+        assert done.returncode == 2 and "problem(s) in the serve config" in done.stderr
+        assert ("Traceback" in done.stderr) == bool(debug), done.stderr
 
 
 def test_user_error_is_found_behind_a_wrapper():
