@@ -39,6 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 class Prepared:
     num_train_pairs: int | None
     eval: Any = None
+    kind: str = "pairs"
 
 
 def old_worker_kwargs(job, output_dir: str, num_pairs: int, world_size: int) -> dict:
@@ -116,7 +117,7 @@ def test_one_helper_builds_both_streams_from_the_feed(name):
         assert type(train) is GlobalBatchStream
         assert (train.global_batch, train.rank, train.world_size, train.shuffle) == (24, 1, 2, "none")
         assert train.accumulation == feed.accumulation(2) == 3
-        assert type(train.collate) is PackedPairCollator
+        assert type(train.collators[0]) is PackedPairCollator  # (pairs collator, groups collator)
     else:
         assert type(train) is BatchStream
         assert train.options == {"shuffle": job.data.shuffle, "shuffle_buffer_size": job.data.shuffle_buffer_size,
