@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
-from typing import Any
 
 STORE_TIMEOUT_S = 5.0
 
@@ -42,33 +40,16 @@ def _local_writable(path: str, name: str) -> list[str]:
 
 
 def _store_answers(uri: str, name: str, timeout: float) -> list[str]:
-    result: dict[str, Any] = {}
+    import pyarrow.fs as pafs
 
-    def ask():
-        try:
-            import pyarrow.fs as pafs
+    from rayreward.runtime.storage import STORE_HINT, ask_store
 
-            from rayreward.runtime.storage import filesystem
+    def bucket_missing(fs, inside):
+        return fs.get_file_info(inside.split("/", 1)[0]).type == pafs.FileType.NotFound
 
-            fs, inside = filesystem(uri)
-            bucket = inside.split("/", 1)[0]
-            result["type"] = fs.get_file_info(bucket).type
-            result["missing"] = result["type"] == pafs.FileType.NotFound
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the store is the user's to fix
-            result["error"] = exc
-
-    # A thread, not a pyarrow timeout: the AWS SDK retries (and resolves regions) for
-    # much longer than its connect timeout.
-    worker = threading.Thread(target=ask, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    hint = ("check the URI, the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and, for an S3-compatible "
-            "store, AWS_ENDPOINT_URL")
-    if worker.is_alive():
-        return [f"{name}: got {uri!r}; the object store did not answer within {timeout:g} s ({hint})"]
-    if "error" in result:
-        first = str(result["error"]).splitlines()[0][:200] if str(result["error"]) else type(result["error"]).__name__
-        return [f"{name}: got {uri!r}; cannot reach the object store: {first} ({hint})"]
-    if result.get("missing"):
-        return [f"{name}: got {uri!r}; the bucket does not exist, expected an existing bucket ({hint})"]
+    missing, problems = ask_store(uri, bucket_missing, timeout, name)
+    if problems:
+        return problems
+    if missing:
+        return [f"{name}: got {uri!r}; the bucket does not exist, expected an existing bucket ({STORE_HINT})"]
     return []

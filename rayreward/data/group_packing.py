@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from rayreward.data.group_collators import _ids, group_sequences, is_group_feature
-from rayreward.data.packing import _strip_trailing
+from rayreward.data.packing import _strip_trailing, packed_rows
 
 
 def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
@@ -88,23 +88,7 @@ def pack_groups(
         p = shared_prefix_length([seqs[i] for i in responses]) if share_prefix and len(responses) > 1 else 0
         units.append((seqs[responses[0]][:p], [(i, seqs[i][p:]) for i in responses]))
     sizes = [len(pre) + sum(len(c) for _, c in conts) for pre, conts in units]
-    if padding_free:
-        capacity = max(max(sizes), row_tokens or 0)
-        rows: list[list[int]] = []
-        fill: list[int] = []
-        for u in sorted(range(len(units)), key=lambda u: -sizes[u]):
-            slot = next((r for r, used in enumerate(fill) if used + sizes[u] <= capacity), None)
-            if slot is None:
-                rows.append([])
-                fill.append(0)
-                slot = len(rows) - 1
-            rows[slot].append(u)
-            fill[slot] += sizes[u]
-    else:
-        rows, fill = [[u] for u in range(len(units))], sizes
-    length = max(fill)
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    rows, length = packed_rows(sizes, padding_free, row_tokens, pad_to_multiple_of)
     shape = (len(rows), length)
     ids = torch.full(shape, pad_token_id, dtype=torch.long)
     pos = torch.zeros(shape, dtype=torch.long)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -170,24 +170,7 @@ def pack_pairs(
         p = _common_prefix(chosen, rejected) if share_prefix else 0
         units.append((chosen[:p], chosen[p:], rejected[p:]))
     sizes = [len(pre) + len(c) + len(r) for pre, c, r in units]
-    if padding_free:
-        capacity = max(max(sizes), row_tokens or 0)
-        rows: list[list[int]] = []
-        fill: list[int] = []
-        # First-fit decreasing: few rows, and the rows are filled close to the capacity.
-        for i in sorted(range(len(units)), key=lambda i: -sizes[i]):
-            slot = next((r for r, used in enumerate(fill) if used + sizes[i] <= capacity), None)
-            if slot is None:
-                rows.append([])
-                fill.append(0)
-                slot = len(rows) - 1
-            rows[slot].append(i)
-            fill[slot] += sizes[i]
-    else:
-        rows, fill = [[i] for i in range(len(units))], sizes
-    length = max(fill)
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    rows, length = packed_rows(sizes, padding_free, row_tokens, pad_to_multiple_of)
 
     shape = (len(rows), length)
     ids = torch.full(shape, pad_token_id, dtype=torch.long)
@@ -229,6 +212,34 @@ def pack_pairs(
         batch["margin"] = torch.tensor([float(f["margin"]) for f in features], dtype=torch.float)
     batch["return_loss"] = True
     return batch
+
+
+def packed_rows(sizes: Sequence[int], padding_free: bool, row_tokens: int | None = None,
+                pad_to_multiple_of: int | None = None) -> tuple[list[list[int]], int]:
+    """Which units (pairs, groups) share each row of a packed batch, and the row length.
+
+    Padding-free: first-fit decreasing into rows of ``max(largest unit, row_tokens)``
+    tokens (few rows, each filled close to capacity); otherwise one unit a row. The
+    length is the fullest row's, rounded up to ``pad_to_multiple_of``.
+    """
+    if padding_free:
+        capacity = max(max(sizes), row_tokens or 0)
+        rows: list[list[int]] = []
+        fill: list[int] = []
+        for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+            slot = next((r for r, used in enumerate(fill) if used + sizes[i] <= capacity), None)
+            if slot is None:
+                rows.append([])
+                fill.append(0)
+                slot = len(rows) - 1
+            rows[slot].append(i)
+            fill[slot] += sizes[i]
+    else:
+        rows, fill = [[i] for i in range(len(sizes))], list(sizes)
+    length = max(fill)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    return rows, length
 
 
 def is_packed(batch: Mapping[str, Any]) -> bool:

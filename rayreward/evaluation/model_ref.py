@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,34 +263,17 @@ def _loadable(folder: Path) -> bool:
 
 
 def _uri_problems(uri: str, flag: str, ensemble: bool) -> list[str]:
-    result: dict[str, Any] = {}
-
-    def ask():
-        try:
-            import pyarrow.fs as pafs
-
-            fs, inside = storage.filesystem(uri)
-            info = fs.get_file_info(inside)
-            result["type"] = info.type
-            if info.type == pafs.FileType.Directory:
-                names = {f.base_name for f in fs.get_file_info(pafs.FileSelector(inside))}
-                result["names"] = names
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the store is the user's to fix
-            result["error"] = exc
-
-    # A thread, not the SDK's timeouts: the AWS SDK retries for much longer than its connect timeout.
-    worker = threading.Thread(target=ask, daemon=True)
-    worker.start()
-    worker.join(STORE_TIMEOUT_S)
-    hint = ("check the URI, the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and, for an S3-compatible "
-            "store, AWS_ENDPOINT_URL")
-    if worker.is_alive():
-        return [f"{flag}: got {uri!r}; the object store did not answer within {STORE_TIMEOUT_S:g} s ({hint})"]
-    if "error" in result:
-        first = str(result["error"]).splitlines()[0][:200] or type(result["error"]).__name__
-        return [f"{flag}: got {uri!r}; cannot reach the object store: {first} ({hint})"]
     import pyarrow.fs as pafs
 
+    def look(fs, inside):
+        info = fs.get_file_info(inside)
+        names = ({f.base_name for f in fs.get_file_info(pafs.FileSelector(inside))}
+                 if info.type == pafs.FileType.Directory else set())
+        return {"type": info.type, "names": names}
+
+    result, problems = storage.ask_store(uri, look, STORE_TIMEOUT_S, flag)
+    if problems:
+        return problems
     if result["type"] == pafs.FileType.NotFound:
         return [f"{flag}: got {uri!r}; nothing there in the object store (expected a folder written by "
                 "save_pretrained, as `rayreward train` exports to <storage.path>/<name>/model)"]

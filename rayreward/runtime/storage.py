@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 from urllib.parse import urlparse
 
 
@@ -199,3 +200,38 @@ def cached_download(uri: str, cache_dir: str | None = None, located=None) -> str
         if name.startswith(f"{prefix}-") and name != os.path.basename(target):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     return target
+
+
+STORE_HINT = ("check the URI, the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and, for an S3-compatible "
+              "store, AWS_ENDPOINT_URL")
+
+
+def ask_store(uri: str, question, timeout: float, flag: str) -> tuple[Any, list[str]]:
+    """``question(filesystem, path inside it)`` asked of the object store of ``uri`` within
+    ``timeout`` seconds: ``(answer, [])``, or ``(None, [problem naming flag])`` when the
+    store did not answer in time or could not be reached.
+
+    A thread, not the SDK's timeouts: the AWS SDK retries (and resolves regions) for much
+    longer than its connect timeout.
+    """
+    import threading
+
+    result: dict[str, Any] = {}
+
+    def ask():
+        try:
+            fs, inside = filesystem(uri)
+            result["answer"] = question(fs, inside)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the store is the user's to fix
+            result["error"] = exc
+
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        return None, [f"{flag}: got {uri!r}; the object store did not answer within {timeout:g} s ({STORE_HINT})"]
+    if "error" in result:
+        error = result["error"]
+        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        return None, [f"{flag}: got {uri!r}; cannot reach the object store: {first} ({STORE_HINT})"]
+    return result["answer"], []
