@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -361,7 +362,7 @@ def test_tune_exports_its_top_trials_as_an_ensemble_serve_reads(models, tmp_path
     assert export_ensemble(rows, "eval_accuracy", "max", 2, str(dest)) == ["t1", "t3"]
     members = read_ensemble(dest)
     assert [m.name for m in members] == ["member-0-t1", "member-1-t3"]
-    assert resolve_members([str(dest)]) == members
+    assert [Path(m.path) for m in resolve_members([str(dest)])] == members
     # The exported members are the trials' models: same weights, so same config file.
     assert json.loads((members[0] / "config.json").read_text())["hidden_size"] == 32
 

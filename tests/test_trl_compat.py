@@ -381,8 +381,10 @@ def test_bf16_checkpoint_trains_every_parameter_through_rayreward_train(ray_loca
     from rayreward.commands.cli import main
 
     path = save_bf16_checkpoint("qwen2", tmp_path / "m")
-    code = main(["train", f"model.name_or_path={path}", "scaling.num_workers=1", "train.max_steps=3",
-                 "train.save_steps=3", "train.learning_rate=1e-3", "data.tokenize_actors=1", "data.eval=null",
+    # A pretrained model's job names its pairs (the sample pairs are the demo's default only).
+    code = main(["train", f"model.name_or_path={path}", f"data.train={SAMPLE_DATA_DIR / 'train.jsonl'}",
+                 "scaling.num_workers=1",
+                 "train.max_steps=3", "train.save_steps=3", "train.learning_rate=1e-3", "data.tokenize_actors=1",
                  "deepspeed.stage=2", f"storage.path={tmp_path / 'runs'}", "storage.name=bf16"])
     assert code == 0
     initial = load_file(f"{path}/model.safetensors")
