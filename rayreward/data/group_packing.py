@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from rayreward.data.group_collators import _ids, group_sequences, is_group_feature
-from rayreward.data.packing import _strip_trailing, packed_rows
+from rayreward.data.packing import _strip_trailing, packed_rows, place_unit
 
 
 def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
@@ -99,20 +99,11 @@ def pack_groups(
         col = 0
         for u in row_units:
             prefix, conts = units[u]
-            parts = [(prefix, 0, None)] + [(c, k + 1, i) for k, (i, c) in enumerate(conts)]
-            for part, kind, response in parts:
-                n = len(part)
-                if n == 0:
-                    continue
-                span = slice(col, col + n)
-                ids[r, span] = torch.as_tensor(part, dtype=torch.long)
-                start = len(prefix) if kind else 0
-                pos[r, span] = torch.arange(start, start + n)
-                seq[r, span] = u
-                branch[r, span] = kind
-                if response is not None:
-                    response_index[response] = torch.tensor([r, col + n - 1])
-                col += n
+            ends, col = place_unit((ids, pos, seq, branch), r, col, u,
+                                   [(prefix, 0)] + [(c, k + 1) for k, (_, c) in enumerate(conts)])
+            for k, (response, _) in enumerate(conts):
+                if k + 1 in ends:
+                    response_index[response] = torch.tensor([r, ends[k + 1]])
     batch = {
         "response_index": response_index,
         "packed_input_ids": ids,

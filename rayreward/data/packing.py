@@ -185,20 +185,11 @@ def pack_pairs(
         for i in members:
             prefix, cont_c, cont_r = units[i]
             places[i] = torch.tensor([r, col, col + len(prefix), col + len(prefix) + len(cont_c), col + sizes[i]])
-            for part, kind, index in ((prefix, PREFIX, None), (cont_c, CHOSEN, chosen_index),
-                                      (cont_r, REJECTED, rejected_index)):
-                n = len(part)
-                if n == 0:
-                    continue
-                span = slice(col, col + n)
-                ids[r, span] = torch.as_tensor(part, dtype=torch.long)
-                start = len(prefix) if kind != PREFIX else 0
-                pos[r, span] = torch.arange(start, start + n)
-                seq[r, span] = i
-                branch[r, span] = kind
-                if index is not None:
-                    index[i] = torch.tensor([r, col + n - 1])
-                col += n
+            ends, col = place_unit((ids, pos, seq, branch), r, col, i,
+                                   [(prefix, PREFIX), (cont_c, CHOSEN), (cont_r, REJECTED)])
+            for kind, index in ((CHOSEN, chosen_index), (REJECTED, rejected_index)):
+                if kind in ends:
+                    index[i] = torch.tensor([r, ends[kind]])
     batch = {
         "chosen_index": chosen_index,
         "rejected_index": rejected_index,
@@ -240,6 +231,37 @@ def packed_rows(sizes: Sequence[int], padding_free: bool, row_tokens: int | None
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     return rows, length
+
+
+def place_unit(tensors, row: int, col: int, unit: int, parts) -> tuple[dict[int, int], int]:
+    """Writes one packed unit into row ``row`` from column ``col``: its shared prefix
+    (branch 0) and then its continuations (branches 1, 2, ...), each continuation's
+    positions restarting where the prefix ends.
+
+    Args:
+        tensors: ``(ids, positions, sequence ids, branch ids)``, each ``(rows, length)``.
+        parts: ``[(token ids, branch), ...]``, the prefix (branch 0) first.
+
+    Returns:
+        ``({branch: column of its last token}, the column after the unit)``; empty
+        parts take no column and have no entry.
+    """
+    ids, pos, seq, branch = tensors
+    prefix = len(parts[0][0])
+    ends = {}
+    for part, kind in parts:
+        n = len(part)
+        if n == 0:
+            continue
+        span = slice(col, col + n)
+        ids[row, span] = torch.as_tensor(part, dtype=torch.long)
+        start = prefix if kind != PREFIX else 0
+        pos[row, span] = torch.arange(start, start + n)
+        seq[row, span] = unit
+        branch[row, span] = kind
+        ends[kind] = col + n - 1
+        col += n
+    return ends, col
 
 
 def is_packed(batch: Mapping[str, Any]) -> bool:
