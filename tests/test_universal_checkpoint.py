@@ -29,6 +29,10 @@ def adam(engine):
     slots = [v for v in engine.optimizer.optimizer.state.values() if "exp_avg" in v]
     return max(float(v["step"]) for v in slots), float(sum((v["exp_avg"].double() ** 2).sum() for v in slots))
 
+def say(*words):
+    # One write() per line: two ranks share this pipe, and print() writes word by word.
+    os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
 def run(rank, world, out, port, load):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -51,10 +55,10 @@ def run(rank, world, out, port, load):
         engine.backward(loss)
         engine.step()
     if load:
-        print("LOADED", *before, flush=True)
-        print("AFTER", *adam(engine), flush=True)
+        say("LOADED", *before)
+        say("AFTER", *adam(engine))
     else:
-        print("SAVED", rank, *adam(engine), flush=True)
+        say("SAVED", rank, *adam(engine))
         engine.save_checkpoint(out, tag="global_step3")
 
 if __name__ == "__main__":
@@ -74,7 +78,9 @@ def free_port() -> str:
 
 def lines(result: subprocess.CompletedProcess, tag: str) -> list[list[float]]:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [[float(x) for x in line.split()[1:]] for line in result.stdout.splitlines() if line.startswith(tag + " ")]
+    found = [[float(x) for x in line.split()[1:]] for line in result.stdout.splitlines() if line.startswith(tag + " ")]
+    assert found, f"no {tag} line in the ranks' output:\n" + result.stdout[-3000:]
+    return found
 
 
 @pytest.mark.timeout(600)
