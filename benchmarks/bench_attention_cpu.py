@@ -1,14 +1,14 @@
-"""Which packed-attention backend to train with on CPU: segment vs dense, by thread count.
+"""Which packed-attention backend to train with on CPU: segment, dense and banded, by thread count.
 
     python benchmarks/bench_attention_cpu.py                  # records "CPU attention backends (issue 17)"
     python benchmarks/bench_attention_cpu.py --pairs 600 --repeats 2 --threads 1,2 --no-record
 
 rayreward's in-process trainer on bench_trl.py's random-init Llama (4 layers, hidden 256),
 the first hh-rlhf harmless pairs, padding-free + shared-prefix packing; only
-``attention_backend`` changes. Each run is a fresh process (``_trl_run.py``); the two
-backends alternate (segment, dense, segment, dense, ...) so that a drift of the machine's
-load hits both alike. Reported: pairs/s (wall) and pairs per CPU-second, the median of the
-repeats, and dense / segment.
+``attention_backend`` changes. Each run is a fresh process (``_trl_run.py``); the
+backends alternate (segment, dense, banded, segment, ...) so that a drift of the machine's
+load hits all alike. Reported: pairs/s (wall) and pairs per CPU-second, the median of the
+repeats, and each backend against dense.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from _measure import machine, record_section  # noqa: E402
 from bench_trl import run_one  # noqa: E402
 
 SECTION = "CPU attention backends (issue 17)"
-BACKENDS = ("segment", "dense")
+BACKENDS = ("segment", "dense", "banded")
 
 
 def main(argv=None) -> int:
@@ -58,11 +58,13 @@ def main(argv=None) -> int:
              f"{load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} after.",
              f"Command: `python benchmarks/bench_attention_cpu.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
              f" ({args.pairs} pairs a run, {args.repeats} runs per backend and thread count, alternating; medians).",
-             "", "| torch threads | segment pairs/s | dense pairs/s | dense / segment | segment pairs per CPU-s | "
-             "dense pairs per CPU-s | dense / segment |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "", "| torch threads | backend | pairs/s | vs dense | pairs per CPU-s | vs dense |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for threads, med in rows:
-        (sw, sc), (dw, dc) = med["segment"], med["dense"]
-        lines.append(f"| {threads} | {sw:.2f} | {dw:.2f} | {dw / sw:.2f}x | {sc:.2f} | {dc:.2f} | {dc / sc:.2f}x |")
+        dw, dc = med["dense"]
+        for b in BACKENDS:
+            w, c = med[b]
+            lines.append(f"| {threads} | {b} | {w:.2f} | {w / dw:.2f}x | {c:.2f} | {c / dc:.2f}x |")
     body = "\n".join(lines) + "\n"
     print(body)
     if not args.no_record:

@@ -99,7 +99,7 @@ def exactness(device: str) -> dict:
 
     expected = run(separate, grads=True)
     results = {}
-    for backend in ("dense", "segment", "varlen", "flex"):
+    for backend in ("dense", "banded", "segment", "varlen", "flex"):
         problem = backend_problem(model, backend, torch.device(device))
         if problem:
             results[backend] = {"status": "skipped", "why": problem}

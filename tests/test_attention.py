@@ -24,25 +24,46 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 
+@pytest.mark.parametrize("backend", ["segment", "banded"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])  # qwen2: grouped-query attention
 @pytest.mark.parametrize("share_prefix,padding_free", LAYOUTS)
-def test_segment_backend_equals_separate_passes(arch, share_prefix, padding_free, tokenizer):
+def test_cpu_backends_equal_separate_passes(backend, arch, share_prefix, padding_free, tokenizer):
     model = decoder(arch, tokenizer)
     pairs = random_pairs(7)
     batch = pack_pairs(pairs, tokenizer.pad_token_id, share_prefix=share_prefix, padding_free=padding_free)
     expected = rewards_and_grads(model, lambda: separate_rewards(model, pairs))
-    assert_same(rewards_and_grads(model, lambda: packed_rewards(model, batch, "segment")), expected)
+    assert_same(rewards_and_grads(model, lambda: packed_rewards(model, batch, backend)), expected)
     assert model.config._attn_implementation == WRAPPED
 
 
-def test_segment_backend_under_activation_checkpointing(tokenizer, hh_pairs):
+@pytest.mark.parametrize("backend", ["segment", "banded"])
+def test_cpu_backends_under_activation_checkpointing(backend, tokenizer, hh_pairs):
     """Recomputed layers in the backward pass must see the packed layout again."""
     model = decoder("llama", tokenizer)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     expected = rewards_and_grads(model, lambda: separate_rewards(model, hh_pairs))
     batch = pack_pairs(hh_pairs, tokenizer.pad_token_id)
-    assert_same(rewards_and_grads(model, lambda: packed_rewards(model, batch, "segment")), expected)
+    assert_same(rewards_and_grads(model, lambda: packed_rewards(model, batch, backend)), expected)
+
+
+def test_bands_cover_every_visible_key_and_skip_most_hidden_ones(tokenizer, hh_pairs):
+    """Real text makes rows of several bands: each band's keys hold all its queries can see."""
+    from rayreward.core.attention import BAND, build_layout
+    from rayreward.data.packing import packed_attention_mask
+
+    batch = pack_pairs(hh_pairs, tokenizer.pad_token_id)
+    layout = build_layout(batch, "banded")
+    mask = packed_attention_mask(batch["packed_sequence_ids"], batch["packed_branch_ids"])
+    bands = layout.bands()
+    assert layout.length > 2 * BAND and len(bands) >= 2, layout.length
+    assert [a for a, *_ in bands] + [bands[-1][1]] == sorted({a for a, *_ in bands} | {layout.length})
+    computed = 0
+    for a, b, k, block in bands:
+        assert not mask[:, :, a:b, :k].any() and not mask[:, :, a:b, b:].any()
+        assert torch.equal(block, mask[:, :, a:b, k:b])
+        computed += (b - a) * (b - k)
+    assert computed < 0.8 * layout.length ** 2
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -73,7 +94,7 @@ def test_installed_attention_leaves_plain_calls_and_exports_unchanged(tokenizer,
 def test_backend_choice_per_device_and_model(tokenizer):
     model = decoder("llama", tokenizer)
     cpu = torch.device("cpu")
-    assert resolve_backend(model, "auto", cpu) == "dense"  # measured: no faster per pair on CPU
+    assert resolve_backend(model, "auto", cpu) == "banded"
     assert resolve_backend(model, "segment", cpu) == "segment"
     assert resolve_backend(model, "auto", torch.device("cuda"), half=False) == "segment"  # flash needs bf16/fp16
     assert resolve_backend(model, "auto", torch.device("cuda")) == "varlen"
@@ -89,24 +110,25 @@ def test_backend_choice_per_device_and_model(tokenizer):
         RewardConfig(output_dir="unused", report_to=[], attention_backend="fast")
 
 
-def test_training_with_the_segment_backend_equals_the_dense_backend(tokenizer, hh_pairs, tmp_path):
+def test_training_with_each_cpu_backend_equals_the_dense_backend(tokenizer, hh_pairs, tmp_path):
     weights = []
-    for backend in ("dense", "segment"):
+    for backend in ("dense", "segment", "banded"):
         model = decoder("llama", tokenizer)
         trainer = trainer_for(model, tokenizer, hh_pairs, tmp_path / backend, optim="sgd", learning_rate=0.5,
                               attention_backend=backend)
         trainer.train()
-        assert (model.config._attn_implementation == WRAPPED) == (backend == "segment")
+        assert (model.config._attn_implementation == WRAPPED) == (backend != "dense")
         weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
-    for name in weights[0]:
-        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-4, atol=1e-5)
+    for other in weights[1:]:
+        for name in weights[0]:
+            torch.testing.assert_close(other[name], weights[0][name], rtol=1e-4, atol=1e-5)
 
 
 # -- CUDA only: run where a GPU is (benchmarks/gpu_check.sh runs these too) ------------
 
 
 @needs_cuda
-@pytest.mark.parametrize("backend", ["varlen", "flex", "segment", "dense"])
+@pytest.mark.parametrize("backend", ["varlen", "flex", "segment", "banded", "dense"])
 @pytest.mark.parametrize("share_prefix,padding_free", LAYOUTS)
 def test_cuda_backends_train_exactly_in_bf16(backend, share_prefix, padding_free, tokenizer):
     model = decoder("qwen2", tokenizer).to("cuda", torch.bfloat16)

@@ -91,10 +91,11 @@ def test_packed_group_rewards_equal_separate_rows(tokenizer, tiny_llama, ranked)
     assert (packed["packed_sequence_ids"] >= 0).sum() < padded["attention_mask"].sum()
     tiny_llama.eval()
     with torch.no_grad():
-        got = packed_group_rewards(tiny_llama, packed, "dense")[:, 0]
         separate = torch.cat([tiny_llama(input_ids=padded["input_ids"][i:i + 1, :int(m.sum())]).logits[:, 0]
                               for i, m in enumerate(padded["attention_mask"])])
-    torch.testing.assert_close(got, separate, rtol=0, atol=1e-5)
+        for backend in ("dense", "banded"):
+            got = packed_group_rewards(tiny_llama, packed, backend)[:, 0]
+            torch.testing.assert_close(got, separate, rtol=0, atol=1e-5)
     assert torch.equal(packed["group_index"], padded["group_index"])
 
 

@@ -18,10 +18,16 @@ kernels. The backends here skip that work and give the same result:
     ``torch.nn.attention.flex_attention`` with a block mask built from the sequence and
     branch ids. torch 2.13 runs its backward on CUDA only, so on CPU it serves
     evaluation and scoring (no gradients).
+``banded`` (the CPU default)
+    The 4D boolean mask in a few batched calls per layer: the queries are cut into
+    blocks of ``BAND`` tokens, and each block attends only to the keys it can see at
+    all (from the start of the earliest unit it touches, in any row, to its own last
+    token). A packed row is as long as the batch's longest unit, so a whole-row mask
+    makes every token pay for keys of other units and of the future; the bands skip
+    most of that while keeping each call as large as the dense one's rows.
 ``dense``
-    The 4D boolean mask, through the model's own sdpa/eager attention: the CPU default
-    (one batched kernel call per layer beats many small exact ones there) and the
-    fallback.
+    The 4D boolean mask, through the model's own sdpa/eager attention: the fallback
+    (eager attention, models that cannot change their attention function).
 
 The backends plug in through ``transformers``' public ``AttentionInterface``: the
 model's sdpa attention is replaced (once, ``install``) by ``rayreward_sdpa``, which runs
@@ -50,6 +56,10 @@ logger = logging.getLogger(__name__)
 BACKENDS = ATTENTION_BACKENDS
 WRAPPED = "rayreward_sdpa"
 LAYOUT_KEY = "rayreward_layout"
+# Query block of the banded backend. Measured on the benchmark decoder's packed hh-rlhf
+# batches (rows of 400-650 tokens; benchmarks/RESULTS.md, "Per-token cost by kernel"):
+# 128 and 256 took the same time, 64 more than no bands at all (too many calls).
+BAND = 128
 
 
 @dataclass
@@ -98,6 +108,31 @@ class PackedLayout:
             self._cache["rows"] = by_row
         return self._cache["rows"][row]
 
+    def bands(self) -> list[tuple[int, int, int, torch.Tensor]]:
+        """The banded backend's calls: ``(q_start, q_end, k_start, mask)`` per query block.
+
+        A block of queries ``[a, b)`` can see no key at or after ``b`` (causal) and none
+        before the start of the unit that holds column ``a`` in its row (units never see
+        each other); the earliest such start over the rows bounds the keys of the block.
+        The mask is the dense mask's ``[a:b, k_start:b]`` block (built once per batch,
+        shared by every layer).
+        """
+        if "bands" not in self._cache:
+            from rayreward.data.packing import packed_attention_mask
+
+            seq, t = self.sequence_ids, self.length
+            mask = packed_attention_mask(seq, self.branch_ids)
+            cols = torch.arange(t, device=seq.device).expand_as(seq)
+            new_run = torch.ones_like(seq, dtype=torch.bool)
+            new_run[:, 1:] = seq[:, 1:] != seq[:, :-1]
+            run_start = torch.where(new_run, cols, torch.zeros_like(cols)).cummax(dim=1).values
+            n = max(1, round(t / BAND))
+            edges = [round(i * t / n) for i in range(n + 1)]
+            starts = run_start[:, edges[:-1]].min(dim=0).values.tolist()
+            self._cache["bands"] = [(a, b, k, mask[:, :, a:b, k:b].contiguous())
+                                    for a, b, k in zip(edges, edges[1:], starts)]
+        return self._cache["bands"]
+
     def varlen_spans(self):
         """Flat token indices and cumulative lengths of the two span kinds (on device)."""
         if "varlen" not in self._cache:
@@ -122,9 +157,13 @@ class PackedLayout:
 
 
 def build_layout(batch: dict[str, torch.Tensor], backend: str) -> PackedLayout:
-    """The ``PackedLayout`` of a ``pack_pairs`` batch for one (resolved) backend."""
+    """The ``PackedLayout`` of a packed batch for one (resolved) backend.
+
+    ``banded`` reads only the sequence and branch ids, so it takes ranked groups
+    (``pack_groups``) as well as pairs; the others need the pairs' ``packed_units``.
+    """
     seq = batch["packed_sequence_ids"]
-    units = [tuple(u) for u in batch["packed_units"].tolist()]
+    units = [tuple(u) for u in batch["packed_units"].tolist()] if "packed_units" in batch else []
     return PackedLayout(units=units, rows=seq.shape[0], length=seq.shape[1], backend=backend, device=seq.device,
                         sequence_ids=seq, branch_ids=batch["packed_branch_ids"])
 
@@ -135,11 +174,12 @@ def resolve_backend(
     """The backend a packed forward of ``model`` uses (``requested`` unless ``auto``).
 
     ``auto`` gives ``varlen`` on CUDA in bf16/fp16 (flash attention has no fp32),
-    ``segment`` on other accelerators, ``dense`` on CPU, and ``dense`` for models whose
+    ``segment`` on other accelerators, ``banded`` on CPU, and ``dense`` for models whose
     attention is not sdpa (eager attention, or a model that cannot change its attention
     function). On CPU, measured side by side (benchmarks/RESULTS.md, "CPU attention
     backends"), skipping the masked blocks per pair did not pay for its many small
-    kernel calls: within 2% at 1 thread, 4-9% slower at 2.
+    kernel calls (within 2% at 1 thread, 4-9% slower at 2); the bands skip most of the
+    same blocks in a few calls per layer.
 
     Args:
         model: the unwrapped model.
@@ -162,7 +202,7 @@ def resolve_backend(
     if not backend_problem(model, "varlen", device, half):
         return "varlen"
     if device is None or device.type == "cpu":
-        return "dense"
+        return "banded"
     return "segment"
 
 
@@ -221,7 +261,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     dropout = dropout if module.training else 0.0
-    run = {"segment": _segment, "varlen": _varlen, "flex": _flex}[layout.backend]
+    run = {"segment": _segment, "varlen": _varlen, "flex": _flex, "banded": _banded}[layout.backend]
     return run(layout, query, key, value, scaling, dropout), None
 
 
@@ -258,6 +298,18 @@ def _segment(layout: PackedLayout, q, k, v, scale, dropout):
             pieces.append(qr.new_zeros(heads, sizes[-1], dim))
         out_rows.append(torch.cat(pieces, dim=1))
     return torch.stack(out_rows).transpose(1, 2).contiguous()
+
+
+def _banded(layout: PackedLayout, q, k, v, scale, dropout):
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    bands = layout.bands()
+    gqa = q.shape[1] != k.shape[1]
+    # split rather than indexing the queries: its backward is one cat. The key and value
+    # slices overlap from band to band, so each backward adds into its own slice.
+    blocks = q.split([b - a for a, b, _, _ in bands], dim=2)
+    out = [sdpa(qb, k[:, :, s:b], v[:, :, s:b], attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=gqa)
+           for qb, (a, b, s, mask) in zip(blocks, bands)]
+    return torch.cat(out, dim=2).transpose(1, 2).contiguous()
 
 
 def _flex(layout: PackedLayout, q, k, v, scale, dropout):

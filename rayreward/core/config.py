@@ -16,7 +16,7 @@ from rayreward.runtime._framework_internals import training_arguments_dict_field
 # The losses (rayreward.core.loss) and attention backends (rayreward.core.attention) a
 # RewardConfig may name; kept here, where the config is checked.
 LOSS_TYPES = ("bradley_terry", "plackett_luce", "regression")
-ATTENTION_BACKENDS = ("auto", "dense", "segment", "varlen", "flex")
+ATTENTION_BACKENDS = ("auto", "dense", "banded", "segment", "varlen", "flex")
 
 
 @dataclass
@@ -176,10 +176,11 @@ class RewardConfig(TrainingArguments):
     attention_backend: str = field(
         default="auto",
         metadata={
-            "help": "Attention of packed batches: 'segment' (SDPA per pair, only the unmasked blocks), "
+            "help": "Attention of packed batches: 'banded' (the 4D mask in blocks of queries, each over only "
+            "the keys it can see), 'segment' (SDPA per pair, only the unmasked blocks), "
             "'varlen' (CUDA varlen flash attention), 'flex' (flex attention with a block mask; backward on "
-            "CUDA only), 'dense' (a 4D mask, the fallback), or 'auto': varlen on CUDA, segment elsewhere, "
-            "dense for models whose attention is not sdpa."
+            "CUDA only), 'dense' (a 4D mask, the fallback), or 'auto': varlen on CUDA in bf16/fp16, banded "
+            "on CPU, segment elsewhere, dense for models whose attention is not sdpa."
         },
     )
     # None stands for "not given" so that a value given under the older name

@@ -40,7 +40,8 @@ def packed_rewards(
 
     Attention sees only what the packed layout allows, by one of the backends of
     ``rayreward.core.attention``: ``segment``/``varlen``/``flex`` compute only the
-    unmasked blocks; ``dense`` hands the model a 4D mask.
+    unmasked blocks, ``banded`` the mask's blocks that hold any of them; ``dense``
+    hands the model a 4D mask.
 
     Args:
         model: a causal-decoder sequence-classification model (possibly wrapped by
@@ -77,7 +78,7 @@ def packed_head_output(model: nn.Module, batch: Mapping[str, torch.Tensor], atte
     half = next(inner.parameters()).dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(
         ids.device.type)
     backend = resolve_backend(inner, attention, ids.device, half)
-    if backend == "dense" or "packed_units" not in batch:
+    if backend == "dense" or ("packed_units" not in batch and backend != "banded"):
         kwargs = {"attention_mask": _dense_mask(inner, batch)}
     else:
         install(inner)
