@@ -28,7 +28,7 @@ demo: $(BIN)/.installed
 	$(BIN)/rayreward train storage.name=demo
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -p no:cacheprovider -ra --durations=15
+	$(BIN)/python -m pytest -p no:cacheprovider -ra --durations=40
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -p no:cacheprovider -ra -m "not slow"

@@ -58,14 +58,16 @@ def parse_args(argv=None):
     p.add_argument("--ablation", action="store_true",
                    help="also run rayreward on the decoder with packing + grouping, grouping only and every feature off")
     p.add_argument("--attention-ablation", action="store_true",
-                   help="also run rayreward on the decoder with attention_backend=segment (SDPA per pair over "
-                   "the unmasked blocks; auto is dense on CPU)")
+                   help="also run rayreward on the decoder with attention_backend=dense (the whole 4D mask; auto "
+                   "is banded on CPU)")
     p.add_argument("--bf16", action="store_true",
                    help="train in bf16 (both trainers); for a GPU, where the Trainer puts the models by itself")
     p.add_argument("--repeats", type=int, default=1,
                    help="runs of each trainer, alternating (TRL, rayreward, TRL, ...); the tables show the "
                         "repeat with the median ratio and every repeat's ratio is listed")
     p.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md and results/ alone")
+    p.add_argument("--section", default=SECTION,
+                   help="the RESULTS.md section to write (another CPU's runs go beside the earlier ones)")
     p.add_argument("--from-json", type=Path, default=None,
                    help="re-render the report of an earlier run (results/trl.json) instead of running")
     return p.parse_args(argv)
@@ -161,7 +163,7 @@ def main(argv=None) -> None:
                         saved.get("repeats", {}))
         print(report)
         if not args.no_record:
-            record_section(SECTION, report)
+            record_section(args.section, report)
         return
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.threads:
@@ -181,8 +183,8 @@ def main(argv=None) -> None:
         pairs = args.llama_train_pairs if model == "llama" else args.minilm_train_pairs
         specs = [dict(impl="trl", label="TRL"), dict(impl="rayreward", label="rayreward")]
         if getattr(args, "attention_ablation", False) and model == "llama":
-            specs += [dict(impl="rayreward", label="rayreward, segment attention",
-                           features=dict(attention_backend="segment"))]
+            specs += [dict(impl="rayreward", label="rayreward, dense attention",
+                           features=dict(attention_backend="dense"))]
         if args.ablation and model == "llama":
             specs += [
                 dict(impl="rayreward", label="rayreward, packing + grouping", features=dict(group_by_length=True)),
@@ -210,7 +212,7 @@ def main(argv=None) -> None:
             {"machine": info, "matmul_peak_flops": [peak, peak_after], "args": vars(args) | {"command": sys.argv[1:]},
              "runs": results, "repeats": repeats},
             indent=1))
-        record_section(SECTION, report)
+        record_section(args.section, report)
         print(f"recorded in {HERE / 'RESULTS.md'} and {out / 'trl.json'}")
 
 
@@ -295,10 +297,10 @@ def render(info: dict, peak: dict, peak_after: dict, args, results: dict, repeat
         "batches as TRL (same seed) and lands on the same accuracy up to float rounding; length grouping "
         "(on for MiniLM, and in the *packing + grouping* ablation) changes which pairs share a batch, "
         "hence the trajectory.",
-        "- Attention: rayreward's packed decoder batches run `attention_backend=auto`, which is `dense` on "
-        "CPU (the 4D-mask path: one batched SDPA call per layer); the *segment attention* column (with "
-        "`--attention-ablation`) runs SDPA per pair over only the unmasked blocks. *MFU, executed* counts "
-        "attention over whole padded rows for every run, so it overstates what the segment backend ran.",
+        "- Attention: rayreward's packed decoder batches run `attention_backend=auto`, which is `banded` on "
+        "CPU (the 4D mask in blocks of 128 queries, each over only the keys it can see); the *dense attention* "
+        "column (with `--attention-ablation`) hands the model the whole-row mask. *MFU, executed* counts "
+        "attention over whole padded rows for every run, so it overstates what the banded backend ran.",
         "- GPU: not run here. No GPU machine was lent to this task: the GPU figures are still to be measured "
         "(`bash benchmarks/gpu_check.sh` on a GPU machine; see benchmarks/README.md).",
     ]
