@@ -26,7 +26,8 @@ def run(args) -> int:
         if problems:
             raise ConfigError(problems, args.config, what="tune section")
     if not args.config_only:
-        preflight_job(args, job)
+        space = extras["tune"].get("search_space") if isinstance(extras.get("tune"), dict) else None
+        preflight_job(args, job, search_space=space if isinstance(space, dict) else None)
     sources = value_sources(job, load_yaml(args.config) if args.config else {}, args.overrides)
     print("# the job as it will run; after each value, where it comes from (override: the command line, file: "
           f"{args.config or 'no file'}, demo: the built-in demo's settings, derived: set by a rule, default)")
