@@ -78,6 +78,28 @@ def test_train_evaluate_and_score_ranked_groups(ranked_run, ranked_files, tmp_pa
     assert got["groups"] == len(rows) == metrics["final_groups"] and got["pairwise_accuracy"] > 0.6
     assert metrics["final_accuracy"] == metrics["final_pairwise_accuracy"] and metrics["final_loss"] > 0
 
+    # storage.checkpoint_eval=ray's function on the exported (last) checkpoint and the
+    # run's tokenized eval groups: the same metrics under the in-loop names, and the
+    # run's loss (plackett_luce) on the same rewards.
+    import ray.data
+    from ray.train import Checkpoint
+
+    from rayreward.core.loss import plackett_luce_loss
+    from rayreward.data.groups import GroupEncoder
+    from rayreward.data.tokenizer import builtin_tokenizer
+    from rayreward.run.final_eval import CheckpointEval
+
+    assert metrics["checkpoint"].endswith("checkpoint-000008")
+    encoded = GroupEncoder(builtin_tokenizer(), "ranked").encode_rows(rows)
+    checked = CheckpointEval(ray.data.from_items(encoded), False, "groups", "plackett_luce")(
+        Checkpoint.from_directory(metrics["checkpoint"]))
+    for key in ("top1_accuracy", "best_of_k_accuracy", "pairwise_accuracy", "kendall_tau", "accuracy", "loss"):
+        assert checked[f"eval_{key}"] == pytest.approx(metrics[f"final_{key}"], abs=1e-5), key
+    flat = torch.tensor([r for rewards, _ in groups for r in rewards], dtype=torch.float64)
+    flat_scores = torch.tensor([s for _, scores in groups for s in scores], dtype=torch.float64)
+    index = torch.tensor([g for g, (rewards, _) in enumerate(groups) for _ in rewards])
+    assert checked["eval_loss"] == pytest.approx(plackett_luce_loss(flat, flat_scores, index).item(), abs=1e-5)
+
     # score: one reward per response of each group, in response order
     out = tmp_path / "scored.jsonl"
     assert main(["score", "--model", str(model_dir), "--data", str(evaluation), "--out", str(out),

@@ -122,9 +122,10 @@ class PackedLayout:
 
 
 def build_layout(batch: dict[str, torch.Tensor], backend: str) -> PackedLayout:
-    """The ``PackedLayout`` of a ``pack_pairs`` batch for one (resolved) backend."""
+    """The ``PackedLayout`` of a ``pack_pairs`` batch for one (resolved) backend; of a
+    ``pack_groups`` batch (no pair units) for ``flex``, whose mask needs only the ids."""
     seq = batch["packed_sequence_ids"]
-    units = [tuple(u) for u in batch["packed_units"].tolist()]
+    units = [tuple(u) for u in batch["packed_units"].tolist()] if "packed_units" in batch else []
     return PackedLayout(units=units, rows=seq.shape[0], length=seq.shape[1], backend=backend, device=seq.device,
                         sequence_ids=seq, branch_ids=batch["packed_branch_ids"])
 
