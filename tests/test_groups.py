@@ -287,8 +287,23 @@ def test_check_reports_shape_and_loss_mismatch_before_ray(tmp_path):
     found = check_job(load_job_config(None, common + ["train.attributes=[helpful,polite]"]))
     assert f"data.train: got ratings data with train.loss_type='bradley_terry'; expected train.loss_type " \
         "regression for ratings data" in found.problems, found.problems
-    found = check_job(load_job_config(None, common + ["train.attributes=[helpful,polite]", "train.loss_type=regression"]))
+    rated = common + ["train.attributes=[helpful,polite]", "train.loss_type=regression"]
+    found = check_job(load_job_config(None, rated))
     assert found.problems == []
+    rated += [f"data.eval={data}"]
+    # Checkpoints (and a sweep's trials) ranked by a metric ratings never report.
+    found = check_job(load_job_config(None, rated + ["storage.checkpoint_score_attribute=eval_accuracy"]),
+                      search_space={"train.learning_rate": {"choice": [1e-3]}})
+    assert found.problems == [
+        "storage.checkpoint_score_attribute: got 'eval_accuracy', which the evaluation of ratings data does not "
+        "report; expected one of eval_loss, eval_rmse, eval_pearson, eval_spearman, eval_helpful/rmse, "
+        "eval_helpful/pearson, eval_helpful/spearman, eval_polite/rmse, eval_polite/pearson, eval_polite/spearman",
+        "tune.metric: got 'eval_accuracy', which the evaluation of ratings data does not report; expected one of "
+        "eval_loss, eval_rmse, eval_pearson, eval_spearman, eval_helpful/rmse, eval_helpful/pearson, "
+        "eval_helpful/spearman, eval_polite/rmse, eval_polite/pearson, eval_polite/spearman"], found.problems
+    ok = load_job_config(None, rated + ["storage.checkpoint_score_attribute=eval_polite/rmse",
+                                        "storage.checkpoint_score_order=min", "tune.metric=eval_rmse", "tune.mode=min"])
+    assert check_job(ok, search_space={"train.learning_rate": {"choice": [1e-3]}}).problems == []
 
 
 def test_end_of_run_metrics_and_loss_of_each_shape():

@@ -73,8 +73,27 @@ def check_job(job, full_pass: bool = True, search_space: dict | None = None) -> 
             fmt = check_pairs(spec, name, d, found, None if model_problems else tokenizer, full_pass,
                               attributes=attributes)
             found.problems += _loss_problems(fmt, name, job.train["loss_type"], search_space)
+            if name == "data.train" and fmt is not None:
+                found.problems += _metric_problems(job, fmt, search_space is not None)
     found.problems += check_storage(job.storage.path, "storage.path")
     return found
+
+
+def _metric_problems(job, fmt: str, sweep: bool) -> list[str]:
+    """A checkpoint ranking (or a sweep's metric) by a metric the data's shape never reports."""
+    from rayreward.core.group_metrics import metric_shape_problem
+
+    shape = "ratings" if fmt == "ratings" else "groups" if fmt in ("ranked", "ranked_lists") else "pairs"
+    attributes = tuple(job.train["attributes"] or ())
+    fields = [("storage.checkpoint_score_attribute", job.storage.checkpoint_score_attribute)]
+    if sweep:
+        fields.append(("tune.metric", job.tune.metric))
+    problems = []
+    for field_name, metric in fields:
+        problem = metric_shape_problem(metric, shape, attributes)
+        if problem:
+            problems.append(f"{field_name}: {problem}")
+    return problems
 
 
 def _loss_problems(fmt: str | None, name: str, loss_type: str, search_space: dict | None) -> list[str]:
