@@ -47,6 +47,9 @@ class GroupTraining:
                              f"attribute); this data is {kind}")
         if kind == "pairs" and args.loss_type == "plackett_luce":
             logger.info("plackett_luce on pairs is the Bradley-Terry loss without margin")
+        if kind == "groups" and getattr(args, "attention_backend", "auto") in ("segment", "varlen"):
+            logger.warning("attention_backend=%s splits the two branches of a pair; packed groups of K responses "
+                           "use the dense mask instead (or set attention_backend=flex)", args.attention_backend)
         return kind
 
     def compute_outputs(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
