@@ -120,7 +120,7 @@ def _rated_files(root):
 
 
 @pytest.mark.timeout(900)
-def test_three_attribute_lora_run_scores_and_evaluates_ratings(ray_local, tmp_path, capsys):
+def test_three_attribute_lora_run_scores_and_evaluates_ratings(ray_local, tmp_path, capfd):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
@@ -135,7 +135,7 @@ def test_three_attribute_lora_run_scores_and_evaluates_ratings(ray_local, tmp_pa
                  "lora.enabled=true", "deepspeed.stage=0", "train.max_steps=4", "train.save_steps=4",
                  "train.eval_steps=4", "train.logging_steps=2", "train.per_device_train_batch_size=16",
                  "data.tokenize_actors=1", f"storage.path={tmp_path / 'runs'}", "storage.name=rated"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out  # the console writes to the terminal's file descriptor
     run = tmp_path / "runs" / "rated"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 4 and metrics["data/train_pairs"] == 200

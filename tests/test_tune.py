@@ -144,6 +144,12 @@ def test_bad_loss_values_fail_before_ray_with_the_allowed_ones(tmp_path, capsys,
         assert "tune.search_space.train.loss_type.grid: got 'regression', which cannot train data.train's ranked " \
             "data; expected one of bradley_terry, plackett_luce for this data" in err, err
         assert "plackett_luce'," not in err
+        # A metric the data's shape never reports (the file's tune.metric, not the default).
+        assert main([command, "--config", str(path), f"data.train={ranked}", f"data.eval={ranked}",
+                     "tune.search_space={'train.loss_type': {'grid': ['plackett_luce']}}", "tune.metric=eval_rmse",
+                     "tune.mode=min"]) == 2
+        assert "tune.metric: got 'eval_rmse', which the evaluation of groups data does not report; expected one " \
+            "of eval_accuracy, eval_loss, eval_top1_accuracy" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
