@@ -128,13 +128,15 @@ def test_three_attribute_lora_run_scores_and_evaluates_ratings(ray_local, tmp_pa
     from rayreward.core import tiny
     from rayreward.data.tokenizer import builtin_tokenizer
 
-    # `rayreward train` on ratings: LoRA adapters, a three-output head, ZeRO-0.
+    # `rayreward train` on ratings: LoRA adapters, a three-output head, ZeRO-0, one
+    # worker; the eval data is scored once, by the exported model at the end.
     train, evaluation = _rated_files(tmp_path)
     assert main(["train", f"data.train={train}", f"data.eval={evaluation}", "train.loss_type=regression",
                  f"train.attributes=[{','.join(THREE)}]", f"train.attribute_weights={THREE_WEIGHTS}",
-                 "lora.enabled=true", "deepspeed.stage=0", "train.max_steps=4", "train.save_steps=4",
-                 "train.eval_steps=4", "train.logging_steps=2", "train.per_device_train_batch_size=16",
-                 "data.tokenize_actors=1", f"storage.path={tmp_path / 'runs'}", "storage.name=rated"]) == 0
+                 "lora.enabled=true", "deepspeed.stage=0", "scaling.num_workers=1", "train.max_steps=4",
+                 "train.save_steps=4", "train.eval_strategy=no", "train.logging_steps=2",
+                 "train.per_device_train_batch_size=16", "data.tokenize_actors=1", f"storage.path={tmp_path / 'runs'}",
+                 "storage.name=rated"]) == 0
     out = capfd.readouterr().out  # the console writes to the terminal's file descriptor
     run = tmp_path / "runs" / "rated"
     metrics = json.loads((run / "metrics.json").read_text())
