@@ -2,7 +2,8 @@
 
 The sweeps run the command in a subprocess (its own embedded Ray on 127.0.0.1, as a
 user runs it) on the tiny Llama with LoRA and 128 of the bundled pairs; a trial is 8
-steps of 16 pairs, evaluated and checkpointed every 2.
+steps of 16 pairs, evaluated and checkpointed every 2. The interrupted sweep compares the
+two ranking losses on the sample's ranked groups (8 per step, evaluated every 4).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HF_HUB_OF
        "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def sweep_config(tmp_path: Path, name: str, tune: dict, ranked: bool = False) -> Path:
+def sweep_config(tmp_path: Path, name: str, tune: dict, ranked: bool = False, every: int = 2) -> Path:
     """A sweep file: 8-step LoRA trials of the tiny model, one worker each, on 128 sample
-    pairs (or, ``ranked``, on the sample's 120 ranked groups of K = 2-5, 8 per step)."""
+    pairs (or, ``ranked``, on the sample's 120 ranked groups of K = 2-5, 8 per step),
+    evaluated and checkpointed ``every`` steps."""
     if ranked:
         from data_helpers import write_jsonl
         from group_data import ranked_rows
@@ -52,7 +54,7 @@ def sweep_config(tmp_path: Path, name: str, tune: dict, ranked: bool = False) ->
                  "tokenize_actors": 1},
         "lora": {"enabled": True},
         "train": {"max_steps": 8, "per_device_train_batch_size": 8 if ranked else 16, "logging_steps": 2,
-                  "eval_steps": 2, "save_steps": 2, "warmup_steps": 0},
+                  "eval_steps": every, "save_steps": every, "warmup_steps": 0},
         "deepspeed": {"stage": 0},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1},
         "storage": {"path": str(tmp_path / "runs"), "name": name, "num_to_keep": 1,
@@ -262,7 +264,7 @@ def test_interrupted_sweep_resumes(tmp_path):
     # interrupted after the first and resumed.
     tune = {"num_samples": 1, "max_concurrent_trials": 1, "scheduler": {"type": "none"},
             "search_space": {"train.loss_type": {"grid": ["plackett_luce", "bradley_terry"]}}}
-    path = sweep_config(tmp_path, "resume", tune, ranked=True)
+    path = sweep_config(tmp_path, "resume", tune, ranked=True, every=4)
     args = [sys.executable, "-m", "rayreward", "tune", "--config", str(path)]
 
     # 1. The first trial ends, then Ctrl-C: Tune saves the experiment and stops.
