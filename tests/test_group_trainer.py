@@ -97,6 +97,11 @@ def test_packed_group_rewards_equal_separate_rows(tokenizer, tiny_llama, ranked)
             got = packed_group_rewards(tiny_llama, packed, backend)[:, 0]
             torch.testing.assert_close(got, separate, rtol=0, atol=1e-5)
     assert torch.equal(packed["group_index"], padded["group_index"])
+    # flex attention's block mask (from the sequence and branch ids) takes K branches as
+    # they are; torch 2.13 runs its backward on CUDA only, so on CPU it is checked forward.
+    with torch.no_grad():
+        flex = packed_group_rewards(tiny_llama, packed, "flex")[:, 0]
+    torch.testing.assert_close(flex, got, rtol=0, atol=1e-5)
 
 
 def test_ratings_train_a_two_attribute_head_and_export_loads_with_transformers(tmp_path, tokenizer, ratings):
@@ -155,3 +160,52 @@ def test_bad_group_rows_name_the_row(tmp_path, tokenizer, tiny_llama, ranked):
     with pytest.raises(BadRowError, match=r"train_dataset, row 3, field 'ranking'"):
         RewardTrainer(model=tiny_llama, args=make_args(tmp_path), tokenizer=tokenizer,
                       train_dataset=Dataset.from_list([{k: v for k, v in r.items()} for r in rows]))
+
+
+def test_streamed_groups_train_evaluate_and_name_bad_rows(tmp_path, tokenizer, tiny_llama, ranked, ratings):
+    from rayreward import BadRowError
+    from rayreward.core.loss import ranking_loss
+    from rayreward.data.groups import group_scores
+
+    train, evaluation = ranked
+    stream = Dataset.from_list(train).to_iterable_dataset()
+    # learning_rate 0: the logged loss of step 1 is the loss of the stream's first 8
+    # groups under the initial weights, computed here from K separate rows per group.
+    args = make_args(tmp_path, loss_type="plackett_luce", max_steps=2, logging_steps=1, learning_rate=0.0)
+    trainer = RewardTrainer(model=tiny_llama, args=args, tokenizer=tokenizer, train_dataset=stream)
+    assert trainer.data_kind == "groups"
+    trainer.train()
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    rewards, scores, index = [], [], []
+    with torch.no_grad():
+        for g, row in enumerate(train[:8]):
+            for text in row["responses"]:
+                ids = tokenizer(row["prompt"] + text + tokenizer.eos_token, return_tensors="pt")
+                rewards.append(tiny_llama(**ids).logits[0, 0])
+            scores += group_scores(row, "ranked")
+            index += [g] * len(row["responses"])
+    expected = ranking_loss("plackett_luce", torch.stack(rewards), torch.tensor(scores), torch.tensor(index))
+    assert logged[0] == pytest.approx(expected.item(), abs=1e-4)
+
+    # Evaluating a stream gives the metrics of the same rows as a Dataset (whole batches
+    # of 16: of a stream's last, short batch the Trainer cannot know the size, and weighs
+    # its loss as a full one).
+    as_set = trainer.evaluate(Dataset.from_list(evaluation[:112]))
+    as_stream = trainer.evaluate(Dataset.from_list(evaluation[:112]).to_iterable_dataset())
+    for key in ("eval_top1_accuracy", "eval_best_of_k_accuracy", "eval_pairwise_accuracy", "eval_kendall_tau",
+                "eval_loss"):
+        assert as_stream[key] == pytest.approx(as_set[key], abs=1e-5), key
+
+    # A bad row of a stream is named when it is read.
+    rows = [dict(r) for r in train[:12]]
+    rows[9] = dict(rows[9], ranking=[0] * len(rows[9]["responses"]), scores=None)
+    bad = RewardTrainer(model=tiny_llama, args=make_args(tmp_path, max_steps=2), tokenizer=tokenizer,
+                        train_dataset=Dataset.from_list(rows).to_iterable_dataset())
+    with pytest.raises(BadRowError, match=r"train_dataset, row 9, field 'ranking'"):
+        bad.train()
+    # Standardised ratings need their statistics before training: said up front.
+    rated = Dataset.from_list(ratings[0][:16]).to_iterable_dataset()
+    with pytest.raises(ValueError, match="a streaming datasets.IterableDataset cannot be read ahead"):
+        RewardTrainer(model=tiny.build_model("tiny-llama", tokenizer, hidden_size=32, num_labels=2),
+                      args=make_args(tmp_path, loss_type="regression", attributes=ATTRS, standardize_targets=True,
+                                     max_steps=2), tokenizer=tokenizer, train_dataset=rated)

@@ -285,6 +285,72 @@ def test_check_reports_shape_and_loss_mismatch_before_ray(tmp_path):
     found = check_job(load_job_config(None, common))
     assert any("needs the names of the rated attributes" in p for p in found.problems), found.problems
     found = check_job(load_job_config(None, common + ["train.attributes=[helpful,polite]"]))
-    assert any("trains with train.loss_type=regression" in p for p in found.problems), found.problems
-    found = check_job(load_job_config(None, common + ["train.attributes=[helpful,polite]", "train.loss_type=regression"]))
+    assert f"data.train: got ratings data with train.loss_type='bradley_terry'; expected train.loss_type " \
+        "regression for ratings data" in found.problems, found.problems
+    rated = common + ["train.attributes=[helpful,polite]", "train.loss_type=regression"]
+    found = check_job(load_job_config(None, rated))
     assert found.problems == []
+    rated += [f"data.eval={data}"]
+    # Checkpoints (and a sweep's trials) ranked by a metric ratings never report.
+    found = check_job(load_job_config(None, rated + ["storage.checkpoint_score_attribute=eval_accuracy"]),
+                      search_space={"train.learning_rate": {"choice": [1e-3]}})
+    assert found.problems == [
+        "storage.checkpoint_score_attribute: got 'eval_accuracy', which the evaluation of ratings data does not "
+        "report; expected one of eval_loss, eval_rmse, eval_pearson, eval_spearman, eval_helpful/rmse, "
+        "eval_helpful/pearson, eval_helpful/spearman, eval_polite/rmse, eval_polite/pearson, eval_polite/spearman",
+        "tune.metric: got 'eval_accuracy', which the evaluation of ratings data does not report; expected one of "
+        "eval_loss, eval_rmse, eval_pearson, eval_spearman, eval_helpful/rmse, eval_helpful/pearson, "
+        "eval_helpful/spearman, eval_polite/rmse, eval_polite/pearson, eval_polite/spearman"], found.problems
+    ok = load_job_config(None, rated + ["storage.checkpoint_score_attribute=eval_polite/rmse",
+                                        "storage.checkpoint_score_order=min", "tune.metric=eval_rmse", "tune.mode=min"])
+    assert check_job(ok, search_space={"train.learning_rate": {"choice": [1e-3]}}).problems == []
+
+
+def test_end_of_run_metrics_and_loss_of_each_shape():
+    import numpy as np
+
+    from rayreward.core.attributes import AttributeSpec
+    from rayreward.core.group_metrics import ranking_metrics
+    from rayreward.run.eval_scores import EvalScores, eval_loss, eval_metrics, summary_line
+
+    # Ranked groups: the ranking metrics, and the run's loss_type on the rewards.
+    groups = [([2.0, 1.0, 0.5], [2.0, 0.0, 0.0]), ([0.0, 1.0], [1.0, 0.0]), ([1.0, 3.0, 2.0, 0.0], [3.0, 2.0, 1.0, 0.0])]
+    scores = EvalScores("groups", groups=groups)
+    m = eval_metrics(scores)
+    expected = ranking_metrics(groups)
+    assert m == {**{k: expected[k] for k in ("top1_accuracy", "best_of_k_accuracy", "pairwise_accuracy",
+                                              "kendall_tau", "groups")}, "accuracy": expected["pairwise_accuracy"]}
+    rewards = torch.tensor([r for g, _ in groups for r in g], dtype=torch.float64)
+    targets = torch.tensor([s for _, g in groups for s in g], dtype=torch.float64)
+    index = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    assert eval_loss(scores, "plackett_luce") == pytest.approx(
+        plackett_luce_loss(rewards, targets, index).item(), abs=1e-9)
+    assert eval_loss(scores, "bradley_terry") == pytest.approx(
+        group_bradley_terry_loss(rewards, targets, index).item(), abs=1e-9)
+    assert list(scores.rewards()) == rewards.tolist()
+    assert summary_line({f"final_{k}": v for k, v in m.items()}) == (
+        f"top-1 {m['top1_accuracy']:.3f} | best-of-K {m['best_of_k_accuracy']:.3f} | pairwise "
+        f"{m['pairwise_accuracy']:.3f} | Kendall tau {m['kendall_tau']:.3f} (3 groups)")
+
+    # Ratings: per-attribute metrics over the rated cells; the loss in the head's
+    # standard units when the model was trained on standardised targets.
+    values = np.array([[4.0, 1.0], [1.0, 0.0], [2.5, 0.5]])
+    labels = np.array([[4.0, np.nan], [0.0, 0.0], [2.0, 1.0]])
+    spec = AttributeSpec(("help", "polite"), (0.5, 0.5), mean=(2.0, 0.5), std=(2.0, 0.25))
+    rated = EvalScores("ratings", values=values, labels=labels, names=spec.names, spec=spec)
+    m = eval_metrics(rated)
+    assert m["help/rmse"] == pytest.approx(math.sqrt((0 + 1 + 0.25) / 3))
+    assert m["polite/rmse"] == pytest.approx(math.sqrt((0 + 0.25) / 2)) and m["rated_rows"] == 3
+    cells = [((4 - 4) / 2.0) ** 2, ((1 - 0) / 2.0) ** 2, ((0 - 0) / 0.25) ** 2, ((2.5 - 2) / 2.0) ** 2,
+             ((0.5 - 1) / 0.25) ** 2]
+    assert eval_loss(rated, "regression") == pytest.approx(sum(cells) / 5)
+    assert rated.rewards() is None
+    assert summary_line({f"final_{k}": v for k, v in m.items()}).startswith(
+        f"help RMSE {m['help/rmse']:.3f}, Pearson {m['help/pearson']:.3f} | polite RMSE")
+
+    # Pairs: as before (accuracy, margin, ECE), the loss the mean of -log sigmoid(margin).
+    pairs = EvalScores("pairs", chosen=np.array([1.0, 0.0]), rejected=np.array([0.0, 1.0]))
+    assert eval_metrics(pairs)["accuracy"] == 0.5
+    assert eval_loss(pairs, "bradley_terry") == pytest.approx((math.log1p(math.exp(-1)) + math.log1p(math.e)) / 2)
+    assert summary_line({"final_accuracy": 0.5, "final_mean_margin": 0.0, "final_ece": 0.1, "final_pairs": 2}) == \
+        "accuracy 0.500 | mean margin 0.000 | ECE 0.100 (2 pairs)"

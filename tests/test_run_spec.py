@@ -217,3 +217,34 @@ def test_a_checkpoint_of_an_older_run_still_exports(tmp_path, adapter_checkpoint
     from transformers import AutoModelForSequenceClassification
 
     torch.testing.assert_close(rewards(AutoModelForSequenceClassification.from_pretrained(out), ids), expected)
+
+
+def test_a_multi_attribute_adapter_exports_its_head_from_the_manifest(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    # An adapter carries no model config: the head's size and attributes are the manifest's.
+    head = {"attributes": ["helpful", "polite", "brief"], "weights": [0.5, 0.3, 0.2], "mean": [2.0, 0.5, 0.5],
+            "std": [1.5, 0.25, 0.5]}
+    manifest = replace(MANIFEST, head=head)
+    torch.manual_seed(0)
+    model = wrap_peft(load_base_model(manifest.base_model, num_labels=3), peft_config_for(manifest.adapters))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    folder = tmp_path / "checkpoint-000004"
+    model.save_pretrained(str(folder))
+    write_manifest(str(folder), manifest)
+    assert read_manifest(str(folder)) == manifest
+    assert json.loads((folder / MANIFEST_FILE).read_text())["head"] == head
+    ids = torch.randint(5, 1000, (3, 12), generator=torch.Generator().manual_seed(1))
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    exported = AutoModelForSequenceClassification.from_pretrained(export_checkpoint(str(folder), str(tmp_path / "m")))
+    assert exported.config.num_labels == 3 and exported.config.rayreward_attributes == head["attributes"]
+    assert exported.config.rayreward_attribute_weights == head["weights"]
+    assert (exported.config.rayreward_attribute_mean, exported.config.rayreward_attribute_std) == (head["mean"],
+                                                                                                   head["std"])
+    with torch.no_grad():
+        torch.testing.assert_close(exported.eval()(input_ids=ids).logits, expected)

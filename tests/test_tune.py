@@ -2,7 +2,8 @@
 
 The sweeps run the command in a subprocess (its own embedded Ray on 127.0.0.1, as a
 user runs it) on the tiny Llama with LoRA and 128 of the bundled pairs; a trial is 8
-steps of 16 pairs, evaluated and checkpointed every 2.
+steps of 16 pairs, evaluated and checkpointed every 2. The interrupted sweep compares the
+two ranking losses on the sample's ranked groups (8 per step, evaluated every 4).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import read_jsonl
 from process_helpers import Watcher, wait_until_gone
 from rayreward.config.tree import ConfigError
 from rayreward.commands.cli import main
@@ -32,18 +34,27 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HF_HUB_OF
        "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def sweep_config(tmp_path: Path, name: str, tune: dict) -> Path:
-    """A sweep file: 8-step LoRA trials of the tiny model, one worker each."""
-    for split, rows in (("train", 128), ("eval", 128)):
-        lines = (SAMPLE / f"{split}.jsonl").read_text().splitlines()[:rows]
-        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+def sweep_config(tmp_path: Path, name: str, tune: dict, ranked: bool = False, every: int = 2) -> Path:
+    """A sweep file: 8-step LoRA trials of the tiny model, one worker each, on 128 sample
+    pairs (or, ``ranked``, on the sample's 120 ranked groups of K = 2-5, 8 per step),
+    evaluated and checkpointed ``every`` steps."""
+    if ranked:
+        from data_helpers import write_jsonl
+        from group_data import ranked_rows
+
+        write_jsonl(tmp_path / "train.jsonl", ranked_rows(read_jsonl(SAMPLE / "train.jsonl")))
+        write_jsonl(tmp_path / "eval.jsonl", ranked_rows(read_jsonl(SAMPLE / "eval.jsonl"), seed=1)[:40])
+    else:
+        for split, rows in (("train", 128), ("eval", 128)):
+            lines = (SAMPLE / f"{split}.jsonl").read_text().splitlines()[:rows]
+            (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     config = {
         "model": {"name_or_path": "builtin:tiny-llama"},
         "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl"), "max_length": 256,
                  "tokenize_actors": 1},
         "lora": {"enabled": True},
-        "train": {"max_steps": 8, "per_device_train_batch_size": 16, "logging_steps": 2, "eval_steps": 2,
-                  "save_steps": 2, "warmup_steps": 0},
+        "train": {"max_steps": 8, "per_device_train_batch_size": 8 if ranked else 16, "logging_steps": 2,
+                  "eval_steps": every, "save_steps": every, "warmup_steps": 0},
         "deepspeed": {"stage": 0},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1},
         "storage": {"path": str(tmp_path / "runs"), "name": name, "num_to_keep": 1,
@@ -101,8 +112,46 @@ def test_bad_search_space_fails_before_any_trial(tmp_path, capsys, monkeypatch):
                  "tune.search_space={'lora.r': {'grid': [8, 0]}, 'train.eval_steps': {'choice': [2, 3]}}"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "a trial with lora.r=0, train.eval_steps=2 is invalid: lora.r: got 0; expected a positive integer" in err
-    assert "train.save_steps: got 2 with train.eval_steps=3; expected a multiple of eval_steps" in err
+    assert "tune.search_space.lora.r.grid: got 0; expected a positive integer" in err
+    assert "a trial with lora.r=8, train.eval_steps=3 is invalid: train.save_steps: got 2 with train.eval_steps=3; " \
+        "expected a multiple of eval_steps" in err
+    assert "lora.r=0," not in err  # a bad value is named once, not in every combination
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_loss_values_fail_before_ray_with_the_allowed_ones(tmp_path, capsys, monkeypatch):
+    import ray
+
+    from data_helpers import write_jsonl
+    from group_data import ranked_rows
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was called for an invalid sweep"))
+    path = sweep_config(tmp_path, "bad-loss", {"scheduler": {"type": "none"}, "search_space": {
+        "train.loss_type": {"choice": ["pl", "plackett_luce"]}, "train.attention_backend": {"grid": ["flash"]}}})
+    assert main(["tune", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "tune.search_space.train.loss_type.choice: got 'pl'; expected one of bradley_terry, plackett_luce, " \
+        "regression" in err
+    assert "tune.search_space.train.attention_backend.grid: got 'flash'; expected one of auto, dense, segment, " \
+        "varlen, flex" in err
+    assert main(["check", "--config", str(path)]) == 2
+    assert "tune.search_space.train.loss_type.choice: got 'pl'" in capsys.readouterr().err
+
+    # Known losses that do not fit the data's shape: found from the data, before Ray.
+    ranked = write_jsonl(tmp_path / "ranked.jsonl", ranked_rows(read_jsonl(SAMPLE / "train.jsonl", 200)))
+    space = "tune.search_space={'train.loss_type': {'grid': ['plackett_luce', 'regression']}}"
+    for command in ("tune", "check"):
+        assert main([command, "--config", str(path), space, f"data.train={ranked}", f"data.eval={ranked}"]) == 2
+        err = capsys.readouterr().err
+        assert "tune.search_space.train.loss_type.grid: got 'regression', which cannot train data.train's ranked " \
+            "data; expected one of bradley_terry, plackett_luce for this data" in err, err
+        assert "plackett_luce'," not in err
+        # A metric the data's shape never reports (the file's tune.metric, not the default).
+        assert main([command, "--config", str(path), f"data.train={ranked}", f"data.eval={ranked}",
+                     "tune.search_space={'train.loss_type': {'grid': ['plackett_luce']}}", "tune.metric=eval_rmse",
+                     "tune.mode=min"]) == 2
+        assert "tune.metric: got 'eval_rmse', which the evaluation of groups data does not report; expected one " \
+            "of eval_accuracy, eval_loss, eval_top1_accuracy" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
@@ -211,9 +260,11 @@ def test_sweep_asha_best_config_reruns(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_interrupted_sweep_resumes(tmp_path):
+    # Two trials on ranked groups, one per loss (the learning rate fixed): the sweep is
+    # interrupted after the first and resumed.
     tune = {"num_samples": 1, "max_concurrent_trials": 1, "scheduler": {"type": "none"},
-            "search_space": {"train.learning_rate": {"grid": [1.0e-3, 1.0e-2]}}}
-    path = sweep_config(tmp_path, "resume", tune)
+            "search_space": {"train.loss_type": {"grid": ["plackett_luce", "bradley_terry"]}}}
+    path = sweep_config(tmp_path, "resume", tune, ranked=True, every=4)
     args = [sys.executable, "-m", "rayreward", "tune", "--config", str(path)]
 
     # 1. The first trial ends, then Ctrl-C: Tune saves the experiment and stops.
@@ -252,3 +303,25 @@ def test_interrupted_sweep_resumes(tmp_path):
     summary = json.loads((tmp_path / "runs" / "resume" / "summary.json").read_text())
     assert [t["status"] for t in summary["trials"]] == ["finished", "finished"]
     assert {t["trial"] for t in summary["trials"]} >= {first}
+    assert "[rayreward] data: 120 training ranked groups" in out1
+
+    # Each trial trained with its own loss: the arguments its trainer ran with, and its
+    # losses. The trials differ in nothing else (same seed, data and order), and at the
+    # start, with rewards near equal, the pairwise loss of a group is about ln 2 while
+    # Plackett-Luce's is the log of K!-ish orderings (ln 2 for K = 2, ln 6 for K = 3, ...).
+    import torch
+
+    first_losses = {}
+    for trial in summary["trials"]:
+        loss_type = trial["params"]["train.loss_type"]
+        checkpoint = max((Path(trial["path"]) / "train").glob("checkpoint-*"))
+        args = torch.load(checkpoint / "training_args.bin", weights_only=False)
+        assert args.loss_type == loss_type
+        history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+        first_losses[loss_type] = next(h["loss"] for h in history if "loss" in h)
+        assert 0 <= trial["eval_accuracy"] <= 1
+    assert set(first_losses) == {"plackett_luce", "bradley_terry"}
+    assert first_losses["bradley_terry"] < 0.8 < 1.2 < first_losses["plackett_luce"], first_losses
+    best = load_job_config(str(tmp_path / "runs" / "resume" / "best_config.yaml"))
+    assert best.train["loss_type"] == summary["best_params"]["train.loss_type"]
+    assert best.data.train == str(tmp_path / "train.jsonl")

@@ -24,26 +24,33 @@ FULL_PASS_BYTES = 64 << 20  # about 6 s of one core (11 MB/s of JSON lines measu
 _SHOWN = 5  # bad rows named per source; the rest are counted
 
 
-def preflight_job(job) -> Findings:
+def preflight_job(job, search_space: dict | None = None) -> Findings:
     """Everything about a job that can be known before Ray starts; ``check_job`` with the
     note on missing eval data. The command line and ``fit``/``run_sweep`` call this one.
+
+    Args:
+        job: a valid ``JobConfig``.
+        search_space: a sweep's ``tune.search_space``: each swept ``train.loss_type``
+            value is checked against the data's shape instead of the job's own.
 
     Returns:
         ``Findings``: problems (``raise_if_any``) and notes to print.
     """
-    found = check_job(job)
+    found = check_job(job, search_space=search_space)
     if not (job.data.eval or job.data.eval_split):
         found.notes.append("no eval data: accuracy will not be measured; set data.eval=FILE or data.eval_split=0.05 "
                            "to measure it")
     return found
 
 
-def check_job(job, full_pass: bool = True) -> Findings:
+def check_job(job, full_pass: bool = True, search_space: dict | None = None) -> Findings:
     """Data sources, model and storage of a built, valid ``JobConfig``.
 
     Args:
         job: from ``rayreward.job.config.load_job_config`` (already typed and range-checked).
         full_pass: also read every row of local sources up to ``FULL_PASS_BYTES``.
+        search_space: a sweep's ``tune.search_space``; its ``train.loss_type`` values,
+            when swept, are checked against the data's shape.
 
     Returns:
         ``Findings``: problems (call ``raise_if_any``) and notes to print.
@@ -65,20 +72,48 @@ def check_job(job, full_pass: bool = True) -> Findings:
         if spec:
             fmt = check_pairs(spec, name, d, found, None if model_problems else tokenizer, full_pass,
                               attributes=attributes)
-            problem = _loss_problem(fmt, job.train["loss_type"])
-            if problem:
-                found.problems.append(f"{name}: {problem}")
+            found.problems += _loss_problems(fmt, name, job.train["loss_type"], search_space)
+            if name == "data.train" and fmt is not None:
+                found.problems += _metric_problems(job, fmt, search_space is not None)
     found.problems += check_storage(job.storage.path, "storage.path")
     return found
 
 
-def _loss_problem(fmt: str | None, loss_type: str) -> str | None:
-    """Why ``train.loss_type`` cannot train data of format ``fmt``, or None."""
-    if fmt == "ratings" and loss_type != "regression":
-        return f"ratings data trains with train.loss_type=regression, got {loss_type!r}"
-    if fmt is not None and fmt != "ratings" and loss_type == "regression":
-        return f"train.loss_type=regression needs ratings data ('response' + attribute columns); got {fmt} data"
-    return None
+def _metric_problems(job, fmt: str, sweep: bool) -> list[str]:
+    """A checkpoint ranking (or a sweep's metric) by a metric the data's shape never reports."""
+    from rayreward.core.group_metrics import metric_shape_problem
+
+    shape = "ratings" if fmt == "ratings" else "groups" if fmt in ("ranked", "ranked_lists") else "pairs"
+    attributes = tuple(job.train["attributes"] or ())
+    fields = [("storage.checkpoint_score_attribute", job.storage.checkpoint_score_attribute)]
+    if sweep:
+        fields.append(("tune.metric", job.tune.metric))
+    problems = []
+    for field_name, metric in fields:
+        problem = metric_shape_problem(metric, shape, attributes)
+        if problem:
+            problems.append(f"{field_name}: {problem}")
+    return problems
+
+
+def _loss_problems(fmt: str | None, name: str, loss_type: str, search_space: dict | None) -> list[str]:
+    """The losses that cannot train ``name``'s data (format ``fmt``): the job's own, or each
+    value of a swept ``train.loss_type``."""
+    from rayreward.core.config import losses_for
+
+    if fmt is None:
+        return []
+    fits = losses_for(fmt)
+    spec = (search_space or {}).get("train.loss_type")
+    if isinstance(spec, dict) and len(spec) == 1:
+        (kind, values), = spec.items()
+        where = f"tune.search_space.train.loss_type.{kind}"
+        return [f"{where}: got {v!r}, which cannot train {name}'s {fmt} data; expected one of {', '.join(fits)} "
+                "for this data" for v in (values if isinstance(values, list) else []) if v not in fits]
+    if loss_type in fits:
+        return []
+    return [f"{name}: got {fmt} data with train.loss_type={loss_type!r}; expected train.loss_type "
+            f"{' or '.join(fits)} for {fmt} data"]
 
 
 def check_pairs(spec: str, name: str, data_cfg, found: Findings, tokenizer=None, full_pass: bool = True,

@@ -19,17 +19,18 @@ def add_address_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")
 
 
-def preflight_job(args, job) -> None:
+def preflight_job(args, job, search_space: dict | None = None) -> None:
     """Checks the job's data, model and storage before Ray starts (``rayreward.checks.job``,
     the same checks ``fit`` and ``run_sweep`` run); prints what the user should know
-    (skipped rows, identical pairs, no eval data).
+    (skipped rows, identical pairs, no eval data). A sweep passes its ``search_space``
+    (its swept losses are checked against the data's shape).
 
     Raises:
         PreflightError: every problem found, one per line.
     """
     from rayreward.checks.job import preflight_job as checks
 
-    found = checks(job)
+    found = checks(job, search_space=search_space)
     for note in found.notes:
         print(f"[rayreward] note: {note}", file=sys.stderr)
     found.raise_if_any(f"the inputs of {args.config or 'the job'}")

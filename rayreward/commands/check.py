@@ -21,12 +21,20 @@ def run(args) -> int:
     from rayreward.config.tree import ConfigError, load_yaml
 
     job, extras = load_job(args, extra_sections=("tune",))
+    sweep = None
     if "tune" in extras:
         problems = _tune_problems(extras["tune"], job)
         if problems:
             raise ConfigError(problems, args.config, what="tune section")
+        import dataclasses
+
+        from rayreward.config.tree import build
+        from rayreward.job.tune_section import TuneSection
+
+        # The data checks of a sweep see its metric and swept losses.
+        sweep = dataclasses.replace(job, tune=build(TuneSection, extras["tune"], "tune", []))
     if not args.config_only:
-        preflight_job(args, job)
+        preflight_job(args, sweep or job, search_space=sweep.tune.search_space if sweep else None)
     sources = value_sources(job, load_yaml(args.config) if args.config else {}, args.overrides)
     print("# the job as it will run; after each value, where it comes from (override: the command line, file: "
           f"{args.config or 'no file'}, demo: the built-in demo's settings, derived: set by a rule, default)")

@@ -35,7 +35,7 @@ def run(args) -> int:
     problems = sweep_problems(job)
     if problems:
         raise ConfigError(problems, args.config, what="sweep")
-    preflight_job(args, job)
+    preflight_job(args, job, search_space=job.tune.search_space)
     # The sweep's name is fixed now: its log goes in its folder, and a re-run resumes it.
     name = sweep_name(job)
     job = dataclasses.replace(job, storage=dataclasses.replace(job.storage, name=name))

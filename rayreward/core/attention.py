@@ -159,8 +159,8 @@ class PackedLayout:
 def build_layout(batch: dict[str, torch.Tensor], backend: str) -> PackedLayout:
     """The ``PackedLayout`` of a packed batch for one (resolved) backend.
 
-    ``banded`` reads only the sequence and branch ids, so it takes ranked groups
-    (``pack_groups``) as well as pairs; the others need the pairs' ``packed_units``.
+    ``banded`` and ``flex`` read only the sequence and branch ids, so they take ranked
+    groups (``pack_groups``) as well as pairs; the others need the pairs' ``packed_units``.
     """
     seq = batch["packed_sequence_ids"]
     units = [tuple(u) for u in batch["packed_units"].tolist()] if "packed_units" in batch else []

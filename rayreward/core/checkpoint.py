@@ -42,6 +42,10 @@ class CheckpointManifest:
         tokenizer: the tokenizer the training data was tokenized with, for a checkpoint
             saved without its tokenizer files.
         adapters: the LoRA adapters' settings, or None when every weight was trained.
+        head: a multi-attribute head's ``{"attributes", "weights", "mean", "std"}`` (what
+            ``rayreward.core.attributes.record_attributes`` writes into the model config),
+            or None for one scalar reward. A LoRA adapter or ZeRO shards carry no model
+            config: the export rebuilds the head's size and its config from this.
 
     Example:
         >>> write_manifest(folder, CheckpointManifest(BaseModelSpec("builtin:tiny-llama"),
@@ -53,6 +57,20 @@ class CheckpointManifest:
     base_model: BaseModelSpec
     tokenizer: TokenizerSpec
     adapters: LoraSpec | None = None
+    head: dict[str, Any] | None = None
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the reward head: one per attribute, or one."""
+        return len(self.head["attributes"]) if self.head else 1
+
+    def record_head(self, model) -> None:
+        """Writes the head's attributes (names, weights, standardisation) into ``model.config``."""
+        if self.head:
+            from rayreward.core.attributes import record_attributes
+
+            h = self.head
+            record_attributes(model, h["attributes"], h["weights"], h.get("mean"), h.get("std"))
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as ``rayreward_manifest.json`` holds it."""
@@ -64,6 +82,7 @@ class CheckpointManifest:
             "adapters": None if self.adapters is None else {
                 **asdict(self.adapters), "target_modules": _targets_to_json(self.adapters.target_modules)},
             "tokenizer": asdict(self.tokenizer),
+            **({"head": self.head} if self.head else {}),
         }
 
     @classmethod
@@ -87,7 +106,11 @@ class CheckpointManifest:
             adapters = data["adapters"]
             if adapters is not None:
                 adapters = LoraSpec(**{**adapters, "target_modules": _targets(adapters["target_modules"])})
-            return cls(BaseModelSpec(**data["base_model"]), TokenizerSpec(**data["tokenizer"]), adapters)
+            head = data.get("head")
+            if head is not None and not (isinstance(head, dict) and isinstance(head.get("attributes"), list)
+                                         and isinstance(head.get("weights"), list)):
+                raise TypeError(f"head: got {head!r}; expected attributes and weights")
+            return cls(BaseModelSpec(**data["base_model"]), TokenizerSpec(**data["tokenizer"]), adapters, head)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{source}: {exc!r}; expected the base_model, tokenizer and adapters fields a run writes "
                              f"(format {MANIFEST_FORMAT})") from exc
@@ -204,8 +227,11 @@ def load_checkpoint(folder: str, base_model: str | None = None):
 
         from rayreward.core.model import load_base_model
 
-        base = load_base_model(_base_model(manifest, folder, base_model))
+        base = load_base_model(_base_model(manifest, folder, base_model),
+                               manifest.num_labels if manifest is not None else 1)
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+        if manifest is not None:
+            manifest.record_head(model)
     elif any(os.path.exists(os.path.join(folder, f)) for f in _WEIGHT_FILES):
         model = AutoModelForSequenceClassification.from_pretrained(folder)
     elif glob.glob(os.path.join(folder, "global_step*")):
@@ -228,14 +254,18 @@ def _from_zero_shards(folder: str, manifest: CheckpointManifest | None, base_mod
 
     state = get_fp32_state_dict_from_zero_checkpoint(folder)
     if manifest is not None or base_model:
-        model = load_base_model(_base_model(manifest, folder, base_model))
+        model = load_base_model(_base_model(manifest, folder, base_model),
+                                manifest.num_labels if manifest is not None else 1)
         lora = peft_config_for(manifest.adapters if manifest is not None else None)
         if lora is not None:
             from rayreward.core.model import wrap_peft
 
             model = wrap_peft(model, lora)
         model.load_state_dict(state, strict=True)
-        return model.merge_and_unload() if lora is not None else model
+        model = model.merge_and_unload() if lora is not None else model
+        if manifest is not None:
+            manifest.record_head(model)
+        return model
     model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
     model.load_state_dict(state, strict=True)
     return model

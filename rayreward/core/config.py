@@ -19,6 +19,20 @@ LOSS_TYPES = ("bradley_terry", "plackett_luce", "regression")
 ATTENTION_BACKENDS = ("auto", "dense", "banded", "segment", "varlen", "flex")
 
 
+def losses_for(shape: str) -> tuple[str, ...]:
+    """The ``loss_type`` values that can train data of one shape.
+
+    Args:
+        shape: a data format (``text``, ``ranked``, ``ratings``, ...) or a data kind
+            (``pairs``, ``groups``, ``ratings``).
+
+    Returns:
+        ``("regression",)`` for ratings; the two ranking losses for pairs and groups
+        (``plackett_luce`` on a pair is the Bradley-Terry loss without margin).
+    """
+    return ("regression",) if shape == "ratings" else ("bradley_terry", "plackett_luce")
+
+
 @dataclass
 class RewardConfig(TrainingArguments):
     """Training arguments for ``RewardTrainer``.

@@ -4,7 +4,8 @@
 ``rayreward.data.groups`` (``responses`` + ``ranking``/``scores``; ``chosen``/``rejected``
 lists; ``response`` + attribute columns). A list of dicts and a ``datasets.Dataset`` are
 read the same way, row by row, with every row checked (row number and field in the
-error) and the length policy counted as for pairs.
+error) and the length policy counted as for pairs. A streaming ``datasets.IterableDataset``
+becomes a ``GroupStream``, checked and tokenized as it is read (set ``max_steps``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,44 @@ class GroupDataset(torch.utils.data.Dataset):
         return label_statistics([e["labels"] for e in self.examples])
 
 
+class GroupStream(torch.utils.data.IterableDataset):
+    """A streaming ``datasets.IterableDataset`` of groups or ratings, checked and tokenized as it is read.
+
+    Yields the examples of ``GroupDataset`` (filtered rows skipped, and counted in
+    ``stats`` as they go by). Sharding among data loader workers is the stream's own
+    (``datasets`` splits its shards); among processes, Accelerate's.
+
+    Attributes:
+        fmt: ``ranked``, ``ranked_lists`` or ``ratings``.
+        stats: the length policy's counts so far.
+    """
+
+    def __init__(self, dataset, encoder: GroupEncoder, fmt: str, name: str,
+                 attributes: Sequence[str] | None = None, names: ColumnNames = ColumnNames()):
+        self.dataset, self.encoder, self.fmt, self.name = dataset, encoder, fmt, name
+        self.attributes, self.names = attributes, names
+        self.stats = encoder.stats
+
+    @property
+    def kind(self) -> str:
+        """``groups`` or ``ratings``."""
+        return "ratings" if self.fmt == "ratings" else "groups"
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passed on to the stream (its shuffling buffer reshuffles per epoch)."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, row in enumerate(self.dataset):
+            problem = group_row_problem(row, self.fmt, self.names, self.attributes)
+            if problem:
+                raise BadRowError(self.name, i, *problem)
+            example = self.encoder.encode_rows([row])[0]
+            if example is not None:
+                yield example
+
+
 def label_statistics(labels) -> tuple[list[float], list[float]]:
     """Per-attribute mean and standard deviation over the rated cells of ``(rows, attributes)``
     labels (NaN = not rated); a standard deviation of 0 becomes 1."""
@@ -109,22 +148,27 @@ def tokenize_groups(
 ) -> tuple[GroupDataset, LengthStats]:
     """Checks and tokenizes ranked groups or ratings in this process.
 
+    Returns:
+        ``(GroupDataset, stats)``; for a streaming ``datasets.IterableDataset``, a
+        ``GroupStream`` whose stats grow as it is read.
+
     Raises:
-        DataFormatError: a streaming data set, ratings without their attribute columns,
-            or every row filtered by the length policy.
-        BadRowError: a malformed row; the message names the row and the field.
+        DataFormatError: ratings without their attribute columns, or every row filtered
+            by the length policy.
+        BadRowError: a malformed row; the message names the row and the field (for a
+            stream, when it is read).
     """
     import datasets
 
+    encoder = GroupEncoder(tokenizer, fmt, names, max_length, length_policy, attributes)
     if isinstance(dataset, datasets.IterableDataset):
-        raise DataFormatError(
-            f"{name}: a streaming datasets.IterableDataset of {fmt} rows is not supported; pass a datasets.Dataset "
-            "or a list of dicts (or train through `rayreward train`, which streams from files)"
-        )
+        first = next(iter(dataset), None) or {}
+        if fmt == "ratings":
+            check_attribute_columns(list(first), attributes, name)
+        return GroupStream(dataset, encoder, fmt, name, attributes, names), encoder.stats
     columns, _ = _columns_and_first(dataset)
     if fmt == "ratings":
         check_attribute_columns(columns, attributes, name)
-    encoder = GroupEncoder(tokenizer, fmt, names, max_length, length_policy, attributes)
     examples: list[dict[str, Any]] = []
     chunk = []
     for i, row in enumerate(dataset):
@@ -151,4 +195,4 @@ def nan_to_none(values: Sequence[float]) -> list[float | None]:
     return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
 
 
-__all__ = ["GroupDataset", "group_format_of", "label_statistics", "tokenize_groups"]
+__all__ = ["GroupDataset", "GroupStream", "group_format_of", "label_statistics", "tokenize_groups"]

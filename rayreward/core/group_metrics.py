@@ -140,4 +140,34 @@ def flat_rating_metrics(per_attribute: dict[str, dict[str, float]]) -> dict[str,
     return out
 
 
-__all__ = ["flat_rating_metrics", "kendall_tau_b", "ranking_metrics", "rating_metrics"]
+# What the evaluation of each data shape reports (in the loop and beside it), without the
+# ``eval_`` prefix: a metric of one shape named for another is caught before a run starts.
+_PAIR_METRICS = ("accuracy", "loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "mean_margin", "ece")
+_GROUP_METRICS = ("accuracy", "loss", "top1_accuracy", "best_of_k_accuracy", "pairwise_accuracy", "kendall_tau")
+_RATING_KEYS = ("rmse", "pearson", "spearman")
+
+
+def reported_metrics(shape: str, attributes: Sequence[str] = ()) -> tuple[str, ...]:
+    """The ``eval_*`` metrics an evaluation of ``shape`` data (``pairs``, ``groups``, ``ratings``) reports."""
+    if shape == "ratings":
+        names = ("loss", *_RATING_KEYS, *(f"{a}/{k}" for a in attributes for k in _RATING_KEYS))
+    else:
+        names = _GROUP_METRICS if shape == "groups" else _PAIR_METRICS
+    return tuple(f"eval_{n}" for n in names)
+
+
+def metric_shape_problem(metric: str, shape: str, attributes: Sequence[str] = ()) -> str | None:
+    """Why ``metric`` is never reported for ``shape`` data, or None (it is, or it is not one of
+    rayreward's metrics: a ``compute_metrics`` of the user's may report it)."""
+    if not isinstance(metric, str) or not metric.startswith("eval_"):
+        return None
+    name = metric.removeprefix("eval_")
+    ours = set(_PAIR_METRICS) | set(_GROUP_METRICS) | set(_RATING_KEYS)
+    if (name in ours or name.rsplit("/", 1)[-1] in _RATING_KEYS) and metric not in reported_metrics(shape, attributes):
+        return (f"got {metric!r}, which the evaluation of {shape} data does not report; expected one of "
+                f"{', '.join(reported_metrics(shape, attributes))}")
+    return None
+
+
+__all__ = ["flat_rating_metrics", "kendall_tau_b", "metric_shape_problem", "ranking_metrics", "rating_metrics",
+           "reported_metrics"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rayreward.core.config import RewardConfig
-from rayreward.core.group_data import GroupDataset
+from rayreward.core.group_data import GroupDataset, GroupStream
 from rayreward.core.group_metrics import flat_rating_metrics, ranking_metrics, rating_metrics
 from rayreward.core.loss import ranking_loss, regression_loss
 from rayreward.core.packed import packed_group_rewards
@@ -32,8 +32,8 @@ class GroupTraining:
         """``pairs``, ``groups`` or ``ratings``: what the data is, checked against ``loss_type``."""
         sets = [train_dataset] + (list(eval_dataset.values()) if isinstance(eval_dataset, Mapping) else [eval_dataset])
         kinds = {d.kind if isinstance(d, GroupDataset) else "pairs" for d in sets
-                 if d is not None and not isinstance(d, BatchStream)}
-        streams = [d for d in sets if isinstance(d, BatchStream)]
+                 if d is not None and not isinstance(d, (BatchStream, GroupStream))}
+        streams = [d for d in sets if isinstance(d, (BatchStream, GroupStream))]
         kinds |= {getattr(d, "kind", "pairs") for d in streams}
         if len(kinds) > 1:
             raise ValueError(f"the train and eval data have different shapes ({', '.join(sorted(kinds))}); give "
@@ -47,6 +47,9 @@ class GroupTraining:
                              f"attribute); this data is {kind}")
         if kind == "pairs" and args.loss_type == "plackett_luce":
             logger.info("plackett_luce on pairs is the Bradley-Terry loss without margin")
+        if kind == "groups" and getattr(args, "attention_backend", "auto") in ("segment", "varlen"):
+            logger.warning("attention_backend=%s splits the two branches of a pair; packed groups of K responses "
+                           "use the dense mask instead (or set attention_backend=banded or flex)", args.attention_backend)
         return kind
 
     def compute_outputs(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

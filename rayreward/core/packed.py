@@ -78,7 +78,9 @@ def packed_head_output(model: nn.Module, batch: Mapping[str, torch.Tensor], atte
     half = next(inner.parameters()).dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(
         ids.device.type)
     backend = resolve_backend(inner, attention, ids.device, half)
-    if backend == "dense" or ("packed_units" not in batch and backend != "banded"):
+    # A packed group (K responses after one prompt) has no pair units: segment and varlen
+    # split a pair's two branches; banded and flex read only the sequence and branch ids.
+    if backend == "dense" or ("packed_units" not in batch and backend not in ("banded", "flex")):
         kwargs = {"attention_mask": _dense_mask(inner, batch)}
     else:
         install(inner)

@@ -23,7 +23,7 @@ from transformers.trainer_utils import EvalPrediction
 
 from rayreward.core.config import RewardConfig
 from rayreward.core.attributes import record_attributes
-from rayreward.core.group_data import GroupDataset, group_format_of, tokenize_groups
+from rayreward.core.group_data import GroupDataset, GroupStream, group_format_of, tokenize_groups
 from rayreward.core.group_training import GroupTraining
 from rayreward.core.loss import pairwise_loss
 from rayreward.core.metrics import reward_metrics
@@ -180,6 +180,10 @@ class RewardTrainer(GroupTraining, Trainer):
             # A Ray shard cannot be read up front: the driver computed them (BatchStream.label_stats).
             stats = (train_dataset.label_statistics() if isinstance(train_dataset, GroupDataset)
                      else getattr(train_dataset, "label_stats", None))
+            if stats is None and isinstance(train_dataset, GroupStream):
+                raise ValueError("standardize_targets needs the mean and std of each attribute before training, and a "
+                                 "streaming datasets.IterableDataset cannot be read ahead; pass a datasets.Dataset or a "
+                                 "list of dicts, or train through `rayreward train` (which computes them from the files)")
             if stats is None:
                 raise ValueError("standardize_targets needs the training ratings (train_dataset) to compute the "
                                  "mean and std of each attribute")

@@ -124,6 +124,11 @@ class PreparedData:
         return "groups" if self.format in GROUP_FORMATS else "pairs"
 
     @property
+    def unit(self) -> str:
+        """What one training example is called on the console (``pairs``, ``ranked groups``, ...)."""
+        return {"pairs": "pairs", "groups": "ranked groups", "ratings": "rated responses"}[self.kind]
+
+    @property
     def num_train_pairs(self) -> int | None:
         """Number of training pairs, or None for a stream (known only once read)."""
         return self.train_counts.pairs if self.train_counts else None

@@ -164,7 +164,17 @@ class TrainSection(Mapping[str, Any]):
         return problems
 
 
+def allowed_values(key: str) -> tuple[str, ...] | None:
+    """The values a reward field takes (``loss_type``, ``attention_backend``), or None."""
+    from rayreward.core.config import ATTENTION_BACKENDS, LOSS_TYPES
+
+    return {"loss_type": LOSS_TYPES, "attention_backend": ATTENTION_BACKENDS}.get(key)
+
+
 def _range_problem(key: str, value: Any) -> str | None:
+    allowed = allowed_values(key)
+    if allowed is not None and value not in allowed:
+        return f"one of {', '.join(allowed)}"
     if key in ("max_steps",) and is_int(value) and value != -1 and value < 1:
         return "a positive integer, or -1 to count steps from num_train_epochs"
     if key in _POSITIVE_INTS and is_int(value) and value < 1:

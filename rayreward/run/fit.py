@@ -98,8 +98,7 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
     # 3. The run spec: what every worker needs, decided here once (steps, DeepSpeed, ...).
     spec = run_spec(job, prepared)
     plan = spec.steps
-    unit = {"pairs": "pairs", "groups": "ranked groups", "ratings": "rated responses"}[prepared.kind]
-    print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training {unit}, "
+    print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training {prepared.unit}, "
              f"{_describe_workers(job.scaling)}, ZeRO-{spec.zero_stage}, "
              f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
 
@@ -118,16 +117,15 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
 
     checkpoint = _final_checkpoint(result, job)
     model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
-    # Groups and ratings have their own metrics (rayreward evaluate); the headline is for pairs.
     final = export_and_summarize(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir,
-                                 prepared.eval if prepared.kind == "pairs" else None, job)
+                                 prepared.eval, job, prepared.kind)
     metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
     if job.storage.checkpoint_eval == "ray":
         metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
     # 7. Sum up.
     metrics.update(final)
-    if "final_accuracy" in final:
-        print_fn(f"[rayreward] exported model on the eval pairs: {headline_line(metrics)}")
+    if "final_loss" in final:
+        print_fn(f"[rayreward] exported model on the eval {prepared.unit}: {headline_line(metrics)}")
     metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
                    num_workers=s.num_workers, zero_stage=spec.zero_stage,
                    checkpoint=_storage.join(run_dir, os.path.basename(checkpoint.path)), model_dir=model_dir,
@@ -136,16 +134,17 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
     return RunOutcome(run_dir, model_dir, metrics_path, metrics["checkpoint"], metrics, result)
 
 
-def run_preflight(job: JobConfig, print_fn=print) -> None:
+def run_preflight(job: JobConfig, print_fn=print, search_space: dict | None = None) -> None:
     """The checks ``rayreward train`` and ``tune`` run before Ray starts, for the Python
-    entry points: notes printed, every problem raised at once.
+    entry points: notes printed, every problem raised at once (a sweep passes its
+    ``search_space``).
 
     Raises:
         PreflightError: the job's data, model or storage have problems.
     """
     from rayreward.checks.job import preflight_job
 
-    found = preflight_job(job)
+    found = preflight_job(job, search_space=search_space)
     for note in found.notes:
         print_fn(f"[rayreward] note: {note}")
     found.raise_if_any("the inputs of the job")
@@ -222,7 +221,8 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
         ),
         datasets=prepared.datasets(),
         dataset_config=_data_config(s.elastic),
-        validation_config=checkpoint_validation(prepared.eval, s) if spec.checkpoints.validate else None,
+        validation_config=(checkpoint_validation(prepared.eval, s, prepared.kind, job.train["loss_type"])
+                           if spec.checkpoints.validate else None),
     )
 
 
@@ -396,11 +396,15 @@ def _describe_workers(scaling) -> str:
 def _checkpoint_evals(result, exported, print_fn) -> dict:
     """The eval lines of the checkpoints Ray evaluated beside training, and the exported
     checkpoint's eval metrics for the run's metrics."""
-    evaluated = sorted(((m.get("step", 0), m) for _, m in result.best_checkpoints or () if m and "eval_accuracy" in m),
+    from rayreward.run.eval_scores import summary_line
+
+    evaluated = sorted(((m.get("step", 0), m) for _, m in result.best_checkpoints or () if m and "eval_seconds" in m),
                        key=lambda item: item[0])
     for step, m in evaluated:
+        # Pairs keep their short line; groups and ratings show their own metrics.
+        shown = (f"eval_acc {m['eval_accuracy']:.4f}" if "eval_mean_margin" in m else summary_line(m, "eval_"))
         print_fn(f"[rayreward] checkpoint at step {step} (evaluated beside training in {m.get('eval_seconds', 0):.1f} s): "
-                 f"eval_loss {m['eval_loss']:.4f} | eval_acc {m['eval_accuracy']:.4f}")
+                 f"eval_loss {m['eval_loss']:.4f} | {shown}")
     for c, m in result.best_checkpoints or ():
         if c.path == exported.path and m:
             return {k: v for k, v in m.items() if k.startswith("eval_") and _is_jsonable(v)}

@@ -131,11 +131,20 @@ def run_spec(job: JobConfig, prepared) -> RunSpec:
                     shuffle=job.data.shuffle, shuffle_buffer_size=job.data.shuffle_buffer_size, seed=job.data.seed,
                     length_group_batches=t["length_group_batches"], global_batch=global_batch,
                     has_eval=prepared.eval is not None, kind=prepared.kind)
-    manifest = CheckpointManifest(dataclasses.replace(model, attn_implementation=None), tokenizer, lora)
+    label_stats = _label_stats(job, prepared)
+    head, names = None, t["attributes"]
+    if isinstance(names, str):  # one comma-separated string, as RewardConfig takes it
+        names = [a.strip() for a in names.split(",") if a.strip()]
+    if names:
+        # An adapter or ZeRO shards carry no model config: the manifest keeps the head's.
+        weights = t["attribute_weights"] or [1.0 / len(names)] * len(names)
+        mean, std = label_stats or (None, None)
+        head = {"attributes": list(names), "weights": [float(w) for w in weights], "mean": mean, "std": std}
+    manifest = CheckpointManifest(dataclasses.replace(model, attn_implementation=None), tokenizer, lora, head)
     checkpoints = CheckpointSpec(upload=job.storage.checkpoint_upload, validate=job.storage.checkpoint_eval == "ray",
                                  manifest=manifest)
     return RunSpec(training_args=args, model=model, lora=lora, tokenizer=tokenizer, deepspeed=ds_config, steps=plan,
-                   feed=feed, checkpoints=checkpoints, label_stats=_label_stats(job, prepared))
+                   feed=feed, checkpoints=checkpoints, label_stats=label_stats)
 
 
 def _label_stats(job: JobConfig, prepared):

@@ -110,6 +110,10 @@ def sweep_problems(job: JobConfig) -> list[str]:
     tune = job.tune
     base = base_config(job)
     problems = [p for key in tune.search_space for p in _key_problems(base, key, tune.search_space[key])]
+    bad_values: set[tuple[str, str]] = set()
+    if not problems:
+        for key, spec in tune.search_space.items():
+            problems += _value_problems(base, key, spec, bad_values)
     if job.storage.checkpoint_eval == "ray":
         # Tune schedules on the metrics each report carries; an evaluation that lands
         # later, beside training, is not one of them.
@@ -123,10 +127,12 @@ def sweep_problems(job: JobConfig) -> list[str]:
             suite_slice(job)
         except (DataSourceError, DataFormatError) as exc:
             problems.append(str(exc) if str(exc).startswith("tune.suite_data") else f"tune.suite_data: {exc}")
-    if problems:
+    if problems and not bad_values:
         return problems
     seen: dict[str, str] = {}
     for values in _combinations(tune.search_space):
+        if any((k, repr(v)) in bad_values for k, v in values.items()):
+            continue  # reported above, value by value
         try:
             trial_job = job_from_dict(apply_overrides(base, values))
             found = _trial_rule_problems(trial_job)
@@ -134,7 +140,7 @@ def sweep_problems(job: JobConfig) -> list[str]:
             found = exc.problems
         for problem in found:
             seen.setdefault(problem, _assignments(values))
-    problems = [f"tune.search_space: a trial with {where} is invalid: {problem}" for problem, where in seen.items()]
+    problems += [f"tune.search_space: a trial with {where} is invalid: {problem}" for problem, where in seen.items()]
     lora_keys = [k for k in tune.search_space if k.startswith("lora.") and k != "lora.enabled"]
     if lora_keys and not job.lora.enabled and "lora.enabled" not in tune.search_space:
         problems.append(f"tune.search_space.{lora_keys[0]}: swept with lora.enabled=false, where it has no effect; "
@@ -161,9 +167,30 @@ def _key_problems(base: dict, key: str, spec: dict) -> list[str]:
     except ConfigError as exc:
         prefixes = [".".join(key.split(".")[: i + 1]) + ":" for i in range(key.count(".") + 1)]
         # Problems of the key itself; those of its values are the combinations' to report.
+        # ("train: ..." is TrainingArguments' own check of the values.)
         return [f"tune.search_space.{p}" for p in exc.problems
-                if any(p.startswith(x) for x in prefixes) and not p.startswith(f"{key}: got ")]
+                if any(p.startswith(x) for x in prefixes) and not p.startswith((f"{key}: got ", "train: "))]
     return []
+
+
+def _value_problems(base: dict, key: str, spec: dict, bad_values: set[tuple[str, str]]) -> list[str]:
+    """Each listed value (``choice``/``grid``) the key itself does not take, before any
+    combination: ``tune.search_space.train.loss_type.choice: got 'pl'; expected one of ...``.
+    Adds ``(key, repr(value))`` of each to ``bad_values``."""
+    (kind, args), = spec.items()
+    if kind not in ("choice", "grid"):
+        return []
+    problems = []
+    for value in args:
+        try:
+            job_from_dict(apply_overrides(base, {key: value}))
+        except ConfigError as exc:
+            found = [f"tune.search_space.{key}.{kind}: {p[len(key) + 2:]}" for p in exc.problems
+                     if p.startswith(f"{key}: got ")]
+            if found:
+                bad_values.add((key, repr(value)))
+                problems += found
+    return problems
 
 
 def suite_slice(job: JobConfig) -> list:
@@ -374,7 +401,7 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print, preflight
     from rayreward.run.fit import resolve_scaling_on_cluster, run_preflight
 
     if preflight:
-        run_preflight(job, print_fn)
+        run_preflight(job, print_fn, search_space=job.tune.search_space)
 
     t = job.tune
     job = resolve_scaling_on_cluster(job, print_fn)
@@ -390,7 +417,8 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print, preflight
         from rayreward.data import build_datasets
 
         prepared = build_datasets(job.data, tokenizer_spec(job), job.train["attributes"])
-        print_fn(f"[rayreward] data: {prepared.num_train_pairs} training pairs, tokenized once for all trials")
+        print_fn(f"[rayreward] data: {prepared.num_train_pairs} training {prepared.unit}, tokenized once for all "
+                 "trials")
     suites = suite_slice(job)
     if suites:
         print_fn(f"[rayreward] trials are ranked by {t.metric} on {suites[0].where}, scored at every checkpoint")
