@@ -132,8 +132,8 @@ def test_bad_loss_values_fail_before_ray_with_the_allowed_ones(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "tune.search_space.train.loss_type.choice: got 'pl'; expected one of bradley_terry, plackett_luce, " \
         "regression" in err
-    assert "tune.search_space.train.attention_backend.grid: got 'flash'; expected one of auto, dense, segment, " \
-        "varlen, flex" in err
+    assert "tune.search_space.train.attention_backend.grid: got 'flash'; expected one of auto, dense, banded, " \
+        "segment, varlen, flex" in err
     assert main(["check", "--config", str(path)]) == 2
     assert "tune.search_space.train.loss_type.choice: got 'pl'" in capsys.readouterr().err
 
