@@ -161,6 +161,15 @@ def replace_section(text: str, title: str, body: str) -> str:
     return text.rstrip("\n") + "\n\n" + section
 
 
+def publish(title: str, lines: list[str], record: bool) -> int:
+    """Prints a benchmark's report and, when ``record``, writes it as RESULTS.md's ``title`` section."""
+    body = "\n".join(lines) + "\n"
+    print(body)
+    if record:
+        record_section(title, body)
+    return 0
+
+
 def record_section(title: str, body: str, path: Path = RESULTS_MD) -> None:
     """Writes one section of RESULTS.md, re-reading the file just before writing."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""

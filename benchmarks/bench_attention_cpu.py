@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _measure import machine, record_section  # noqa: E402
+from _measure import machine, publish  # noqa: E402
 from bench_trl import run_one  # noqa: E402
 
 SECTION = "CPU attention backends (issue 17)"
@@ -65,11 +65,7 @@ def main(argv=None) -> int:
         for b in BACKENDS:
             w, c = med[b]
             lines.append(f"| {threads} | {b} | {w:.2f} | {w / dw:.2f}x | {c:.2f} | {c / dc:.2f}x |")
-    body = "\n".join(lines) + "\n"
-    print(body)
-    if not args.no_record:
-        record_section(SECTION, body)
-    return 0
+    return publish(SECTION, lines, record=not args.no_record)
 
 
 if __name__ == "__main__":

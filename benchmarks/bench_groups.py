@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _measure import machine, record_section  # noqa: E402
+from _measure import machine, publish  # noqa: E402
 
 HH = HERE.parents[1] / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl"
 SECTION = "Ranked groups: K = 4 (issue 25)"
@@ -155,11 +155,7 @@ def main(argv=None) -> int:
     for name in methods:
         med = statistics.median(seconds[name])
         lines.append(f"| {name} | {positions[name] / n:.0f} | {real[name] / n:.0f} | {med:.4f} | {med / base:.2f}x |")
-    body = "\n".join(lines) + "\n"
-    print(body)
-    if not args.no_record:
-        record_section(SECTION, body)
-    return 0
+    return publish(SECTION, lines, record=not args.no_record)
 
 
 if __name__ == "__main__":

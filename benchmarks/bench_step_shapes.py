@@ -41,7 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import _trl_run  # noqa: E402
-from _measure import machine, record_section  # noqa: E402
+from _measure import machine, publish  # noqa: E402
 
 SECTION = "Per-token cost by kernel (issue 27)"
 TRAINERS = ("trl", "rayreward")
@@ -227,11 +227,7 @@ def main(argv=None) -> int:
                     "attention, no mask"):
             a, b = r["trl"]["us_per_token"][key], r["rayreward"]["us_per_token"][key]
             lines.append(f"| {threads} | {key} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")
-    body = "\n".join(lines) + "\n"
-    print(body)
-    if not args.no_record:
-        record_section(SECTION, body)
-    return 0
+    return publish(SECTION, lines, record=not args.no_record)
 
 
 if __name__ == "__main__":
