@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 BACKENDS = ATTENTION_BACKENDS
 WRAPPED = "rayreward_sdpa"
 LAYOUT_KEY = "rayreward_layout"
+# Backends that read only the sequence and branch ids, so they take ranked groups
+# (``pack_groups``, no pair units) as well as pairs; the others split a pair's branches.
+ANY_UNIT = ("banded", "flex")
 # Query block of the banded backend. Measured on the benchmark decoder's packed hh-rlhf
 # batches (rows of 400-650 tokens; benchmarks/RESULTS.md, "Per-token cost by kernel"):
 # 128 and 256 took the same time, 64 more than no bands at all (too many calls).
@@ -159,7 +162,7 @@ class PackedLayout:
 def build_layout(batch: dict[str, torch.Tensor], backend: str) -> PackedLayout:
     """The ``PackedLayout`` of a packed batch for one (resolved) backend.
 
-    ``banded`` and ``flex`` read only the sequence and branch ids, so they take ranked
+    ``ANY_UNIT`` backends read only the sequence and branch ids, so they take ranked
     groups (``pack_groups``) as well as pairs; the others need the pairs' ``packed_units``.
     """
     seq = batch["packed_sequence_ids"]
@@ -394,4 +397,4 @@ def _register() -> None:
     AttentionMaskInterface.register(WRAPPED, sdpa_mask)
 
 
-__all__ = ["BACKENDS", "PackedLayout", "backend_problem", "build_layout", "install", "resolve_backend"]
+__all__ = ["ANY_UNIT", "BACKENDS", "PackedLayout", "backend_problem", "build_layout", "install", "resolve_backend"]

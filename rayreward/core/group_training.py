@@ -13,6 +13,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from rayreward.core.attention import ANY_UNIT
 from rayreward.core.config import RewardConfig
 from rayreward.core.group_data import GroupDataset, GroupStream
 from rayreward.core.group_metrics import flat_rating_metrics, ranking_metrics, rating_metrics
@@ -47,9 +48,11 @@ class GroupTraining:
                              f"attribute); this data is {kind}")
         if kind == "pairs" and args.loss_type == "plackett_luce":
             logger.info("plackett_luce on pairs is the Bradley-Terry loss without margin")
-        if kind == "groups" and getattr(args, "attention_backend", "auto") in ("segment", "varlen"):
+        backend = getattr(args, "attention_backend", "auto")
+        if kind == "groups" and backend not in ("auto", "dense", *ANY_UNIT):
             logger.warning("attention_backend=%s splits the two branches of a pair; packed groups of K responses "
-                           "use the dense mask instead (or set attention_backend=banded or flex)", args.attention_backend)
+                           "use the dense mask instead (or set attention_backend to one of %s)", backend,
+                           ", ".join(ANY_UNIT))
         return kind
 
     def compute_outputs(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

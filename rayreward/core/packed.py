@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from rayreward.core.attention import build_layout, install, layout_kwargs, resolve_backend
+from rayreward.core.attention import ANY_UNIT, build_layout, install, layout_kwargs, resolve_backend
 from rayreward.core.model import attention_implementation, reward_head, text_config, unwrap_model
 from rayreward.data.packing import PackedPairCollator, packed_attention_mask
 
@@ -78,9 +78,8 @@ def packed_head_output(model: nn.Module, batch: Mapping[str, torch.Tensor], atte
     half = next(inner.parameters()).dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(
         ids.device.type)
     backend = resolve_backend(inner, attention, ids.device, half)
-    # A packed group (K responses after one prompt) has no pair units: segment and varlen
-    # split a pair's two branches; banded and flex read only the sequence and branch ids.
-    if backend == "dense" or ("packed_units" not in batch and backend not in ("banded", "flex")):
+    # A packed group (K responses after one prompt) has no pair units (see ANY_UNIT).
+    if backend == "dense" or ("packed_units" not in batch and backend not in ANY_UNIT):
         kwargs = {"attention_mask": _dense_mask(inner, batch)}
     else:
         install(inner)
