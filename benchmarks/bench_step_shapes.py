@@ -104,7 +104,6 @@ class Recorder:
             return self._sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kw)
 
         F.linear, F.scaled_dot_product_attention = linear, sdpa
-        torch.nn.functional.linear = linear
         return self
 
     def __exit__(self, *exc):
