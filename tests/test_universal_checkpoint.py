@@ -60,6 +60,10 @@ def run(rank, world, out, port, load):
     else:
         say("SAVED", rank, *adam(engine))
         engine.save_checkpoint(out, tag="global_step3")
+    # Leave together and close the group: a rank that exits with gloo's threads still
+    # running can abort in their destructors ("terminate called without an active exception").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 if __name__ == "__main__":
     out, port, mode = sys.argv[1:]
