@@ -20,6 +20,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # The tests' Ray is their own, never a cluster named in the environment.
 os.environ.pop("RAY_ADDRESS", None)
 
+# Every process the tests start builds DeepSpeed's ops with one ninja, this Python's
+# (rayreward's workers do the same): with the system's older ninja on PATH first, a
+# test that starts DeepSpeed itself recompiled the shared-memory op, 36 s.
+from rayreward.runtime.native_ops import use_environment_ninja  # noqa: E402
+
+use_environment_ninja()
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = ROOT / "rayreward" / "sample_data"
 
