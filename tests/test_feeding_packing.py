@@ -50,3 +50,24 @@ def test_every_pair_fed_once_per_epoch(ray_local, plan):
         spreads = [int(b["attention_mask_chosen"].sum(1).max() - b["attention_mask_chosen"].sum(1).min())
                    for b in batches]
         assert sum(spreads) / len(spreads) < 5
+
+
+def test_the_trainer_follows_the_packing_plan_of_its_stream(tokenizer, tmp_path):
+    # rayreward train resolves the plan once, on the worker, and builds the stream with it;
+    # the trainer takes that plan instead of resolving its own (a tiny Llama would get both
+    # packings on; this stream was built with length grouping only).
+    from rayreward.core import tiny
+    from rayreward.core.config import RewardConfig
+    from rayreward.core.packed import plan_packing
+    from rayreward.core.trainer import RewardTrainer
+    from rayreward.data.feeding import BatchStream
+
+    model = tiny.build_model("tiny-llama", tokenizer, hidden_size=32, num_layers=1)
+    args = RewardConfig(output_dir=str(tmp_path), max_steps=1, report_to=[])
+    own = plan_packing(model, args)
+    assert own.padding_free and own.share_prefix
+    grouped = PackingMode(group_by_length=True)
+    stream = BatchStream(None, tokenizer, 4, epochs=1, packing=grouped)  # built, not read
+    assert RewardTrainer(model=model, args=args, tokenizer=tokenizer, train_dataset=stream).packing is grouped
+    # Anything else (pairs in memory, a datasets.Dataset) gets the plan resolved for the model.
+    assert RewardTrainer(model=model, args=args, tokenizer=tokenizer, train_dataset=[{"prompt": "Hi", "chosen": " Hello!", "rejected": " Go away."}]).packing == own

@@ -196,7 +196,8 @@ class RewardTrainer(GroupTraining, Trainer):
         self._train_rewards: dict[str, list[float]] = defaultdict(list)
         # Length grouping and packing (rayreward.data.packing). The packing collator feeds
         # training only; evaluation keeps padded batches of whole pairs.
-        self.packing = plan_packing(model, args)
+        # A stream of rayreward train carries the plan its worker resolved for this model.
+        self.packing = getattr(train_dataset, "packing", None) or plan_packing(model, args)
         if self.data_kind == "pairs":
             self._train_collator = None if data_collator is not None else self.packing.collator(tokenizer.pad_token_id)
             default_collator = RewardDataCollatorWithPadding(tokenizer, args.pad_to_multiple_of)

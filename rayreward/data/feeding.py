@@ -171,6 +171,9 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.shard, self.pad, self.batch_size = shard, tokenizer_or_pad_id, batch_size
         self.epochs, self.options = epochs, options
         self.kind = kind  # "pairs", "groups" or "ratings": what RewardTrainer trains on
+        # The packing plan its batches follow: RewardTrainer takes it as its own rather than
+        # resolving the same plan a second time.
+        self.packing = options.get("packing")
         # Ratings: per-attribute (mean, std) of the whole training set, for standardize_targets.
         self.label_stats: tuple[list[float], list[float]] | None = None
 
@@ -232,6 +235,7 @@ class GlobalBatchStream(BatchStream):
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.shuffle, self.shuffle_buffer_size, self.seed = shuffle, shuffle_buffer_size, seed
         self.accumulation = accumulation_steps(global_batch, batch_size, world_size)
+        self.packing = packing
         self.collators = _collators(_pad_spec(tokenizer_or_pad_id, None), packing, pad_to_multiple_of)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
