@@ -62,6 +62,25 @@ def test_ranked_groups_train_and_rank_the_eval_groups(tmp_path, tokenizer, tiny_
     assert after["eval_kendall_tau"] > 0.4, after
     assert all(not torch.equal(p, params[n]) for n, p in tiny_llama.named_parameters())
 
+    # visualize_samples: each response of the first groups, with its reward and its rank
+    # in the group by reward, beside the data's score.
+    table = trainer.visualize_samples(3)
+    assert list(dict.fromkeys(table["group"])) == [0, 1, 2]
+    for g, shown in table.groupby("group"):
+        row = evaluation[g]
+        assert len(shown) == len(row["responses"])
+        flat = [" ".join(t.split()) for t in shown["text"]]
+        assert all(f.endswith(" ".join(r.split())) for f, r in zip(flat, row["responses"])), (flat, row)
+        if row["scores"] is not None:
+            assert shown["score"].tolist() == row["scores"]
+        by_reward = shown.sort_values("reward", ascending=False)["reward_rank"].tolist()
+        assert by_reward == list(range(1, len(shown) + 1))
+    first = evaluation[0]
+    ids = tokenizer(first["prompt"] + first["responses"][0] + tokenizer.eos_token, return_tensors="pt")
+    tiny_llama.eval()
+    with torch.no_grad():
+        assert table["reward"].iloc[0] == pytest.approx(tiny_llama(**ids).logits[0, 0].item(), abs=1e-4)
+
 
 def test_group_loss_in_the_trainer_is_the_pair_loss_for_k_2(tmp_path, tokenizer, tiny_llama):
     rows = read_jsonl(SAMPLE_DATA / "eval.jsonl")[:6]
@@ -135,6 +154,17 @@ def test_ratings_train_a_two_attribute_head_and_export_loads_with_transformers(t
         torch.testing.assert_close(out, model(**ids).logits, rtol=1e-5, atol=1e-5)
     values = spec.values(out)
     assert spec.combine(values).item() == pytest.approx(0.7 * values[0, 0].item() + 0.3 * values[0, 1].item(), rel=1e-5)
+
+    # visualize_samples: each rated response, the data's ratings beside the predicted ones
+    # (rating units) and the combined reward.
+    table = trainer.visualize_samples(5)
+    assert list(table.columns) == ["text", "helpfulness", "helpfulness_predicted", "politeness",
+                                   "politeness_predicted", "reward"]
+    assert len(table) == 5
+    assert table["helpfulness"].tolist() == [r["helpfulness"] for r in evaluation[:5]]
+    assert table["helpfulness_predicted"].iloc[0] == pytest.approx(values[0, 0].item(), abs=1e-4)
+    combined = 0.7 * table["helpfulness_predicted"] + 0.3 * table["politeness_predicted"]
+    assert table["reward"].tolist() == pytest.approx(combined.tolist(), abs=1e-5)
 
 
 def test_shape_and_loss_type_must_agree(tmp_path, tokenizer, tiny_llama, ranked, ratings):

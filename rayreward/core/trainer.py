@@ -400,18 +400,20 @@ class RewardTrainer(GroupTraining, Trainer):
     # -- looking at samples -----------------------------------------------------------
 
     def visualize_samples(self, num_print_samples: int = 4, dataset=None):
-        """Prints eval pairs with their rewards and the preference probability.
+        """Prints eval pairs with their rewards and the preference probability (groups and
+        ratings: each response with its reward, beside the data's score or ratings).
 
         Args:
-            num_print_samples: how many pairs to show; -1 shows all.
-            dataset: the pairs to score; defaults to the eval data set.
+            num_print_samples: how many pairs (groups, rated responses) to show; -1 shows all.
+            dataset: the data to score; defaults to the eval data set.
 
         Returns:
-            A ``pandas.DataFrame`` with columns ``chosen_text``, ``rejected_text``,
+            A ``pandas.DataFrame``. Pairs: ``chosen_text``, ``rejected_text``,
             ``reward_chosen``, ``reward_rejected``, ``p_chosen`` (sigmoid of the reward
-            difference).
+            difference). Groups and ratings: one row per response
+            (``rayreward.core.samples.score_group_samples``).
         """
-        from rayreward.core.samples import format_table, score_samples
+        from rayreward.core.samples import format_group_table, format_table, score_group_samples, score_samples
 
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:
@@ -419,8 +421,12 @@ class RewardTrainer(GroupTraining, Trainer):
         if isinstance(dataset, Mapping):
             dataset = next(iter(dataset.values()))
         dataset = self._prepare_eval(dataset, "dataset")
-        table = score_samples(self, dataset, num_print_samples)
-        print(format_table(table))
+        if self.data_kind == "pairs":
+            table = score_samples(self, dataset, num_print_samples)
+            print(format_table(table))
+        else:
+            table = score_group_samples(self, dataset, num_print_samples)
+            print(format_group_table(table))
         return table
 
 
