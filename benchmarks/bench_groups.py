@@ -37,9 +37,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _measure import machine, publish  # noqa: E402
+from _measure import hh_data_dir, machine, publish  # noqa: E402
 
-HH = HERE.parents[1] / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl"
 SECTION = "Ranked groups: K = 4 (issue 25)"
 MARK = "\n\nAssistant:"
 
@@ -50,7 +49,7 @@ def split(text: str) -> tuple[str, str]:
 
 
 def load_groups(n: int) -> list[dict]:
-    rows = [json.loads(line) for _, line in zip(range(8 * n + 8), open(HH, encoding="utf-8"))]
+    rows = [json.loads(line) for _, line in zip(range(8 * n + 8), open(hh_data_dir() / "train.jsonl", encoding="utf-8"))]
     groups = []
     for i in range(len(rows) - 2):
         prompt, chosen = split(rows[i]["chosen"])

@@ -2,7 +2,7 @@
 
 A RewardBench-sized set in RewardBench's public schema (``prompt``, ``chosen``,
 ``chosen_model``, ``rejected``, ``rejected_model``, ``subset``, ``id``; about 3,000
-pairs) is built offline from the shared hh-rlhf harmless data (each conversation's last
+pairs) is built offline from hh-rlhf harmless-base pairs (``$RAYREWARD_HH_RLHF_DIR``, see ``_measure.hh_data_dir``) (each conversation's last
 assistant turn is the answer, everything before it the prompt; 1,900 pairs at most) and
 then the bundled sample pairs; the subsets are the official ones, dealt in turn.
 A MiniLM reward model (all-MiniLM-L6-v2 from the
@@ -28,9 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import machine, record_section  # noqa: E402
+from _measure import hh_data_dir, machine, record_section  # noqa: E402
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless"
 SAMPLE = Path(__file__).resolve().parents[1] / "rayreward" / "sample_data"
 TITLE = "Benchmark suites (`evaluate --suite`, issue 26)"
 
@@ -46,7 +45,8 @@ def build_pairs(n: int) -> list[dict]:
 
     subsets = list(EXAMPLE_COUNTS)
     rows = []
-    sources = [HH / "train.jsonl", HH / "test.jsonl", SAMPLE / "train.jsonl", SAMPLE / "eval.jsonl"]
+    hh = hh_data_dir()
+    sources = [hh / "train.jsonl", hh / "test.jsonl", SAMPLE / "train.jsonl", SAMPLE / "eval.jsonl"]
     for path in sources:
         for line in path.open(encoding="utf-8"):
             r = json.loads(line)
