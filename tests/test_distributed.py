@@ -120,54 +120,41 @@ def assert_same_rewards(exported: list[float], trained: list[float]) -> None:
     assert not torch.allclose(torch.tensor(exported), torch.tensor(untrained_rewards()), atol=1e-3)
 
 
-@pytest.mark.timeout(420)
-def test_zero2_trains_evaluates_checkpoints_and_exports(ray_local, tmp_path):
-    from rayreward.commands.cli import main
-    from rayreward.run.fit import fit
-
-    probe = tmp_path / "probe.json"
-    outcome = fit(job_for(str(tmp_path / "runs"), "z2", "deepspeed.stage=2"), callbacks=[RecordRewards(str(probe))])
-
-    run = tmp_path / "runs" / "z2"
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["step"] == 8 and metrics["zero_stage"] == 2 and 0 <= metrics["eval_accuracy"] <= 1
-    assert metrics == outcome.metrics
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000004", "checkpoint-000008"]
-    last = run / "checkpoint-000008"
-    # ZeRO-2 shards optimizer state: each rank's file is in the merged checkpoint.
-    assert glob.glob(str(last / "global_step8" / "*zero_pp_rank_0_*optim_states.pt"))
-    assert glob.glob(str(last / "global_step8" / "*zero_pp_rank_1_*optim_states.pt"))
-    assert (last / "rng_state_1.pth").exists() and (last / "model.safetensors").exists()
-
-    trained = json.loads(probe.read_text())
-    assert (run / "model" / "model.safetensors").exists() and (run / "model" / "tokenizer.json").exists()
-    assert_same_rewards(rewards_of(str(run / "model")), trained)
-    # The run's summary: the exported model scored on every eval pair, its reward
-    # statistics stored in the model's config for `score --normalize`.
-    from rayreward.evaluation.normalization import load_normalization
-
-    assert metrics["final_pairs"] == metrics["data/eval_pairs"] and 0 <= metrics["final_accuracy"] <= 1
-    assert metrics["final_ece"] >= 0
-    norm = load_normalization(str(run / "model"))
-    assert (norm.mean, norm.std) == (metrics["reward_mean"], metrics["reward_std"])
-    # `rayreward export` on the checkpoint gives the same model.
-    assert main(["export", str(last), str(tmp_path / "exported")]) == 0
-    assert_same_rewards(rewards_of(str(tmp_path / "exported")), trained)
-
-
 @pytest.mark.timeout(600)
-def test_zero1_with_checkpoints_evaluated_beside_training(ray_local, tmp_path):
+def test_zero1_trains_checkpoints_evaluated_beside_training_and_exports(ray_local, tmp_path):
+    from rayreward.commands.cli import main
+    from rayreward.evaluation.normalization import load_normalization
     from rayreward.run.fit import fit
 
-    # ZeRO-1, each checkpoint evaluated by Ray beside training (ValidationConfig).
+    # ZeRO-1 on 2 workers, each checkpoint evaluated by Ray beside training
+    # (ValidationConfig). ZeRO-2 trains in the killed-worker run below, the elastic run
+    # (test_multinode) and every `rayreward train` of the demo's defaults.
     probe = tmp_path / "probe.json"
     fit_job = job_for(str(tmp_path / "runs"), "z", "train.max_steps=4", "train.save_steps=2", "deepspeed.stage=1",
                       "storage.checkpoint_eval=ray")
     lines: list[str] = []
     starts = tmp_path / "starts.txt"
     outcome = fit(fit_job, callbacks=[RecordRewards(str(probe)), RecordStarts(str(starts))], print_fn=lines.append)
-    assert outcome.metrics["step"] == 4 and outcome.metrics["zero_stage"] == 1
-    assert_same_rewards(rewards_of(outcome.model_dir), json.loads(probe.read_text()))
+    run = tmp_path / "runs" / "z"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert outcome.metrics["step"] == 4 and outcome.metrics["zero_stage"] == 1 and metrics == outcome.metrics
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000004"]
+    last = run / "checkpoint-000004"
+    # ZeRO shards the optimizer state: each rank's file is in the merged checkpoint.
+    assert glob.glob(str(last / "global_step4" / "*zero_pp_rank_0_*optim_states.pt"))
+    assert glob.glob(str(last / "global_step4" / "*zero_pp_rank_1_*optim_states.pt"))
+    assert (last / "rng_state_1.pth").exists() and (last / "model.safetensors").exists()
+    trained = json.loads(probe.read_text())
+    assert (run / "model" / "model.safetensors").exists() and (run / "model" / "tokenizer.json").exists()
+    assert_same_rewards(rewards_of(outcome.model_dir), trained)
+    # The run's summary: the exported model scored on every eval pair, its reward
+    # statistics stored in the model's config for `score --normalize`.
+    assert metrics["final_pairs"] == metrics["data/eval_pairs"] and metrics["final_ece"] >= 0
+    norm = load_normalization(str(run / "model"))
+    assert (norm.mean, norm.std) == (metrics["reward_mean"], metrics["reward_std"])
+    # `rayreward export` on the checkpoint gives the same model.
+    assert main(["export", str(last), str(tmp_path / "exported")]) == 0
+    assert_same_rewards(rewards_of(str(tmp_path / "exported")), trained)
     # The workers never evaluated; Ray scored both checkpoints (2 and 4) on the eval
     # pairs, and the exported one's metrics are the run's.
     assert not any(k in m for k in ("eval_runtime", "eval_samples_per_second") for _, m in
