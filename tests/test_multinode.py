@@ -259,6 +259,20 @@ def test_global_batches_are_exact_when_the_world_size_changes(cluster):
 # -- whole runs on two nodes ----------------------------------------------------------
 
 
+def processes_of_raylet(pid: str) -> list[str]:
+    """The live processes a raylet (pid) started: Ray puts RAY_RAYLET_PID in their environment."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RAY_RAYLET_PID") == pid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(f"{proc.pid} {proc.name()}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def s3_keys(client, prefix: str) -> set[str]:
     return {o["Key"] for o in client.list_objects_v2(Bucket="rayreward", Prefix=prefix).get("Contents", [])}
 
@@ -283,8 +297,11 @@ def test_spread_run_on_s3_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path,
     first = {rank: names.get(node) for rank, node, _, _ in starts_of(starts)}
     assert sorted(first.values()) == ["a", "b"], first
     time.sleep(4)
+    raylet_b = str(two_nodes.nodes["b"].all_processes["raylet"][0].process.pid)
     two_nodes.kill("b")
     time.sleep(8)
+    # A lost machine takes all its processes with it, the Ray workers of node b included.
+    assert not processes_of_raylet(raylet_b)
     # Node a has room for one worker only: the run waits for capacity.
     assert thread.is_alive() and max(step for *_, step in starts_of(starts)) == 0
     two_nodes.add("b")

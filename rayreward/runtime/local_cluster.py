@@ -72,7 +72,10 @@ class LocalCluster:
 
     def kill(self, name: str) -> None:
         """Stops worker node ``name`` abruptly (its processes killed, no draining)."""
-        self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
+        node = self.nodes.pop(name)
+        raylets = _raylet_pids([node])
+        self.cluster.remove_node(node, allow_graceful=False)
+        _kill_workers_of(raylets)
 
     def node_names(self) -> dict[str, str]:
         """Ray node id -> name, for the worker nodes alive now."""
@@ -89,6 +92,32 @@ class LocalCluster:
     def shutdown(self) -> None:
         import ray
 
+        raylets = _raylet_pids([self.cluster.head_node, *self.cluster.worker_nodes])
         if ray.is_initialized():
             ray.shutdown()
         self.cluster.shutdown()
+        _kill_workers_of(raylets)
+
+
+def _raylet_pids(nodes) -> set[str]:
+    return {str(info.process.pid) for node in nodes if node is not None
+            for info in node.all_processes.get("raylet", ())}
+
+
+def _kill_workers_of(raylets: set[str]) -> None:
+    """Kills the worker processes the raylets ``raylets`` (pids) started, as a lost machine would.
+
+    Removing a node stops its raylet and daemons, not the workers: a worker notices a dead
+    raylet only when it next talks to it, and an idle tokenizer actor of a removed node
+    was seen alive 20 minutes later.
+    """
+    import psutil
+
+    if not raylets:
+        return
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RAY_RAYLET_PID") in raylets:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
