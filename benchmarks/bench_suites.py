@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--section", default=TITLE, help="the RESULTS.md section to write (another machine's or "
+                        "day's runs beside the earlier ones)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -126,8 +128,10 @@ def report(args, pairs: int, results: dict, load_before, load_after) -> None:
     lines = [
         f"Machine: {m['cpu']}, {m['nproc']} cores, torch {m['versions']['torch']}; {m['date']}. "
         f"Load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
-        f"after: {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}. Other engineers' jobs shared the 2 "
-        "cores while this ran: the figures were taken under load; compare rows of this one run only.",
+        f"after: {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}. "
+        + ("Other jobs shared the cores while this ran: the figures were taken under load; compare rows of this "
+           "one run only." if max(load_before[0], load_after[0]) > m["nproc"] else
+           "Nothing else ran on the machine (the load is this benchmark's own)."),
         f"Command: `python benchmarks/bench_suites.py --pairs {args.pairs} --max-length {args.max_length}`. "
         f"Data: {pairs} pairs in RewardBench's schema from hh-rlhf harmless and the bundled sample pairs "
         "(official subsets dealt in turn). "
@@ -144,7 +148,7 @@ def report(args, pairs: int, results: dict, load_before, load_after) -> None:
     body = "\n".join(lines) + "\n"
     print(body)
     if not args.no_record:
-        record_section(TITLE, body)
+        record_section(args.section, body)
 
 
 if __name__ == "__main__":
