@@ -64,7 +64,9 @@ def test_ranked_groups_train_and_rank_the_eval_groups(tmp_path, tokenizer, tiny_
 
     # visualize_samples: each response of the first groups, with its reward and its rank
     # in the group by reward, beside the data's score.
+    tiny_llama.train()
     table = trainer.visualize_samples(3)
+    assert tiny_llama.training  # scored in eval mode, given back in the mode it was in
     assert list(dict.fromkeys(table["group"])) == [0, 1, 2]
     for g, shown in table.groupby("group"):
         row = evaluation[g]

@@ -13,34 +13,39 @@ def score_samples(trainer, dataset, num_samples: int = 4):
     import pandas as pd
 
     tok = trainer.processing_class
+    rows = []
+    for batch in _eval_batches(trainer, dataset):
+        chosen, rejected = trainer.compute_rewards(trainer.model, batch)
+        for i in range(chosen.shape[0]):
+            c_ids = batch["input_ids_chosen"][i][batch["attention_mask_chosen"][i].bool()]
+            r_ids = batch["input_ids_rejected"][i][batch["attention_mask_rejected"][i].bool()]
+            diff = (chosen[i] - rejected[i]).item()
+            rows.append(
+                {
+                    "chosen_text": tok.decode(c_ids, skip_special_tokens=True),
+                    "rejected_text": tok.decode(r_ids, skip_special_tokens=True),
+                    "reward_chosen": chosen[i].item(),
+                    "reward_rejected": rejected[i].item(),
+                    "p_chosen": 1.0 / (1.0 + math.exp(-diff)),
+                }
+            )
+            if 0 <= num_samples <= len(rows):
+                return pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def _eval_batches(trainer, dataset):
+    """The eval batches of ``dataset`` on the trainer's device, the model in eval mode and
+    without gradients while they are read (its mode is restored afterwards)."""
     model = trainer.model
     was_training = model.training
     model.eval()
-    rows = []
-    loader = trainer.get_eval_dataloader(dataset)
     try:
         with torch.no_grad():
-            for batch in loader:
-                batch = {k: v.to(trainer.args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                chosen, rejected = trainer.compute_rewards(model, batch)
-                for i in range(chosen.shape[0]):
-                    c_ids = batch["input_ids_chosen"][i][batch["attention_mask_chosen"][i].bool()]
-                    r_ids = batch["input_ids_rejected"][i][batch["attention_mask_rejected"][i].bool()]
-                    diff = (chosen[i] - rejected[i]).item()
-                    rows.append(
-                        {
-                            "chosen_text": tok.decode(c_ids, skip_special_tokens=True),
-                            "rejected_text": tok.decode(r_ids, skip_special_tokens=True),
-                            "reward_chosen": chosen[i].item(),
-                            "reward_rejected": rejected[i].item(),
-                            "p_chosen": 1.0 / (1.0 + math.exp(-diff)),
-                        }
-                    )
-                    if 0 <= num_samples <= len(rows):
-                        return pd.DataFrame(rows)
+            for batch in trainer.get_eval_dataloader(dataset):
+                yield {k: v.to(trainer.args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     finally:
         model.train(was_training)
-    return pd.DataFrame(rows)
 
 
 def format_table(table, width: int = 48) -> str:
@@ -81,47 +86,39 @@ def score_group_samples(trainer, dataset, num_samples: int = 4):
 
     from rayreward.core.attributes import attribute_spec
 
-    tok, model = trainer.processing_class, trainer.model
-    spec = attribute_spec(model.config)
+    tok = trainer.processing_class
+    spec = attribute_spec(trainer.model.config)
     names = list(spec.names) or ["reward"]
-    was_training = model.training
-    model.eval()
     rows: list[dict] = []
     offset = 0  # group numbers run on across batches
-    try:
-        with torch.no_grad():
-            for batch in trainer.get_eval_dataloader(dataset):
-                batch = {k: v.to(trainer.args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                outputs = trainer.compute_outputs(model, batch)
-                rewards = trainer.combined_rewards(outputs)
-                texts = [tok.decode(ids[mask.bool()], skip_special_tokens=True)
-                         for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
-                if "ratings" in batch:
-                    # Rating units, combined as `score` and `serve` combine them.
-                    values = spec.values(outputs)
-                    rewards = spec.combine(values)
-                    for i, text in enumerate(texts):
-                        row = {"text": text}
-                        for a, name in enumerate(names):
-                            row[name] = batch["ratings"][i, a].item()
-                            row[f"{name}_predicted"] = values[i, a].item()
-                        row["reward"] = rewards[i].item()
-                        rows.append(row)
-                        if 0 <= num_samples <= len(rows):
-                            return pd.DataFrame(rows)
-                    continue
-                groups = batch["group_index"]
-                for g in torch.unique(groups).tolist():
-                    members = (groups == g).nonzero().flatten().tolist()
-                    order = sorted(members, key=lambda i: -rewards[i].item())
-                    for i in members:
-                        rows.append({"group": offset, "text": texts[i], "score": batch["scores"][i].item(),
-                                     "reward": rewards[i].item(), "reward_rank": order.index(i) + 1})
-                    offset += 1
-                    if 0 <= num_samples <= offset:
-                        return pd.DataFrame(rows)
-    finally:
-        model.train(was_training)
+    for batch in _eval_batches(trainer, dataset):
+        outputs = trainer.compute_outputs(trainer.model, batch)
+        texts = [tok.decode(ids[mask.bool()], skip_special_tokens=True)
+                 for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        if "ratings" in batch:
+            # Rating units, combined as `score` and `serve` combine them.
+            values = spec.values(outputs)
+            rewards = spec.combine(values)
+            for i, text in enumerate(texts):
+                row = {"text": text}
+                for a, name in enumerate(names):
+                    row[name] = batch["ratings"][i, a].item()
+                    row[f"{name}_predicted"] = values[i, a].item()
+                row["reward"] = rewards[i].item()
+                rows.append(row)
+                if 0 <= num_samples <= len(rows):
+                    return pd.DataFrame(rows)
+            continue
+        rewards, groups = trainer.combined_rewards(outputs), batch["group_index"]
+        for g in torch.unique(groups).tolist():
+            members = (groups == g).nonzero().flatten().tolist()
+            order = sorted(members, key=lambda i: -rewards[i].item())
+            for i in members:
+                rows.append({"group": offset, "text": texts[i], "score": batch["scores"][i].item(),
+                             "reward": rewards[i].item(), "reward_rank": order.index(i) + 1})
+            offset += 1
+            if 0 <= num_samples <= offset:
+                return pd.DataFrame(rows)
     return pd.DataFrame(rows)
 
 
