@@ -1,7 +1,7 @@
 """rayreward: train reward models for RLHF, from a laptop to a Ray cluster.
 
 The public names load lazily, so ``import rayreward`` stays cheap (a Ray Data
-tokenizer actor imports the package without pulling in ``transformers.Trainer``).
+tokenizer task imports the package without pulling in ``transformers.Trainer``).
 """
 
 from __future__ import annotations

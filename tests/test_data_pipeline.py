@@ -30,7 +30,7 @@ def hh_rows(hh_dir):
 
 
 def _cfg(train, **kw) -> DataConfig:
-    # One tokenizer actor: the test machine has two cores for everything.
+    # One tokenizer task at a time: the test machine has two cores for everything.
     return DataConfig(train=str(train), tokenize_actors=1, **kw)
 
 

@@ -240,9 +240,23 @@ def test_plan_steps_from_data_size_and_for_a_stream():
         plan_steps(3, num_workers=4, per_worker_batch_size=8)
 
 
-def test_tokenizer_actors_leave_a_cpu_share_for_the_read_tasks():
-    from rayreward.data.pipeline import READ_TASK_CPUS, _actor_cpus
+def test_a_worker_process_loads_the_tokenizer_once_per_build():
+    from rayreward.data import pipeline
+    from rayreward.data.tokenizer import TokenizerSpec
 
-    # Two 1-CPU actors on a 2-CPU cluster would starve the reads that feed them (a hang).
-    assert _actor_cpus(DataConfig(train="x", tokenize_actors=2), 2) == (2 - READ_TASK_CPUS) / 2
-    assert _actor_cpus(DataConfig(train="x", tokenize_actors=2), 8) == 1.0
+    pipeline._ENCODERS.clear()
+    spec = TokenizerSpec("builtin:tiny-llama")
+
+    def args(build, fmt="implicit_prompt"):
+        return pipeline.EncoderArgs(spec, fmt, ColumnNames(), 128, "filter", None, build)
+
+    first = pipeline._process_encoder(args("a"))
+    # Train's and eval's batches of one build_datasets call share the loaded tokenizer...
+    assert pipeline._process_encoder(args("a")) is first
+    # ...another call loads afresh (an edited tokenizer folder is read again)...
+    second = pipeline._process_encoder(args("b"))
+    assert second is not first and second.tokenizer is not first.tokenizer
+    # ...and a process keeps the last two.
+    pipeline._process_encoder(args("c"))
+    assert list(pipeline._ENCODERS) == [args("b"), args("c")]
+    pipeline._ENCODERS.clear()

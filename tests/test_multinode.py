@@ -311,7 +311,7 @@ def test_spread_run_on_s3_waits_for_a_lost_node_and_resumes(two_nodes, tmp_path,
     assert sorted((rank, step) for rank, _, _, step in rows) == [(0, 0), (0, 4), (1, 0), (1, 4)]
     outcome = box["outcome"]
     assert outcome.metrics["step"] == 8 and outcome.metrics["max_steps"] == 8
-    # The tokenizer actors ran on both nodes too (each tells the run's tally its node).
+    # The tokenizer tasks ran on both nodes too (each tells the run's tally its node).
     assert outcome.metrics["data/train_nodes"] == 2, outcome.metrics
     # Both ranks' ZeRO-2 optimizer shards, uploaded in the background, are in the last checkpoint.
     keys = s3_keys(moto_s3, "runs/lost/")

@@ -3,7 +3,7 @@
 The commands are read from the README itself, so the two cannot drift apart. What the test
 changes, and only that: the model id becomes the pretrained MiniLM of the test extra (no
 hub here), and each training command gets CPU-sized overrides appended (a few steps, no
-bf16, one tokenizer actor). The paths are the quickstart's own, relative to a fresh folder
+bf16, one tokenizer task at a time). The paths are the quickstart's own, relative to a fresh folder
 holding `pairs.jsonl`, `eval.jsonl` and the repository's `examples/`. `serve` joins the
 suite's Ray (`--address`) on a free port; `ray job submit`'s entrypoint is checked here
 with `rayreward check` (a submission of `rayreward train` to a `ray start` cluster runs in

@@ -93,7 +93,7 @@ def _named_in_file(config: str | None) -> bool:
 def embedded_cpus(job) -> int:
     """Logical CPUs of the embedded Ray: the cores, or more when the job needs more.
 
-    The training workers take ``num_workers * cpus_per_worker``; the tokenizer actors
+    The training workers take ``num_workers * cpus_per_worker``; the tokenizer tasks
     run before them (data is materialized first) but Ray Data's read and split tasks
     still need CPU slots while the workers hold theirs, so slots beyond the workers'
     are added (a 2-CPU Ray behind 2 one-CPU workers was seen to deadlock). Ray

@@ -52,7 +52,7 @@ def run(args) -> int:
 
 def embedded_cpus(job) -> int:
     """Logical CPUs of the embedded Ray: room for every concurrent trial's workers and
-    tokenizer actors at once, plus a slot for Ray Data's read tasks.
+    tokenizer tasks at once, plus a slot for Ray Data's read tasks.
 
     Concurrent trials may tokenize while others train; without the extra slots a trial
     would wait for CPUs held by the workers of another. Ray pins each

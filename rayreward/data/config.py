@@ -112,11 +112,12 @@ class DataConfig:
         },
     )
     tokenize_actors: int = field(
-        default=2, metadata={"help": "Tokenizer actors (each loads the tokenizer once and tokenizes batches)."}
+        default=2, metadata={"help": "Tokenizer tasks running at once (Ray tasks; each worker process loads the "
+                             "tokenizer once for all the batches it is given)."}
     )
     tokenize_batch_size: int = field(default=256, metadata={"help": "Rows per tokenization batch."})
     tokenize_num_cpus: float = field(
-        default=1.0, metadata={"help": "Logical CPUs reserved by each tokenizer actor (fractions allowed)."}
+        default=1.0, metadata={"help": "Logical CPUs of each tokenizer task (fractions allowed)."}
     )
     materialize: bool = field(
         default=True,

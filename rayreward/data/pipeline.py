@@ -6,8 +6,10 @@ Steps, on the driver:
        them with the tokenizer, so a wrong column, a missing chat template or a bad
        first row fails in seconds (no Ray);
     3. build the Ray Data plan: read tasks that check every row where it is read,
-       then ``map_batches`` over an actor pool of tokenizers (``PairEncoder``, the
-       same code ``RewardTrainer`` uses, so the ids are the same);
+       then ``map_batches`` tokenizer tasks (``PairEncoder``, the same code
+       ``RewardTrainer`` uses, so the ids are the same), at most
+       ``data.tokenize_actors`` at once; each Ray worker process loads the tokenizer
+       once for every batch it is given, train's and eval's;
     4. by default, materialize it: the blocks stay in Ray's object store (spilling to
        disk), the driver holds only references, and the counts are exact.
 
@@ -18,12 +20,13 @@ forever. Tokenizing before the trainer starts removes the contention, and gives 
 pair count that turns epochs into ``max_steps``. ``data.materialize: false`` streams
 instead, for data larger than object store + disk: then ``max_steps`` is required
 and the training side must leave CPUs over (fractional ``resources_per_worker`` or
-spare logical CPUs) for the tokenizer actors.
+spare logical CPUs) for the tokenizer tasks.
 
-The same starvation exists inside the pipeline: tokenizer actors hold their CPUs
-while the read tasks feeding them need one too. Read tasks ask for half a CPU and
-the actors' share is lowered so that the two always fit (``_actor_cpus``); without
-this, two 1-CPU actors on a 2-CPU cluster hung forever (seen).
+Why tasks, not an actor pool: an actor pool holds its CPUs for the whole execution
+(two 1-CPU actors on a 2-CPU cluster starved the read tasks feeding them: a hang,
+seen), and each pool starts new processes: 4-5 s for each of train and eval on a
+2-core machine, most of a small run's data time. Tasks free their CPU after each
+batch and run in Ray's reused worker processes.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +64,7 @@ class DataCounts:
         pairs: tokenized pairs kept.
         longest: longest side seen, in tokens, before the length policy.
         bad_examples: the first few bad rows, as ``file, row N, field 'x': problem``.
-        nodes: Ray nodes whose tokenizer actors took part (one on a single machine).
+        nodes: Ray nodes whose tokenizer tasks took part (one on a single machine).
     """
 
     rows_read: int = 0
@@ -160,7 +164,7 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=N
         cfg: the ``data:`` section of the job config.
         tokenizer: the job's ``TokenizerSpec`` (model, revision, chat template, EOS/pad
             tokens: the one the training workers load too), or a model id/folder/``builtin:``
-            name with ``cfg.chat_template``; each tokenizer actor loads it once.
+            name with ``cfg.chat_template``; each worker process that tokenizes loads it once.
         attributes: the rated attributes (``train.attributes``), for ratings data.
 
     Returns:
@@ -202,8 +206,9 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=N
 
     # 3. The Ray Data plans, and 4. their execution.
     prepared = PreparedData(train=None, eval=None, format=plans["train"].fmt, materialized=cfg.materialize)
+    build = uuid.uuid4().hex
     for name, plan in plans.items():
-        ds, tally = _tokenized(plan, cfg, spec)
+        ds, tally = _tokenized(plan, cfg, spec, build)
         if name == "train" and cfg.shuffle == "global":
             ds = ds.random_shuffle(seed=cfg.seed)
         prepared._tallies[name] = tally
@@ -216,7 +221,7 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=N
 
 def _plan(source: Source, cfg: DataConfig, names: ColumnNames, tokenizer, attributes=None) -> ReadSpec:
     fmt, has_prompt, has_margin, samples = probe(source, cfg.format, names, cfg.on_bad_rows, attributes=attributes)
-    # Fails now, not inside an actor, on a missing chat template or an untokenizable row.
+    # Fails now, not inside a Ray task, on a missing chat template or an untokenizable row.
     _encoder(tokenizer, fmt, names, cfg.max_length, cfg.length_policy, attributes).encode_rows(
         [json.loads(r["_group"]) for r in samples] if fmt in GROUP_FORMATS else samples)
     logger.info("%s: %d %s file(s), format %s", source.field, len(source.files), source.kind, fmt)
@@ -230,48 +235,26 @@ def _encoder(tokenizer, fmt: str, names: ColumnNames, max_length, length_policy,
     return PairEncoder(tokenizer, fmt, ColumnNames(), max_length, length_policy)
 
 
-def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec):
+def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec, build: str = ""):
     import ray
 
     tally = _Tally.options(num_cpus=0).remote()
-    actor_cpus = _actor_cpus(cfg, ray.cluster_resources().get("CPU", 0))
     ds = ray.data.read_datasource(pair_datasource(plan), num_cpus=READ_TASK_CPUS)
     ds = ds.map_batches(
-        TokenizePairs,
-        fn_constructor_kwargs={
-            "spec": spec,
-            "fmt": plan.fmt,
-            "max_length": cfg.max_length,
-            "length_policy": cfg.length_policy,
+        tokenize_batch,
+        fn_kwargs={
+            "encoder_args": EncoderArgs(spec, plan.fmt, plan.names, cfg.max_length, cfg.length_policy,
+                                        plan.attributes, build),
             "has_margin": plan.has_margin,
             "on_bad_rows": cfg.on_bad_rows,
             "tally": tally,
-            "names": plan.names,
-            "attributes": plan.attributes,
         },
         batch_format="pyarrow",
         batch_size=cfg.tokenize_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.tokenize_actors),
-        num_cpus=actor_cpus,
+        concurrency=cfg.tokenize_actors,
+        num_cpus=cfg.tokenize_num_cpus,
     )
     return ds, tally
-
-
-def _actor_cpus(cfg: DataConfig, cluster_cpus: float) -> float:
-    """CPUs per tokenizer actor, lowered when the actors would leave none for reading.
-
-    Actors hold their CPUs for the whole run; if they took every CPU of the cluster,
-    the read tasks that feed them would never be scheduled and the run would hang.
-    """
-    wanted = cfg.tokenize_actors * cfg.tokenize_num_cpus
-    room = cluster_cpus - READ_TASK_CPUS
-    if cluster_cpus and wanted > room > 0:
-        cpus = room / cfg.tokenize_actors
-        logger.info(
-            "data: %d tokenizer actors x %.2f CPUs would leave no CPU for reading on a %g-CPU cluster; "
-            "using %.2f CPUs per actor", cfg.tokenize_actors, cfg.tokenize_num_cpus, cluster_cpus, cpus)
-        return cpus
-    return cfg.tokenize_num_cpus
 
 
 def _run(ds, tally, plan: ReadSpec, cfg: DataConfig, name: str):
@@ -304,54 +287,77 @@ def _run(ds, tally, plan: ReadSpec, cfg: DataConfig, name: str):
 def _home_on_driver_node(ds):
     """The materialized blocks, copied into the object store of the driver's node.
 
-    Blocks made by tokenizer actors live on the node of the actor that made them, and
-    Ray cannot rebuild an actor's output from lineage: when that node is lost (a
-    preempted spot node), every training retry would fail on the missing blocks. Put
-    by the driver, they live on its node (the head, in a cluster), which a run needs
-    anyway. Tokenized pairs are small (about 2 KiB a pair at 512 tokens).
+    Blocks made by tokenizer tasks live on the node that ran the task. When that node
+    is lost (a preempted spot node), every training retry would wait for Ray to rebuild
+    them from lineage (reading and tokenizing again), or fail where the source cannot be
+    read again. Put by the driver, they live on its node (the head, in a cluster), which
+    a run needs anyway. Tokenized pairs are small (about 2 KiB a pair at 512 tokens).
     """
     import ray
 
     return ray.data.from_arrow_refs([ray.put(ray.get(ref)) for ref in ds.to_arrow_refs()])
 
 
-class TokenizePairs:
-    """``map_batches`` callable: checked rows in, tokenized pairs out (one tokenizer per actor).
+@dataclass(frozen=True)
+class EncoderArgs:
+    """What a tokenizer task builds its encoder from; ``build`` names one ``build_datasets`` call."""
 
-    Bad rows (marked by the read task) either stop the run (``on_bad_rows: error``)
-    or are dropped; every bad, filtered and truncated row is counted in the tally.
+    spec: TokenizerSpec
+    fmt: str
+    names: ColumnNames
+    max_length: int
+    length_policy: str
+    attributes: tuple[str, ...] | None
+    build: str
+
+
+# Encoders of this process, by ``EncoderArgs``: a Ray worker process runs many tokenizer
+# tasks in turn (train's, then eval's) and loads the tokenizer once for all of them.
+# Keyed by one ``build_datasets`` call, so that a later call (an edited tokenizer folder,
+# a new chat template file) loads afresh; the last two are kept.
+_ENCODERS: dict[EncoderArgs, Any] = {}
+
+
+def _process_encoder(args: EncoderArgs):
+    encoder = _ENCODERS.pop(args, None)
+    if encoder is None:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one task per CPU already
+        encoder = _encoder(args.spec.load(), args.fmt, args.names, args.max_length, args.length_policy, args.attributes)
+    _ENCODERS[args] = encoder
+    while len(_ENCODERS) > 2:
+        _ENCODERS.pop(next(iter(_ENCODERS)))
+    return encoder
+
+
+def tokenize_batch(batch, encoder_args: EncoderArgs, has_margin: bool, on_bad_rows: str, tally):
+    """``map_batches`` function: checked rows in, tokenized pairs (or groups) out.
+
+    Runs as a Ray task; each worker process loads the tokenizer once
+    (``_process_encoder``). Bad rows (marked by the read task) either stop the run
+    (``on_bad_rows: error``) or are dropped; every bad, filtered and truncated row is
+    counted in the tally.
     """
+    import ray
 
-    def __init__(self, spec, fmt, max_length, length_policy, has_margin, on_bad_rows, tally, names=ColumnNames(),
-                 attributes=None):
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one actor per CPU already
-        self.fmt = fmt
-        self.encoder = _encoder(spec.load(), fmt, names, max_length, length_policy, attributes)
-        self.has_margin, self.on_bad_rows, self.tally = has_margin, on_bad_rows, tally
-        import ray
-
-        self.node = ray.get_runtime_context().get_node_id()
-
-    def __call__(self, batch):
-        import ray
-
-        rows = batch.to_pylist()
-        good = [r for r in rows if r["_problem"] is None]
-        bad = [(r["_source"], r["_row"], r["_field"], r["_problem"]) for r in rows if r["_problem"] is not None]
-        if bad and self.on_bad_rows == "error":
-            ray.get(self.tally.add.remote({"bad_rows": len(bad)}, bad))
-            raise RuntimeError(f"{BadRowError(*bad[0])} (data.on_bad_rows: skip drops such rows instead)")
-        self.encoder.stats = LengthStats()
-        if self.fmt in GROUP_FORMATS:
-            good = [json.loads(r["_group"]) for r in good]
-        pairs = [p for p in self.encoder.encode_rows(good) if p is not None] if good else []
-        s = self.encoder.stats
-        delta = {"rows_read": len(rows), "bad_rows": len(bad), "filtered": s.filtered,
-                 "truncated": s.truncated, "pairs": len(pairs), "longest": s.longest}
-        ray.get(self.tally.add.remote(delta, bad[:MAX_BAD_ROW_EXAMPLES], self.node))
-        if self.fmt in GROUP_FORMATS:
-            return groups_table(pairs, self.fmt)
-        return pairs_table(pairs, self.has_margin)
+    encoder, fmt = _process_encoder(encoder_args), encoder_args.fmt
+    rows = batch.to_pylist()
+    good = [r for r in rows if r["_problem"] is None]
+    bad = [(r["_source"], r["_row"], r["_field"], r["_problem"]) for r in rows if r["_problem"] is not None]
+    if bad and on_bad_rows == "error":
+        ray.get(tally.add.remote({"bad_rows": len(bad)}, bad))
+        raise RuntimeError(f"{BadRowError(*bad[0])} (data.on_bad_rows: skip drops such rows instead)")
+    encoder.stats = LengthStats()
+    if fmt in GROUP_FORMATS:
+        good = [json.loads(r["_group"]) for r in good]
+    pairs = [p for p in encoder.encode_rows(good) if p is not None] if good else []
+    s = encoder.stats
+    delta = {"rows_read": len(rows), "bad_rows": len(bad), "filtered": s.filtered,
+             "truncated": s.truncated, "pairs": len(pairs), "longest": s.longest}
+    node = ray.get_runtime_context().get_node_id()
+    ray.get(tally.add.remote(delta, bad[:MAX_BAD_ROW_EXAMPLES], node))
+    if fmt in GROUP_FORMATS:
+        return groups_table(pairs, fmt)
+    return pairs_table(pairs, has_margin)
 
 
 def pairs_table(pairs: list[dict[str, Any]], has_margin: bool):
@@ -390,7 +396,7 @@ def _tally_class():
 
     @ray.remote(num_cpus=0)
     class Tally:
-        """Counts reported by the tokenizer actors, summed for the driver."""
+        """Counts reported by the tokenizer tasks, summed for the driver."""
 
         def __init__(self):
             self.counts = {k: 0 for k in ("rows_read", "bad_rows", "filtered", "truncated", "pairs", "longest")}
