@@ -6,7 +6,7 @@ to make the run long enough to time) three ways, side by side in one run:
       does (add EOS, tokenize each side, filter longer than max_length);
     - ``datasets.Dataset.map(batched=True, num_proc=nproc)``, the fastest way to use it;
     - ``rayreward.data.build_datasets`` (read + check + tokenize, materialized), with
-      one tokenizer actor per core, on a warm local Ray.
+      one tokenizer task per core at once, on a warm local Ray.
 The datasets runs start from rows already in memory; the Ray run also reads and
 checks the JSON Lines file, so the comparison favours datasets.
 
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="copies of the 1,500 hh-rlhf train pairs")
     parser.add_argument("--synthetic", type=int, default=100_000, help="pairs of the memory run")
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--section", default="Tokenization (issue 4)",
+                        help="the RESULTS.md section to write (another title keeps the earlier runs beside it)")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -172,7 +174,7 @@ def main() -> None:
 
     body = f"""Machine: {info['cpu']}, nproc={nproc}; {info['date']}. Python {info['python']}, ray {ray.__version__},
 pyarrow {pyarrow.__version__}, datasets {v['datasets']}, transformers {v['transformers']}, trl {v['trl']}.
-Command: `python benchmarks/bench_tokenize.py --repeat {args.repeat} --synthetic {args.synthetic}`.
+Command: `python benchmarks/bench_tokenize.py --repeat {args.repeat} --synthetic {args.synthetic} --section "{args.section}"`.
 Tokenizer: the bundled byte-level BPE (`{TOKENIZER}`), max_length {MAX_LENGTH} (filter).
 Load average (1 min) when the run ended (2 cores; other jobs move wall-clock figures): {os.getloadavg()[0]:.1f}.
 
@@ -182,10 +184,10 @@ Throughput on {len(rows)} hh-rlhf harmless train pairs ({args.repeat} x 1,500), 
 |---|---:|---:|---:|
 | `datasets.map`, per example (TRL 1.16's RewardTrainer path) | {rate['trl']:.0f} | {results['trl'][1]:.2f} | 1.00x |
 | `datasets.map(batched=True, num_proc={nproc})` | {rate['batched']:.0f} | {results['batched'][1]:.2f} | {rate['batched'] / rate['trl']:.2f}x |
-| rayreward `build_datasets` ({nproc} tokenizer actors, warm Ray; includes reading + row checks) | {rate['ray']:.0f} | {results['ray'][1]:.2f} | {rate['ray'] / rate['trl']:.2f}x |
+| rayreward `build_datasets` ({nproc} tokenizer tasks at once, warm Ray; includes reading + row checks) | {rate['ray']:.0f} | {results['ray'][1]:.2f} | {rate['ray'] / rate['trl']:.2f}x |
 
 All keep the same {results['ray'][0]} pairs. The Ray path also checks every row and
-pays a fixed cost per run (scheduling, tokenizer actors loading the tokenizer, moving
+pays a fixed cost per run (scheduling, worker processes loading the tokenizer, moving
 blocks through the object store); its marginal rate on larger inputs is below. On
 {nproc} cores the pipeline has no more parallelism than `num_proc={nproc}`; it scales
 out with nodes, `datasets.map` does not.
@@ -204,7 +206,7 @@ The driver's peak grows by {memory[args.synthetic][3] - memory[args.synthetic][2
 and {memory[args.synthetic // 4][3] - memory[args.synthetic // 4][2]:.0f} MiB for {args.synthetic // 4}: the rows and the
 ids live in Ray's object store (spilling to disk), the driver holds block references and counts.
 """
-    record_section("Tokenization (issue 4)", body)
+    record_section(args.section, body)
     print("recorded in benchmarks/RESULTS.md")
 
 
