@@ -251,7 +251,7 @@ def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec, build: str 
         },
         batch_format="pyarrow",
         batch_size=cfg.tokenize_batch_size,
-        concurrency=cfg.tokenize_actors,
+        compute=ray.data.TaskPoolStrategy(size=cfg.tokenize_actors),
         num_cpus=cfg.tokenize_num_cpus,
     )
     return ds, tally
