@@ -248,3 +248,19 @@ def test_a_multi_attribute_adapter_exports_its_head_from_the_manifest(tmp_path):
                                                                                                    head["std"])
     with torch.no_grad():
         torch.testing.assert_close(exported.eval()(input_ids=ids).logits, expected)
+
+
+def test_a_pretrained_models_new_head_is_seeded_as_the_in_process_trainer_seeds_it(minilm_dir, tmp_path):
+    # MiniLM has no reward head: each load draws a new one. A run's worker loads it with
+    # train.seed (load_base_model(..., seed=)), the in-process trainer by id after
+    # seeding with args.seed: the same head, so a run is repeatable and both paths agree.
+    from rayreward.core.config import RewardConfig
+    from rayreward.core.loading import model_and_tokenizer
+
+    spec = BaseModelSpec(str(minilm_dir))
+    head = load_base_model(spec, seed=7).classifier.weight
+    assert torch.equal(load_base_model(spec, seed=7).classifier.weight, head)
+    assert not torch.equal(load_base_model(spec, seed=8).classifier.weight, head)
+    args = RewardConfig(output_dir=str(tmp_path), seed=7, report_to=[], use_cpu=True)
+    in_process, _, _ = model_and_tokenizer(str(minilm_dir), None, None, args)
+    assert torch.equal(in_process.classifier.weight, head)

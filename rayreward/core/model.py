@@ -277,13 +277,20 @@ class LoraSpec:
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
-def load_base_model(spec: BaseModelSpec, num_labels: int = 1):
+def load_base_model(spec: BaseModelSpec, num_labels: int = 1, seed: int | None = None):
     """The model a run trains (or a checkpoint's base), loaded as ``spec`` says, with one
     head output per reward attribute (``num_labels``).
 
     ``dtype: auto`` loads float32 master weights whatever the checkpoint holds; an
     explicit ``bfloat16``/``float16`` is honoured with a warning naming the risk.
+    ``seed`` (the run's ``train.seed``) seeds the random initialisation of what the
+    checkpoint lacks (a pretrained model's new reward head), as the in-process trainer
+    seeds a model it loads by id: a run is then repeatable.
     """
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
     kwargs: dict[str, Any] = {}
     if spec.dtype != "auto":
         kwargs["dtype"] = spec.dtype
