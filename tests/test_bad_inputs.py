@@ -356,3 +356,16 @@ def test_user_error_is_found_behind_a_wrapper():
     except RuntimeError as outer:
         assert isinstance(cli.user_error(outer), BadRowError)
     assert cli.user_error(RuntimeError("a bug")) is None
+
+
+def test_a_closed_console_stops_the_command_quietly_with_sigpipes_status(tmp_path):
+    # `rayreward ... | head`: the reader leaves; the command stops with 141 (128 + SIGPIPE),
+    # no traceback and no "internal error", and says so on stderr.
+    proc = subprocess.Popen([sys.executable, "-m", "rayreward", "check", "storage.path=runs"], cwd=tmp_path,
+                            env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err
+    assert "rayreward check: stopped: its output was closed (broken pipe)" in err
+    assert "Traceback" not in err and "internal error" not in err and "Exception ignored" not in err

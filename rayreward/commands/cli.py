@@ -84,6 +84,19 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"\nrayreward {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The console's reader went away (`rayreward train | head`): stop as a Unix tool
+        # does (exit 141, SIGPIPE's status), with a word where it can still be read.
+        if debug:
+            traceback.print_exc()
+        _detach_stdout()
+        resume = " (re-run the same command to resume it)" if args.command in ("train", "tune") else ""
+        try:
+            print(f"rayreward {args.command}: stopped: its output was closed (broken pipe){resume}; send the "
+                  "console to a file or through `tee` to keep it running", file=sys.stderr)
+        except OSError:
+            pass
+        return 141
     except Exception as exc:  # noqa: BLE001 - the one place every error becomes an exit code
         user = user_error(exc)
         if debug:
@@ -95,6 +108,17 @@ def main(argv: list[str] | None = None) -> int:
               "  (a bug in rayreward or a library it uses: run again with --debug or RAYREWARD_DEBUG=1 for the "
               "traceback, and report it)", file=sys.stderr)
         return 1
+
+
+def _detach_stdout() -> None:
+    """Points stdout at /dev/null, so that nothing more (Python's flush at exit included)
+    writes to the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def user_error(exc: BaseException) -> BaseException | None:
