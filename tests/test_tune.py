@@ -1,9 +1,9 @@
 """`rayreward tune`: search-space checks before Ray, and sweeps on a real local Ray (loopback).
 
-The sweeps run the command in a subprocess (its own embedded Ray on 127.0.0.1, as a
-user runs it) on the tiny Llama with LoRA and 128 of the bundled pairs; a trial is 8
-steps of 16 pairs, evaluated and checkpointed every 2. The interrupted sweep compares the
-two ranking losses on the sample's ranked groups (8 per step, evaluated every 4).
+The sweep runs the command in a subprocess (its own embedded Ray on 127.0.0.1, as a
+user runs it) on the tiny Llama with LoRA and the sample's 120 ranked groups; a trial is
+8 steps of 8 groups, evaluated and checkpointed every 2. One sweep is interrupted,
+resumed, and ranks its trials with ASHA: one Ray start and one set of trials for all of it.
 """
 
 from __future__ import annotations
@@ -64,11 +64,6 @@ def sweep_config(tmp_path: Path, name: str, tune: dict, ranked: bool = False, ev
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def rayreward(*args: str, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rayreward", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 # -- before any trial ------------------------------------------------------------------
@@ -194,49 +189,123 @@ def test_param_space_maps_distributions():
     assert grid["lora.r"] == {"grid_search": [4, 8, 16]}
 
 
+def test_a_report_without_its_checkpoint_finds_the_trials_checkpoint_of_that_step(tmp_path):
+    # A trial interrupted right after its run saved the last checkpoint resumes with nothing
+    # left to train and reports that step again without a checkpoint: the results table
+    # still finds the checkpoint (and the trial its score), where one of that step exists.
+    from rayreward.tune.report import _find_checkpoints
+
+    (tmp_path / "train" / "checkpoint-000008").mkdir(parents=True)
+    history = [{"step": 6, "value": 0.8, "checkpoint": None}, {"step": 8, "value": 0.85, "checkpoint": None},
+               {"step": 4, "value": 0.7, "checkpoint": "elsewhere/checkpoint-000004"}]
+    _find_checkpoints(history, str(tmp_path))
+    assert [h["checkpoint"] for h in history] == [None, str(tmp_path / "train" / "checkpoint-000008"),
+                                                  "elsewhere/checkpoint-000004"]
+
+
 # -- sweeps on Ray ------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sweep_asha_best_config_reruns(tmp_path):
-    # 4 trials: two learning rates far apart (grid) x 2 samples of LoRA rank and margin
-    # usage; the 1e-7 trials stay at the untrained model's accuracy, and ASHA stops them.
-    tune = {"num_samples": 2, "max_concurrent_trials": 2, "seed": 0,
+def test_asha_sweep_is_interrupted_resumed_and_its_best_config_reruns(tmp_path):
+    # 4 trials on the sample's ranked groups, two at once: two learning rates far apart x
+    # the two ranking losses, in the order (1e-2, PL), (1e-7, PL), (1e-2, BT), (1e-7, BT).
+    # The 1e-7 trials stay at the untrained model's accuracy. The last one starts after
+    # two trials have ended, one of them a 1e-2 trial, so ASHA has that trial's accuracy at
+    # step 2 and stops it there. Ctrl-C when a trial is stopped early (Tune does not save
+    # ASHA's state: the stop must come before it); the same command resumes the rest.
+    tune = {"num_samples": 1, "max_concurrent_trials": 2, "seed": 0,
             "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
-            "search_space": {"train.learning_rate": {"grid": [1.0e-7, 1.0e-2]}, "lora.r": {"choice": [4, 8]},
-                             "train.use_margin": {"choice": [True, False]}}}
-    path = sweep_config(tmp_path, "sweep", tune)
+            "search_space": {"train.learning_rate": {"grid": [1.0e-2, 1.0e-7]},
+                             "train.loss_type": {"grid": ["plackett_luce", "bradley_terry"]}}}
+    path = sweep_config(tmp_path, "sweep", tune, ranked=True)
+    args = [sys.executable, "-m", "rayreward", "tune", "--config", str(path)]
+    run = tmp_path / "runs" / "sweep"
+    log = run / "rayreward.log"
+
+    def quiet(out: str) -> None:
+        # rayreward's own lines only; Tune's trial table and Ray's output are in the log,
+        # named in the first line.
+        assert out.splitlines()[0] == f"[rayreward] log of Ray, DeepSpeed and transformers: {log} (-v shows it here)"
+        assert all(line.startswith(("[rayreward]", "|", "  ")) or not line.strip() for line in out.splitlines()), out
+
+    # 1. A trial is stopped early, then Ctrl-C: Tune saves the experiment and stops.
     start = time.monotonic()
-    result = rayreward("tune", "--config", str(path), timeout=840)
-    out = result.stdout
-    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
-    print(f"sweep: {time.monotonic() - start:.0f}s")
-    # A quiet console: rayreward's own lines only; Tune's trial table and Ray's output
-    # are in the sweep's log, named in the first line.
-    log = tmp_path / "runs" / "sweep" / "rayreward.log"
-    assert out.splitlines()[0] == f"[rayreward] log of Ray, DeepSpeed and transformers: {log} (-v shows it here)"
-    assert all(line.startswith(("[rayreward]", "|", "  ")) or not line.strip() for line in out.splitlines()), out
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines, first = [], None
+    deadline = time.monotonic() + 600
+    try:
+        with Watcher(proc.pid) as watcher:
+            for line in proc.stdout:
+                lines.append(line)
+                match = re.match(r"\[rayreward\] trial (\S+) ended at step (\d+)", line)
+                if match and int(match.group(2)) < 8:
+                    first = match.group(1)
+                    proc.send_signal(signal.SIGINT)
+                    break
+                assert time.monotonic() < deadline, "".join(lines[-50:])
+            rest, err1 = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out1 = "".join(lines) + rest
+    assert first, out1[-3000:] + err1[-3000:]
+    assert proc.returncode == 130, out1[-3000:] + err1[-3000:]
+    # Nothing of the sweep's Ray is left running (raylet, GCS, trial workers, agents).
+    left = wait_until_gone(watcher, timeout_s=10)
+    assert not left, f"processes left after Ctrl-C: {left}"
+    assert "interrupted; re-run the same command to resume it" in out1 + err1
+    assert not (run / "summary.json").exists()
+    quiet(out1)
+    assert "[rayreward] data: 120 training ranked groups" in out1
+    # Two trials ran at once: the second started before the first ended.
+    events = re.findall(r"\[rayreward\] trial (\S+) (started|ended)", out1)
+    assert [e for _, e in events[:2]] == ["started", "started"], events
+
+    # 2. The same command resumes: the ended trials are kept, not run again.
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    out2 = result.stdout
+    assert result.returncode == 0, out2[-3000:] + result.stderr[-3000:]
+    print(f"sweep, both parts: {time.monotonic() - start:.0f}s")
+    assert "[rayreward] resuming sweep sweep" in out2
+    assert f"trial {first} started" not in out2
+    quiet(out2)
     assert not result.stderr.strip(), result.stderr[-3000:]
     assert "Trial status" in log.read_text()
 
-    # Two trials ran at once: the second started before the first ended.
-    events = re.findall(r"\[rayreward\] trial (\S+) (started|ended)", out)
-    assert [e for _, e in events[:2]] == ["started", "started"], events
-    assert len([1 for _, e in events if e == "ended"]) == 4
-
-    run = tmp_path / "runs" / "sweep"
     summary = json.loads((run / "summary.json").read_text())
     statuses = [t["status"] for t in summary["trials"]]
     assert len(statuses) == 4 and set(statuses) <= {"finished", "stopped early"}, statuses
     assert "stopped early" in statuses
+    assert first in {t["trial"] for t in summary["trials"]}
+    ended = {name for name, e in re.findall(r"\[rayreward\] trial (\S+) (started|ended)", out1 + out2) if e == "ended"}
+    assert ended == {t["trial"] for t in summary["trials"]}
     stopped = [t for t in summary["trials"] if t["status"] == "stopped early"]
     assert all(t["last_step"] < t["max_steps"] == 8 for t in stopped)
-    # Every trial checkpointed under storage.path/storage.name.
-    for trial in summary["trials"]:
-        assert list((Path(trial["path"]) / "train").glob("checkpoint-*")), trial
     assert summary["best_params"]["train.learning_rate"] == 1e-2
     assert summary["best_value"] == max(t["eval_accuracy"] for t in summary["trials"])
+
+    # Every trial checkpointed under storage.path/storage.name, and trained with its own
+    # loss: the arguments its trainer ran with, and its losses. At the start, with rewards
+    # near equal, the pairwise loss of a group is about ln 2 while Plackett-Luce's is the
+    # log of K!-ish orderings (ln 2 for K = 2, ln 6 for K = 3, ...); the 1e-7 trials differ
+    # in nothing but the loss (same seed, data and order).
+    import torch
+
+    first_losses = {}
+    for trial in summary["trials"]:
+        checkpoints = sorted((Path(trial["path"]) / "train").glob("checkpoint-*"))
+        assert checkpoints, trial
+        trained = torch.load(checkpoints[-1] / "training_args.bin", weights_only=False)
+        assert trained.loss_type == trial["params"]["train.loss_type"]
+        assert trained.learning_rate == trial["params"]["train.learning_rate"]
+        assert 0 <= trial["eval_accuracy"] <= 1
+        if trained.learning_rate == 1e-7:
+            history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+            first_losses[trained.loss_type] = next(h["loss"] for h in history if "loss" in h)
+    assert set(first_losses) == {"plackett_luce", "bradley_terry"}
+    assert first_losses["bradley_terry"] < 0.8 < 1.2 < first_losses["plackett_luce"], first_losses
 
     with open(run / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -245,83 +314,13 @@ def test_sweep_asha_best_config_reruns(tmp_path):
     assert (run / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(summary["best_checkpoint"]).is_dir()
     assert (run / "best_model" / "config.json").exists()
-    assert f"[rayreward] checkpoint:  {summary['best_checkpoint']}" in out
+    assert f"[rayreward] checkpoint:  {summary['best_checkpoint']}" in out2
 
     # The best config is the job with the best trial's values, a run of its own (its
     # storage.name), and passes `rayreward check` as it is: data, model and storage included.
     best = load_job_config(str(run / "best_config.yaml"))
     assert best.train["learning_rate"] == 1e-2
-    assert best.lora.r == summary["best_params"]["lora.r"]
-    assert best.train["use_margin"] == summary["best_params"]["train.use_margin"]
-    assert best.storage.name == "sweep-best"
-    assert main(["check", "--config", str(run / "best_config.yaml")]) == 0
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_interrupted_sweep_resumes(tmp_path):
-    # Two trials on ranked groups, one per loss (the learning rate fixed): the sweep is
-    # interrupted after the first and resumed.
-    tune = {"num_samples": 1, "max_concurrent_trials": 1, "scheduler": {"type": "none"},
-            "search_space": {"train.loss_type": {"grid": ["plackett_luce", "bradley_terry"]}}}
-    path = sweep_config(tmp_path, "resume", tune, ranked=True, every=4)
-    args = [sys.executable, "-m", "rayreward", "tune", "--config", str(path)]
-
-    # 1. The first trial ends, then Ctrl-C: Tune saves the experiment and stops.
-    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, first = [], None
-    deadline = time.monotonic() + 600
-    try:
-        with Watcher(proc.pid) as watcher:
-            for line in proc.stdout:
-                lines.append(line)
-                match = re.match(r"\[rayreward\] trial (\S+) ended", line)
-                if match:
-                    first = match.group(1)
-                    proc.send_signal(signal.SIGINT)
-                    break
-                assert time.monotonic() < deadline, "".join(lines[-50:])
-            rest, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    out1 = "".join(lines) + rest
-    assert first, out1[-3000:]
-    assert proc.returncode == 130, out1[-3000:]
-    # Nothing of the sweep's Ray is left running (raylet, GCS, trial workers, agents).
-    left = wait_until_gone(watcher, timeout_s=10)
-    assert not left, f"processes left after Ctrl-C: {left}"
-    assert "interrupted; re-run the same command to resume it" in out1
-    assert not (tmp_path / "runs" / "resume" / "summary.json").exists()
-
-    # 2. The same command resumes: the finished trial is kept, not run again.
-    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    out2 = result.stdout
-    assert result.returncode == 0, out2[-3000:] + result.stderr[-3000:]
-    assert "[rayreward] resuming sweep resume" in out2
-    assert f"trial {first} started" not in out2
-    summary = json.loads((tmp_path / "runs" / "resume" / "summary.json").read_text())
-    assert [t["status"] for t in summary["trials"]] == ["finished", "finished"]
-    assert {t["trial"] for t in summary["trials"]} >= {first}
-    assert "[rayreward] data: 120 training ranked groups" in out1
-
-    # Each trial trained with its own loss: the arguments its trainer ran with, and its
-    # losses. The trials differ in nothing else (same seed, data and order), and at the
-    # start, with rewards near equal, the pairwise loss of a group is about ln 2 while
-    # Plackett-Luce's is the log of K!-ish orderings (ln 2 for K = 2, ln 6 for K = 3, ...).
-    import torch
-
-    first_losses = {}
-    for trial in summary["trials"]:
-        loss_type = trial["params"]["train.loss_type"]
-        checkpoint = max((Path(trial["path"]) / "train").glob("checkpoint-*"))
-        args = torch.load(checkpoint / "training_args.bin", weights_only=False)
-        assert args.loss_type == loss_type
-        history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
-        first_losses[loss_type] = next(h["loss"] for h in history if "loss" in h)
-        assert 0 <= trial["eval_accuracy"] <= 1
-    assert set(first_losses) == {"plackett_luce", "bradley_terry"}
-    assert first_losses["bradley_terry"] < 0.8 < 1.2 < first_losses["plackett_luce"], first_losses
-    best = load_job_config(str(tmp_path / "runs" / "resume" / "best_config.yaml"))
     assert best.train["loss_type"] == summary["best_params"]["train.loss_type"]
     assert best.data.train == str(tmp_path / "train.jsonl")
+    assert best.storage.name == "sweep-best"
+    assert main(["check", "--config", str(run / "best_config.yaml")]) == 0

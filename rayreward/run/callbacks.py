@@ -32,6 +32,11 @@ def latest_metrics(log_history: list[dict], step: int, steps_per_epoch: int | No
     return metrics
 
 
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of a run's checkpoint at optimizer step ``step`` in its storage."""
+    return f"checkpoint-{step:06d}"
+
 class ReportCheckpoints(TrainerCallback):
     """After each save, every rank reports its checkpoint files (merged by Ray) and
     rank 0's metrics; rank 0 writes the run's manifest into the checkpoint for
@@ -64,7 +69,7 @@ class ReportCheckpoints(TrainerCallback):
         ray.train.report(
             metrics,
             checkpoint=checkpoint,
-            checkpoint_dir_name=f"checkpoint-{state.global_step:06d}",
+            checkpoint_dir_name=checkpoint_name(state.global_step),
             checkpoint_upload_mode=mode,
             delete_local_checkpoint_after_upload=has_files,
             validation=self.validate and checkpoint is not None,

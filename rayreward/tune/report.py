@@ -14,6 +14,8 @@ from rayreward.runtime import storage as _storage
 from rayreward.config.tree import apply_overrides
 from rayreward.job.config import JobConfig, job_from_dict, run_name, storage_uri
 
+# The training run of a trial: its checkpoints are in <trial folder>/<TRIAL_RUN>.
+TRIAL_RUN = "train"
 STATUS = {"TERMINATED": "finished", "ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
 
 
@@ -33,6 +35,7 @@ def trial_rows(grid, trials: dict, keys: list[str], metric: str, mode: str, stor
     for result in grid:
         trial_id = os.path.basename(result.path.rstrip("/")).removeprefix("trial_")
         history = _history(result.metrics_dataframe, metric, storage)
+        _find_checkpoints(history, _uri(result.path, storage))
         kept = [h for h in history if h["value"] is not None and h["checkpoint"] and _storage.is_dir(h["checkpoint"])]
         best = max(kept, key=lambda h: sign * h["value"]) if kept else None
         last_step = history[-1]["step"] if history else None
@@ -190,6 +193,23 @@ def _history(df, metric: str, storage: str) -> list[dict]:
         out.append({"step": int(row["step"]), "value": value,
                     "checkpoint": _uri(checkpoint, storage) if isinstance(checkpoint, str) else None})
     return out
+
+
+def _find_checkpoints(history: list[dict], trial_path: str) -> None:
+    """Fills in the checkpoint of a report that came without its path, where the trial's
+    run holds one at that step.
+
+    A trial interrupted just after its run saved the last checkpoint, but before Tune
+    had the report, resumes with nothing left to train: its run reports that step's
+    metrics again, without a new checkpoint. The one it resumed from is the step's.
+    """
+    from rayreward.run.callbacks import checkpoint_name
+
+    for h in history:
+        if h["checkpoint"] is None:
+            folder = _storage.join(trial_path, TRIAL_RUN, checkpoint_name(h["step"]))
+            if _storage.is_dir(folder):
+                h["checkpoint"] = folder
 
 
 def _uri(path: str, storage: str) -> str:

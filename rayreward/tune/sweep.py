@@ -296,6 +296,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
 
     from rayreward.data import build_datasets
     from rayreward.run.fit import build_trainer
+    from rayreward.tune import report as _sweep_report
     from rayreward.run.spec import run_spec
 
     # 1. Config: the sampled values through the command line's override path (the base
@@ -315,8 +316,8 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
         from rayreward.run.suite_eval import SuiteMetrics
 
         callbacks.append(SuiteMetrics(suites, max_length=job.data.max_length))
-    build_trainer(job, prepared, "train", trial_dir, callbacks=callbacks, run_callbacks=[TuneReportCallback()],
-                  spec=spec).fit()
+    build_trainer(job, prepared, _sweep_report.TRIAL_RUN, trial_dir, callbacks=callbacks,
+                  run_callbacks=[TuneReportCallback()], spec=spec).fit()
 
 
 # Where the trial lines of the sweep running in this process go (run_sweep sets it): a
