@@ -506,9 +506,10 @@ def test_local_sh_up_submit_down(tmp_path):
         env.pop(key, None)
 
     def local_sh(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        began = time.monotonic()
         result = subprocess.run(["bash", str(CLUSTER / "local.sh"), *args], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=timeout)
-        print(f"$ local.sh {' '.join(args)} -> {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        print(f"$ local.sh {' '.join(args)} -> {result.returncode} in {time.monotonic() - began:.0f} s\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
         return result
 
     storage = tmp_path / "runs"
