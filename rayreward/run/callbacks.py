@@ -32,10 +32,10 @@ def latest_metrics(log_history: list[dict], step: int, steps_per_epoch: int | No
     return metrics
 
 
-
 def checkpoint_name(step: int) -> str:
     """The folder name of a run's checkpoint at optimizer step ``step`` in its storage."""
     return f"checkpoint-{step:06d}"
+
 
 class ReportCheckpoints(TrainerCallback):
     """After each save, every rank reports its checkpoint files (merged by Ray) and
