@@ -235,7 +235,7 @@ def _encoder(tokenizer, fmt: str, names: ColumnNames, max_length, length_policy,
     return PairEncoder(tokenizer, fmt, ColumnNames(), max_length, length_policy)
 
 
-def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec, build: str = ""):
+def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec, build: str):
     import ray
 
     tally = _Tally.options(num_cpus=0).remote()

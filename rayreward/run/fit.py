@@ -21,8 +21,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import torch
-
 from rayreward.core.universal import needs_universal, saved_world_size, universal_resume_folder, with_universal_loading
 from rayreward.runtime import storage as _storage
 from rayreward.job.config import JobConfig, resolve_scaling, run_name, storage_uri, tokenizer_spec
@@ -227,7 +225,6 @@ def build_trainer(job: JobConfig, prepared, name: str, storage: str, callbacks: 
 
 
 def _data_config(elastic: bool):
-    from ray.data import ExecutionOptions
     from ray.train import DataConfig
 
     if not elastic:
@@ -263,9 +260,8 @@ def train_loop(config: dict[str, Any]) -> None:
     # The data shards are asked for before anything costly: the first request starts Ray
     # Data's split coordinators (new processes), which then come up while this worker
     # loads the checkpoint and the model, not after (3-4 s of each start on 2 cores).
-    # batch_streams asks again below and gets the same iterators.
-    for name in ("train", "eval") if spec.feed.has_eval else ("train",):
-        ray.train.get_dataset_shard(name)
+    shards = {name: ray.train.get_dataset_shard(name) for name in (("train", "eval") if spec.feed.has_eval
+                                                                   else ("train",))}
     with contextlib.ExitStack() as stack:
         # 1. Where to start: the run's latest checkpoint, when there is one (a restart, a
         # resize, a re-run). Its ZeRO shards decide how DeepSpeed loads it, so it is looked
@@ -298,7 +294,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
         # 3. Data: this worker's shards, as collated batches; packed (decoders) or
         # length-grouped (encoders) as the speed switches of `train` resolve for this model.
-        train, evaluation = batch_streams(spec.feed, ray.train.get_dataset_shard, tokenizer, plan_packing(model, args),
+        train, evaluation = batch_streams(spec.feed, shards.__getitem__, tokenizer, plan_packing(model, args),
                                           rank=rank, world_size=world_size)
         # Ratings with standardised targets: the statistics of the whole training set.
         train.label_stats = spec.label_stats
