@@ -115,6 +115,19 @@ def untrained_rewards() -> list[float]:
         return model(**batch).logits[:, 0].tolist()
 
 
+def tally_actors() -> int:
+    """Live processes of the data pipeline's row-count actors (``ray::Tally``) on this machine."""
+    import psutil
+
+    count = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            count += " ".join(proc.info["cmdline"] or ()).startswith("ray::Tally")
+        except psutil.Error:
+            pass
+    return count
+
+
 def assert_same_rewards(exported: list[float], trained: list[float]) -> None:
     assert torch.allclose(torch.tensor(exported), torch.tensor(trained), atol=1e-4), (exported, trained)
     assert not torch.allclose(torch.tensor(exported), torch.tensor(untrained_rewards()), atol=1e-3)
@@ -132,6 +145,7 @@ def test_zero1_trains_checkpoints_evaluated_beside_training_and_exports(ray_loca
     probe = tmp_path / "probe.json"
     fit_job = job_for(str(tmp_path / "runs"), "z", "train.max_steps=4", "train.save_steps=2", "deepspeed.stage=1",
                       "storage.checkpoint_eval=ray")
+    tallies_before = tally_actors()
     lines: list[str] = []
     starts = tmp_path / "starts.txt"
     outcome = fit(fit_job, callbacks=[RecordRewards(str(probe)), RecordStarts(str(starts))], print_fn=lines.append)
@@ -176,6 +190,12 @@ def test_zero1_trains_checkpoints_evaluated_beside_training_and_exports(ray_loca
     assert again.result.metrics["step"] == 4 and again.result.metrics["loss"] == outcome.result.metrics["loss"]
     assert not list((tmp_path / "runs" / "z").glob("checkpoint-000005"))
     assert_same_rewards(rewards_of(again.model_dir), json.loads(probe.read_text()))
+    # Neither run left an actor behind in the Ray that outlives them (the row counters
+    # of its train and eval data).
+    deadline = time.monotonic() + 15
+    while tally_actors() > tallies_before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert tally_actors() <= tallies_before
 
 
 @pytest.mark.timeout(420)

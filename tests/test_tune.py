@@ -210,14 +210,17 @@ def test_a_report_without_its_checkpoint_finds_the_trials_checkpoint_of_that_ste
 @pytest.mark.timeout(900)
 def test_asha_sweep_is_interrupted_resumed_and_its_best_config_reruns(tmp_path):
     # 4 trials on the sample's ranked groups, two at once: two learning rates far apart x
-    # the two ranking losses, in the order (1e-2, PL), (1e-7, PL), (1e-2, BT), (1e-7, BT).
-    # The 1e-7 trials stay at the untrained model's accuracy. The last one starts after
-    # two trials have ended, one of them a 1e-2 trial, so ASHA has that trial's accuracy at
-    # step 2 and stops it there. Ctrl-C when a trial is stopped early (Tune does not save
-    # ASHA's state: the stop must come before it); the same command resumes the rest.
+    # the two ranking losses, in Tune's grid order (1e-7, PL), (1e-2, PL), (1e-7, BT),
+    # (1e-2, BT). The 1e-7 trials stay at the untrained model's accuracy. The third starts
+    # once one of the first two has ended, when ASHA has the (1e-2, PL) trial's accuracy at
+    # step 2, and is stopped there (the first may be too, if that trial reported first).
+    # Ctrl-C when a trial is stopped early (Tune does not save ASHA's state: the stop must
+    # come before it): the fourth trial has not started then, or started after the
+    # stopped one and has 8 steps to run, so the sweep is cut short wherever the race
+    # goes. The same command resumes the rest.
     tune = {"num_samples": 1, "max_concurrent_trials": 2, "seed": 0,
             "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
-            "search_space": {"train.learning_rate": {"grid": [1.0e-2, 1.0e-7]},
+            "search_space": {"train.learning_rate": {"grid": [1.0e-7, 1.0e-2]},
                              "train.loss_type": {"grid": ["plackett_luce", "bradley_terry"]}}}
     path = sweep_config(tmp_path, "sweep", tune, ranked=True)
     args = [sys.executable, "-m", "rayreward", "tune", "--config", str(path)]

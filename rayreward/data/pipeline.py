@@ -147,6 +147,22 @@ class PreparedData:
 
         return DataCounts(**ray.get(self._tallies[name].snapshot.remote()))
 
+    def release(self) -> None:
+        """Stops the actors that count rows for the tokenizer tasks, once the data is used.
+
+        The datasets cannot run again afterwards (their tasks report to those actors),
+        and a stream's counts are gone: read ``counts_so_far`` first.
+        A Ray that outlives the run (a notebook, a sweep's driver) would otherwise keep
+        one idle actor process per dataset: Ray does not always collect them once the
+        datasets have been handed to a ``TorchTrainer``.
+        """
+        import ray
+
+        if ray.is_initialized():  # else gone with their Ray already
+            for tally in self._tallies.values():
+                ray.kill(tally)
+        self._tallies.clear()
+
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, counts in (("train", self.train_counts), ("eval", self.eval_counts)):

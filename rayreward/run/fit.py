@@ -93,43 +93,46 @@ def fit(job: JobConfig, callbacks: Sequence = (), print_fn=print, progress=None,
     # 2. Data: tokenized on the cluster, counted before training.
     prepared = build_datasets(job.data, tokenizer_spec(job), job.train["attributes"])
 
-    # 3. The run spec: what every worker needs, decided here once (steps, DeepSpeed, ...).
-    spec = run_spec(job, prepared)
-    plan = spec.steps
-    print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training {prepared.unit}, "
-             f"{_describe_workers(job.scaling)}, ZeRO-{spec.zero_stage}, "
-             f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
+    try:
+        # 3. The run spec: what every worker needs, decided here once (steps, DeepSpeed, ...).
+        spec = run_spec(job, prepared)
+        plan = spec.steps
+        print_fn(f"[rayreward] run {name}: {prepared.num_train_pairs} training {prepared.unit}, "
+                 f"{_describe_workers(job.scaling)}, ZeRO-{spec.zero_stage}, "
+                 f"{plan.steps_per_epoch} steps/epoch, {plan.max_steps} steps; checkpoints in {run_dir}")
 
-    # 4. Trainer: one TorchTrainer, the worker loop below.
-    s = job.scaling
-    trainer = build_trainer(job, prepared, name, storage, callbacks, progress=progress, spec=spec)
+        # 4. Trainer: one TorchTrainer, the worker loop below.
+        s = job.scaling
+        trainer = build_trainer(job, prepared, name, storage, callbacks, progress=progress, spec=spec)
 
-    # 5. Fit.
-    result = _fit_interruptibly(trainer)
+        # 5. Fit.
+        result = _fit_interruptibly(trainer)
 
-    # 6. Export the final (or best) checkpoint where a worker could run (not in this
-    # driver: the head of a cluster is sized for drivers), and score the eval pairs with
-    # the exported model there (headline metrics, reward stats stored in its config for
-    # `score --normalize`).
-    from rayreward.run.final_eval import export_and_summarize, headline_line
+        # 6. Export the final (or best) checkpoint where a worker could run (not in this
+        # driver: the head of a cluster is sized for drivers), and score the eval pairs with
+        # the exported model there (headline metrics, reward stats stored in its config for
+        # `score --normalize`).
+        from rayreward.run.final_eval import export_and_summarize, headline_line
 
-    checkpoint = _final_checkpoint(result, job)
-    model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
-    final = export_and_summarize(checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}", model_dir,
-                                 prepared.eval, job, prepared.kind)
-    metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
-    if job.storage.checkpoint_eval == "ray":
-        metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
-    # 7. Sum up.
-    metrics.update(final)
-    if "final_loss" in final:
-        print_fn(f"[rayreward] exported model on the eval {prepared.unit}: {headline_line(metrics)}")
-    metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
-                   num_workers=s.num_workers, zero_stage=spec.zero_stage,
-                   checkpoint=_storage.join(run_dir, os.path.basename(checkpoint.path)), model_dir=model_dir,
-                   **prepared.metrics())
-    _storage.write_text(metrics_path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    return RunOutcome(run_dir, model_dir, metrics_path, metrics["checkpoint"], metrics, result)
+        checkpoint = _final_checkpoint(result, job)
+        model_dir, metrics_path = _storage.join(run_dir, "model"), _storage.join(run_dir, "metrics.json")
+        where = checkpoint.path if fs is None else f"{_scheme(storage)}{checkpoint.path}"
+        final = export_and_summarize(where, model_dir, prepared.eval, job, prepared.kind)
+        metrics = {k: v for k, v in (result.metrics or {}).items() if _is_jsonable(v)}
+        if job.storage.checkpoint_eval == "ray":
+            metrics.update(_checkpoint_evals(result, checkpoint, print_fn))
+        # 7. Sum up.
+        metrics.update(final)
+        if "final_loss" in final:
+            print_fn(f"[rayreward] exported model on the eval {prepared.unit}: {headline_line(metrics)}")
+        metrics.update(run=name, max_steps=plan.max_steps, steps_per_epoch=plan.steps_per_epoch,
+                       num_workers=s.num_workers, zero_stage=spec.zero_stage,
+                       checkpoint=_storage.join(run_dir, os.path.basename(checkpoint.path)), model_dir=model_dir,
+                       **prepared.metrics())
+        _storage.write_text(metrics_path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        return RunOutcome(run_dir, model_dir, metrics_path, metrics["checkpoint"], metrics, result)
+    finally:
+        prepared.release()
 
 
 def run_preflight(job: JobConfig, print_fn=print, search_space: dict | None = None) -> None:

@@ -304,20 +304,25 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str, prepared=
     job = job_from_dict(apply_overrides(base, config), check=False)
     trial_dir = _storage.join(run_dir, f"trial_{ray.tune.get_context().get_trial_id()}")
     # 2. Data, and the run spec; the results table compares the trial's last step with its step plan.
+    own = prepared is None
     prepared = prepared or build_datasets(job.data, tokenizer_spec(job), job.train["attributes"])
-    spec = run_spec(job, prepared)
-    plan = spec.steps
-    _storage.write_text(_storage.join(trial_dir, PLAN_FILE), json.dumps(
-        {"max_steps": plan.max_steps, "steps_per_epoch": plan.steps_per_epoch, **prepared.metrics()}, indent=1))
-    # 3. Trainer reporting each checkpoint's metrics to Tune; 4. fit (a restored trial
-    # resumes from its latest checkpoint in trial_dir/train).
-    callbacks = []
-    if suites:
-        from rayreward.run.suite_eval import SuiteMetrics
+    try:
+        spec = run_spec(job, prepared)
+        plan = spec.steps
+        _storage.write_text(_storage.join(trial_dir, PLAN_FILE), json.dumps(
+            {"max_steps": plan.max_steps, "steps_per_epoch": plan.steps_per_epoch, **prepared.metrics()}, indent=1))
+        # 3. Trainer reporting each checkpoint's metrics to Tune; 4. fit (a restored trial
+        # resumes from its latest checkpoint in trial_dir/train).
+        callbacks = []
+        if suites:
+            from rayreward.run.suite_eval import SuiteMetrics
 
-        callbacks.append(SuiteMetrics(suites, max_length=job.data.max_length))
-    build_trainer(job, prepared, _sweep_report.TRIAL_RUN, trial_dir, callbacks=callbacks,
-                  run_callbacks=[TuneReportCallback()], spec=spec).fit()
+            callbacks.append(SuiteMetrics(suites, max_length=job.data.max_length))
+        build_trainer(job, prepared, _sweep_report.TRIAL_RUN, trial_dir, callbacks=callbacks,
+                      run_callbacks=[TuneReportCallback()], spec=spec).fit()
+    finally:
+        if own:  # the sweep's shared data is released by the sweep
+            prepared.release()
 
 
 # Where the trial lines of the sweep running in this process go (run_sweep sets it): a
@@ -455,7 +460,11 @@ def run_sweep(job: JobConfig, print_fn: Callable[[str], None] = print, preflight
         )
 
     # 4. Fit: every trial to its end, its early stop or its error.
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if prepared is not None:
+            prepared.release()
     # Every trial with its status and config (a trial that never reported has no config
     # in its Result), from the experiment state Tune saved at the end or interrupt.
     analysis = tune.ExperimentAnalysis(os.path.join(storage_path, name) if fs else run_dir, storage_filesystem=fs)
