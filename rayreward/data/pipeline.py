@@ -196,6 +196,8 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=N
     Example:
         >>> prepared = build_datasets(DataConfig(train="data/train.jsonl", eval_split=0.05), "builtin:tiny-llama")
         >>> trainer = TorchTrainer(loop, datasets=prepared.datasets(), ...)
+        >>> result = trainer.fit()
+        >>> prepared.release()  # its row-count actors, once the data is used
     """
     # 1. Config and sources, before anything costly.
     problems = cfg.validate()
