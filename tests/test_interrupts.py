@@ -14,8 +14,8 @@ import pytest
 
 from process_helpers import NOISE, RAYREWARD, Watcher, command_env, start, wait_until_gone
 
-# The demo without eval data: checkpoints every 20 steps, more steps than the test waits for.
-SHORT = ["train.save_steps=20", "train.logging_steps=4", "train.max_steps=400", "data.eval=null"]
+# The demo without eval data: checkpoints every 8 steps, more steps than the test waits for.
+SHORT = ["train.save_steps=8", "train.logging_steps=4", "train.max_steps=400", "data.eval=null"]
 
 
 def test_resume_point_is_the_checkpoint_ray_recorded_and_newer_ones_are_named(tmp_path):
