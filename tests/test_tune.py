@@ -214,10 +214,10 @@ def test_asha_sweep_is_interrupted_resumed_and_its_best_config_reruns(tmp_path):
     # (1e-2, BT). The 1e-7 trials stay at the untrained model's accuracy. The third starts
     # once one of the first two has ended, when ASHA has the (1e-2, PL) trial's accuracy at
     # step 2, and is stopped there (the first may be too, if that trial reported first).
-    # Ctrl-C when a trial is stopped early (Tune does not save ASHA's state: the stop must
-    # come before it): the fourth trial has not started then, or started after the
-    # stopped one and has 8 steps to run, so the sweep is cut short wherever the race
-    # goes. The same command resumes the rest.
+    # Ctrl-C when the third is stopped early (Tune does not save ASHA's state: the stop
+    # must come before it): the fourth has not started then, or started after the third
+    # and has 8 steps to run, so the sweep is cut short wherever the race goes, with at
+    # most two trials left for the same command to resume.
     tune = {"num_samples": 1, "max_concurrent_trials": 2, "seed": 0,
             "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
             "search_space": {"train.learning_rate": {"grid": [1.0e-7, 1.0e-2]},
@@ -236,15 +236,17 @@ def test_asha_sweep_is_interrupted_resumed_and_its_best_config_reruns(tmp_path):
     # 1. A trial is stopped early, then Ctrl-C: Tune saves the experiment and stops.
     start = time.monotonic()
     proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines, first = [], None
+    lines, third, stopped = [], None, False
     deadline = time.monotonic() + 600
     try:
         with Watcher(proc.pid) as watcher:
             for line in proc.stdout:
                 lines.append(line)
+                if "train.learning_rate=1e-07, train.loss_type=bradley_terry" in line:
+                    third = re.match(r"\[rayreward\] trial (\S+) started", line).group(1)
                 match = re.match(r"\[rayreward\] trial (\S+) ended at step (\d+)", line)
-                if match and int(match.group(2)) < 8:
-                    first = match.group(1)
+                if match and match.group(1) == third and int(match.group(2)) < 8:
+                    stopped = True
                     proc.send_signal(signal.SIGINT)
                     break
                 assert time.monotonic() < deadline, "".join(lines[-50:])
@@ -253,7 +255,7 @@ def test_asha_sweep_is_interrupted_resumed_and_its_best_config_reruns(tmp_path):
         if proc.poll() is None:
             proc.kill()
     out1 = "".join(lines) + rest
-    assert first, out1[-3000:] + err1[-3000:]
+    assert stopped, out1[-3000:] + err1[-3000:]
     assert proc.returncode == 130, out1[-3000:] + err1[-3000:]
     # Nothing of the sweep's Ray is left running (raylet, GCS, trial workers, agents).
     left = wait_until_gone(watcher, timeout_s=10)
@@ -272,7 +274,7 @@ def test_asha_sweep_is_interrupted_resumed_and_its_best_config_reruns(tmp_path):
     assert result.returncode == 0, out2[-3000:] + result.stderr[-3000:]
     print(f"sweep, both parts: {time.monotonic() - start:.0f}s")
     assert "[rayreward] resuming sweep sweep" in out2
-    assert f"trial {first} started" not in out2
+    assert f"trial {third} started" not in out2
     quiet(out2)
     assert not result.stderr.strip(), result.stderr[-3000:]
     assert "Trial status" in log.read_text()
@@ -281,7 +283,7 @@ def test_asha_sweep_is_interrupted_resumed_and_its_best_config_reruns(tmp_path):
     statuses = [t["status"] for t in summary["trials"]]
     assert len(statuses) == 4 and set(statuses) <= {"finished", "stopped early"}, statuses
     assert "stopped early" in statuses
-    assert first in {t["trial"] for t in summary["trials"]}
+    assert third in {t["trial"] for t in summary["trials"]}
     ended = {name for name, e in re.findall(r"\[rayreward\] trial (\S+) (started|ended)", out1 + out2) if e == "ended"}
     assert ended == {t["trial"] for t in summary["trials"]}
     stopped = [t for t in summary["trials"] if t["status"] == "stopped early"]

@@ -118,7 +118,7 @@ class PreparedData:
     materialized: bool
     train_counts: DataCounts | None = None
     eval_counts: DataCounts | None = None
-    _tallies: dict[str, Any] = field(default_factory=dict, repr=False)
+    _tally: Any = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -145,23 +145,22 @@ class PreparedData:
         """Counts gathered until now; for a stream, call it after training."""
         import ray
 
-        return DataCounts(**ray.get(self._tallies[name].snapshot.remote()))
+        return DataCounts(**ray.get(self._tally.snapshot.remote(name)))
 
     def release(self) -> None:
-        """Stops the actors that count rows for the tokenizer tasks, once the data is used.
+        """Stops the actor that counts rows for the tokenizer tasks, once the data is used.
 
-        The datasets cannot run again afterwards (their tasks report to those actors),
+        The datasets cannot run again afterwards (their tasks report to that actor),
         and a stream's counts are gone: read ``counts_so_far`` first.
         A Ray that outlives the run (a notebook, a sweep's driver) would otherwise keep
-        one idle actor process per dataset: Ray does not always collect them once the
-        datasets have been handed to a ``TorchTrainer``.
+        an idle actor process: Ray does not always collect it once the datasets have
+        been handed to a ``TorchTrainer``.
         """
         import ray
 
-        if ray.is_initialized():  # else gone with their Ray already
-            for tally in self._tallies.values():
-                ray.kill(tally)
-        self._tallies.clear()
+        if self._tally is not None and ray.is_initialized():  # else gone with its Ray already
+            ray.kill(self._tally)
+        self._tally = None
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -223,13 +222,15 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=N
         }
 
     # 3. The Ray Data plans, and 4. their execution.
-    prepared = PreparedData(train=None, eval=None, format=plans["train"].fmt, materialized=cfg.materialize)
+    # One actor counts the rows of both parts (an actor is a process of its own).
+    tally = _Tally.options(num_cpus=0).remote()
+    prepared = PreparedData(train=None, eval=None, format=plans["train"].fmt, materialized=cfg.materialize,
+                            _tally=tally)
     build = uuid.uuid4().hex
     for name, plan in plans.items():
-        ds, tally = _tokenized(plan, cfg, spec, build)
+        ds = _tokenized(plan, cfg, spec, build, tally, name)
         if name == "train" and cfg.shuffle == "global":
             ds = ds.random_shuffle(seed=cfg.seed)
-        prepared._tallies[name] = tally
         if cfg.materialize:
             ds, counts = _run(ds, tally, plan, cfg, name)
             setattr(prepared, f"{name}_counts", counts)
@@ -253,10 +254,9 @@ def _encoder(tokenizer, fmt: str, names: ColumnNames, max_length, length_policy,
     return PairEncoder(tokenizer, fmt, ColumnNames(), max_length, length_policy)
 
 
-def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec, build: str):
+def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec, build: str, tally, part: str):
     import ray
 
-    tally = _Tally.options(num_cpus=0).remote()
     ds = ray.data.read_datasource(pair_datasource(plan), num_cpus=READ_TASK_CPUS)
     ds = ds.map_batches(
         tokenize_batch,
@@ -266,13 +266,14 @@ def _tokenized(plan: ReadSpec, cfg: DataConfig, spec: TokenizerSpec, build: str)
             "has_margin": plan.has_margin,
             "on_bad_rows": cfg.on_bad_rows,
             "tally": tally,
+            "part": part,
         },
         batch_format="pyarrow",
         batch_size=cfg.tokenize_batch_size,
         compute=ray.data.TaskPoolStrategy(size=cfg.tokenize_actors),
         num_cpus=cfg.tokenize_num_cpus,
     )
-    return ds, tally
+    return ds
 
 
 def _run(ds, tally, plan: ReadSpec, cfg: DataConfig, name: str):
@@ -281,13 +282,13 @@ def _run(ds, tally, plan: ReadSpec, cfg: DataConfig, name: str):
     try:
         ds = ds.materialize()
     except Exception:
-        first = ray.get(tally.first_bad.remote())
+        first = ray.get(tally.first_bad.remote(name))
         if first is not None:
             raise BadRowError(*first) from None
         raise
     if len(ray.nodes()) > 1:
         ds = _home_on_driver_node(ds)
-    counts = DataCounts(**ray.get(tally.snapshot.remote()))
+    counts = DataCounts(**ray.get(tally.snapshot.remote(name)))
     where = plan.source.spec + (f" ({name} part of the eval split)" if plan.part else "")
     if counts.rows_read == 0:
         raise DataFormatError(f"data.{name}: {where} holds no rows")
@@ -347,13 +348,13 @@ def _process_encoder(args: EncoderArgs):
     return encoder
 
 
-def tokenize_batch(batch, encoder_args: EncoderArgs, has_margin: bool, on_bad_rows: str, tally):
+def tokenize_batch(batch, encoder_args: EncoderArgs, has_margin: bool, on_bad_rows: str, tally, part: str):
     """``map_batches`` function: checked rows in, tokenized pairs (or groups) out.
 
     Runs as a Ray task; each worker process loads the tokenizer once
     (``_process_encoder``). Bad rows (marked by the read task) either stop the run
     (``on_bad_rows: error``) or are dropped; every bad, filtered and truncated row is
-    counted in the tally.
+    counted in the tally, under ``part`` (train or eval).
     """
     import ray
 
@@ -362,7 +363,7 @@ def tokenize_batch(batch, encoder_args: EncoderArgs, has_margin: bool, on_bad_ro
     good = [r for r in rows if r["_problem"] is None]
     bad = [(r["_source"], r["_row"], r["_field"], r["_problem"]) for r in rows if r["_problem"] is not None]
     if bad and on_bad_rows == "error":
-        ray.get(tally.add.remote({"bad_rows": len(bad)}, bad))
+        ray.get(tally.add.remote(part, {"bad_rows": len(bad)}, bad))
         raise RuntimeError(f"{BadRowError(*bad[0])} (data.on_bad_rows: skip drops such rows instead)")
     encoder.stats = LengthStats()
     if fmt in GROUP_FORMATS:
@@ -372,7 +373,7 @@ def tokenize_batch(batch, encoder_args: EncoderArgs, has_margin: bool, on_bad_ro
     delta = {"rows_read": len(rows), "bad_rows": len(bad), "filtered": s.filtered,
              "truncated": s.truncated, "pairs": len(pairs), "longest": s.longest}
     node = ray.get_runtime_context().get_node_id()
-    ray.get(tally.add.remote(delta, bad[:MAX_BAD_ROW_EXAMPLES], node))
+    ray.get(tally.add.remote(part, delta, bad[:MAX_BAD_ROW_EXAMPLES], node))
     if fmt in GROUP_FORMATS:
         return groups_table(pairs, fmt)
     return pairs_table(pairs, has_margin)
@@ -414,29 +415,48 @@ def _tally_class():
 
     @ray.remote(num_cpus=0)
     class Tally:
-        """Counts reported by the tokenizer tasks, summed for the driver."""
+        """Counts reported by the tokenizer tasks of one build, by part (train, eval), for the driver."""
 
         def __init__(self):
-            self.counts = {k: 0 for k in ("rows_read", "bad_rows", "filtered", "truncated", "pairs", "longest")}
-            self.bad: list[tuple] = []
-            self.nodes: set[str] = set()
+            self.parts: dict[str, PartCounts] = {}
 
-        def add(self, delta: dict[str, int], bad: list[tuple], node: str | None = None) -> None:
-            if node:
-                self.nodes.add(node)
-            for k, v in delta.items():
-                self.counts[k] = max(self.counts[k], v) if k == "longest" else self.counts[k] + v
-            if len(self.bad) < 1000:
-                self.bad.extend(bad)
+        def _part(self, part: str) -> "PartCounts":
+            return self.parts.setdefault(part, PartCounts())
 
-        def first_bad(self):
-            return min(self.bad, key=lambda b: (b[0], b[1])) if self.bad else None
+        def add(self, part: str, delta: dict[str, int], bad: list[tuple], node: str | None = None) -> None:
+            self._part(part).add(delta, bad, node)
 
-        def snapshot(self) -> dict[str, Any]:
-            first = sorted(self.bad, key=lambda b: (b[0], b[1]))[:MAX_BAD_ROW_EXAMPLES]
-            return {**self.counts, "bad_examples": [str(BadRowError(*b)) for b in first], "nodes": len(self.nodes)}
+        def first_bad(self, part: str):
+            return self._part(part).first_bad()
+
+        def snapshot(self, part: str) -> dict[str, Any]:
+            return self._part(part).snapshot()
 
     return Tally
+
+
+class PartCounts:
+    """The counts of one part (train or eval) in the tally actor."""
+
+    def __init__(self):
+        self.counts = {k: 0 for k in ("rows_read", "bad_rows", "filtered", "truncated", "pairs", "longest")}
+        self.bad: list[tuple] = []
+        self.nodes: set[str] = set()
+
+    def add(self, delta: dict[str, int], bad: list[tuple], node: str | None = None) -> None:
+        if node:
+            self.nodes.add(node)
+        for k, v in delta.items():
+            self.counts[k] = max(self.counts[k], v) if k == "longest" else self.counts[k] + v
+        if len(self.bad) < 1000:
+            self.bad.extend(bad)
+
+    def first_bad(self):
+        return min(self.bad, key=lambda b: (b[0], b[1])) if self.bad else None
+
+    def snapshot(self) -> dict[str, Any]:
+        first = sorted(self.bad, key=lambda b: (b[0], b[1]))[:MAX_BAD_ROW_EXAMPLES]
+        return {**self.counts, "bad_examples": [str(BadRowError(*b)) for b in first], "nodes": len(self.nodes)}
 
 
 class _LazyTally:
