@@ -196,7 +196,7 @@ def build_datasets(cfg: DataConfig, tokenizer: TokenizerSpec | str, attributes=N
         >>> prepared = build_datasets(DataConfig(train="data/train.jsonl", eval_split=0.05), "builtin:tiny-llama")
         >>> trainer = TorchTrainer(loop, datasets=prepared.datasets(), ...)
         >>> result = trainer.fit()
-        >>> prepared.release()  # its row-count actors, once the data is used
+        >>> prepared.release()  # its row-count actor, once the data is used
     """
     # 1. Config and sources, before anything costly.
     problems = cfg.validate()
